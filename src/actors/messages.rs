@@ -1,0 +1,131 @@
+//! Messages of the supervisor and of the user token actors, and the plain data they carry.
+//! Nothing outside `actors` sees an actor's state: it sends these and reads the replies.
+
+use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
+use serde::Serialize;
+
+use crate::store::{ActorSeed, TokenChange};
+
+/// Why a refresh starts (an attribute of the refresh's logs and spans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The actor's own timer, ahead of expiry.
+    Scheduled,
+    /// An operator asked (`POST /admin/actors/{id}/refresh`).
+    Forced,
+    /// A backoff after a failed attempt ran out.
+    Retry,
+}
+
+impl RefreshReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Forced => "forced",
+            Self::Retry => "retry",
+        }
+    }
+}
+
+/// Where a user actor stands (CONTRACT section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorStatus {
+    Active,
+    Refreshing,
+    Retrying,
+    NeedsReconnect,
+}
+
+/// What `/admin/actors` shows of one actor (the sync part comes from the database).
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorInfo {
+    pub user_id: String,
+    pub status: ActorStatus,
+    pub token_expiry: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub refresh_count: i64,
+    pub restarts: u32,
+}
+
+/// How a refresh job ended; sent back to the actor that started it.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    Refreshed(TokenChange),
+    /// Network, timeout, 5xx, or the database was unavailable: retry with backoff.
+    Transient(String),
+    /// Google refused for a reason that is not the user's (e.g. `invalid_client`).
+    Rejected(String),
+    /// The grant is gone; tokens were cleared and the user must reconnect.
+    Revoked,
+    /// A newer change won the race; here is the row as it is now (`None`: not connected).
+    Superseded(Option<ActorSeed>),
+}
+
+/// Messages of one user's token actor.
+pub enum UserTokenMsg {
+    /// New tokens were saved for this user (a consent completed).
+    TokensChanged(TokenChange),
+    /// Refresh the access token now.
+    Refresh(RefreshReason),
+    /// A refresh job finished.
+    RefreshFinished(RefreshOutcome),
+    /// Report state for the admin API.
+    Info(RpcReplyPort<ActorInfo>),
+    /// Fault injection for supervision tests: the handler panics.
+    Crash,
+}
+
+/// Messages of the root supervisor.
+pub enum SupervisorMsg {
+    /// A consent completed and the tokens are saved: run (or update) the user's actor.
+    UserConnected {
+        user_id: String,
+        change: TokenChange,
+    },
+    /// The user disconnected: stop the actor.
+    UserDisconnected { user_id: String },
+    /// Start actors for a page of users loaded from the database; replies when done.
+    Adopt(Vec<ActorSeed>, RpcReplyPort<()>),
+    /// Start (or restart) one user's actor from a freshly loaded row.
+    AdoptOne { seed: ActorSeed },
+    /// The initial load finished.
+    Loaded,
+    /// A crashed actor's backoff ran out: reload its row and start it again.
+    Respawn { user_id: String },
+    /// Forward a message to one user's actor; replies whether the actor exists.
+    Forward {
+        user_id: String,
+        message: UserTokenMsg,
+        reply: RpcReplyPort<bool>,
+    },
+    /// One user's registry entry.
+    Get {
+        user_id: String,
+        reply: RpcReplyPort<Option<ActorEntry>>,
+    },
+    /// A page of actors ordered by user id, after the cursor.
+    List {
+        after: Option<String>,
+        limit: usize,
+        reply: RpcReplyPort<ActorPage>,
+    },
+}
+
+/// A page of actors as the supervisor knows them; the caller asks each for its info.
+pub struct ActorPage {
+    pub entries: Vec<ActorEntry>,
+    pub total: usize,
+}
+
+/// One user in the supervisor's registry.
+pub enum ActorEntry {
+    Live(ractor::ActorRef<UserTokenMsg>),
+    /// Crashed and waiting out its restart backoff.
+    Restarting {
+        user_id: String,
+        restarts: u32,
+    },
+}

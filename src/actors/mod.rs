@@ -1,0 +1,178 @@
+//! The actors: one root [`supervisor`] and one [`user_token`] actor per user. [`Supervisor`]
+//! is the handle the rest of the service uses; it only sends messages.
+
+mod context;
+pub mod messages;
+mod supervisor;
+mod user_token;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use ractor::{Actor, ActorRef};
+
+pub use context::ActorContext;
+use messages::{ActorEntry, SupervisorMsg, UserTokenMsg};
+pub use messages::{ActorInfo, ActorStatus, RefreshReason};
+pub use supervisor::UserScope;
+use supervisor::{SupervisorArgs, TokenSupervisor};
+
+use crate::store::TokenChange;
+
+/// How long an admin call waits for an actor to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One actor's info as the admin API shows it, with `restarting` for one in restart backoff.
+pub enum ActorView {
+    Live(ActorInfo),
+    Restarting { user_id: String, restarts: u32 },
+}
+
+/// Handle to the running supervisor.
+#[derive(Clone)]
+pub struct Supervisor {
+    actor: ActorRef<SupervisorMsg>,
+    loaded: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    /// Starts the supervisor, which then loads every user in `scope` from the database.
+    pub async fn start(ctx: Arc<ActorContext>, scope: UserScope) -> anyhow::Result<Self> {
+        let loaded = Arc::new(AtomicBool::new(false));
+        let args = SupervisorArgs {
+            ctx,
+            scope,
+            loaded: loaded.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, TokenSupervisor, args).await?;
+        Ok(Self { actor, loaded })
+    }
+
+    /// Stops every user actor, then the supervisor.
+    pub async fn stop(&self) {
+        self.actor
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+        let _ = self
+            .actor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+    }
+
+    /// True once every actor of the initial load runs.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst)
+    }
+
+    /// New tokens were saved for `user_id`.
+    pub fn user_connected(&self, user_id: &str, change: TokenChange) {
+        let _ = self.actor.send_message(SupervisorMsg::UserConnected {
+            user_id: user_id.to_string(),
+            change,
+        });
+    }
+
+    /// `user_id` disconnected.
+    pub fn user_disconnected(&self, user_id: &str) {
+        let _ = self.actor.send_message(SupervisorMsg::UserDisconnected {
+            user_id: user_id.to_string(),
+        });
+    }
+
+    /// Asks the user's actor to refresh now; false if there is no such actor.
+    pub async fn refresh_now(&self, user_id: &str) -> bool {
+        self.forward(user_id, UserTokenMsg::Refresh(RefreshReason::Forced))
+            .await
+    }
+
+    /// Makes the user's actor panic (supervision tests and fault drills).
+    pub async fn inject_crash(&self, user_id: &str) -> bool {
+        self.forward(user_id, UserTokenMsg::Crash).await
+    }
+
+    async fn forward(&self, user_id: &str, message: UserTokenMsg) -> bool {
+        let user_id = user_id.to_string();
+        matches!(
+            self.actor
+                .call(
+                    |reply| SupervisorMsg::Forward {
+                        user_id,
+                        message,
+                        reply
+                    },
+                    Some(ASK_TIMEOUT)
+                )
+                .await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// A page of actors ordered by user id after `after`, and the total count.
+    pub async fn list(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<ActorView>, usize)> {
+        let page = match self
+            .actor
+            .call(
+                |reply| SupervisorMsg::List {
+                    after,
+                    limit,
+                    reply,
+                },
+                Some(ASK_TIMEOUT),
+            )
+            .await?
+        {
+            ractor::rpc::CallResult::Success(page) => page,
+            _ => anyhow::bail!("supervisor did not answer"),
+        };
+        let views = futures::future::join_all(page.entries.into_iter().map(view)).await;
+        Ok((views.into_iter().flatten().collect(), page.total))
+    }
+
+    /// One user's actor, if it runs (or waits to restart).
+    pub async fn get(&self, user_id: &str) -> anyhow::Result<Option<ActorView>> {
+        let user_id = user_id.to_string();
+        match self
+            .actor
+            .call(
+                |reply| SupervisorMsg::Get { user_id, reply },
+                Some(ASK_TIMEOUT),
+            )
+            .await?
+        {
+            ractor::rpc::CallResult::Success(Some(entry)) => Ok(view(entry).await),
+            ractor::rpc::CallResult::Success(None) => Ok(None),
+            _ => anyhow::bail!("supervisor did not answer"),
+        }
+    }
+}
+
+impl ActorView {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Live(info) => &info.user_id,
+            Self::Restarting { user_id, .. } => user_id,
+        }
+    }
+}
+
+async fn view(entry: ActorEntry) -> Option<ActorView> {
+    match entry {
+        ActorEntry::Live(actor) => match actor.call(UserTokenMsg::Info, Some(ASK_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(info)) => Some(ActorView::Live(info)),
+            // Stopped between the listing and the question: it is gone.
+            _ => None,
+        },
+        ActorEntry::Restarting { user_id, restarts } => {
+            Some(ActorView::Restarting { user_id, restarts })
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The per-user token actor: the only code allowed to refresh a user's access token, which
+//! removes double refreshes by construction. It keeps only schedule data in memory (never a
+//! token value), schedules its own refresh `lead` (minus jitter) before expiry, and runs each
+//! refresh as a separate task whose outcome comes back as a message, so the mailbox (Stop
+//! included) is never blocked by Google or the database.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::Rng;
+use tokio::task::JoinHandle;
+
+use super::{
+    context::ActorContext,
+    messages::{ActorInfo, ActorStatus, RefreshOutcome, RefreshReason, UserTokenMsg},
+};
+use crate::{store::ActorSeed, sync::backoff};
+
+/// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
+/// slowly: hammering Google will not fix the configuration.
+const REJECTED_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// The actor type; all state lives in [`UserTokenState`].
+pub struct UserTokenActor;
+
+/// What the actor starts from.
+pub struct UserTokenArgs {
+    pub seed: ActorSeed,
+    pub restarts: u32,
+    pub ctx: Arc<ActorContext>,
+}
+
+/// Private state of one user's actor.
+pub struct UserTokenState {
+    user_id: String,
+    status: ActorStatus,
+    token_expiry: Option<DateTime<Utc>>,
+    version: i64,
+    next_refresh_at: Option<DateTime<Utc>>,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<UserTokenMsg>>>>,
+    last_refresh_at: Option<DateTime<Utc>>,
+    refresh_count: i64,
+    restarts: u32,
+    failures: u32,
+    in_flight: bool,
+    ctx: Arc<ActorContext>,
+}
+
+impl Actor for UserTokenActor {
+    type Msg = UserTokenMsg;
+    type State = UserTokenState;
+    type Arguments = UserTokenArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: UserTokenArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let seed = args.seed;
+        Ok(UserTokenState {
+            status: if seed.needs_reconnect {
+                ActorStatus::NeedsReconnect
+            } else {
+                ActorStatus::Active
+            },
+            user_id: seed.user_id,
+            token_expiry: seed.token_expiry,
+            version: seed.version,
+            next_refresh_at: None,
+            timer: None,
+            last_refresh_at: seed.last_refresh_at,
+            refresh_count: seed.refresh_count,
+            restarts: args.restarts,
+            failures: 0,
+            in_flight: false,
+            ctx: args.ctx,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.schedule(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.cancel_timer();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            UserTokenMsg::TokensChanged(change) => {
+                state.version = change.version;
+                state.token_expiry = change.token_expiry;
+                state.status = ActorStatus::Active;
+                state.failures = 0;
+                state.schedule(&myself);
+            }
+            UserTokenMsg::Refresh(reason) => state.start_refresh(&myself, reason),
+            UserTokenMsg::RefreshFinished(outcome) => state.finish_refresh(&myself, outcome),
+            UserTokenMsg::Info(reply) => {
+                let _ = reply.send(state.info());
+            }
+            UserTokenMsg::Crash => panic!("fault injected into user token actor"),
+        }
+        Ok(())
+    }
+}
+
+impl UserTokenState {
+    fn cancel_timer(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+
+    fn info(&self) -> ActorInfo {
+        ActorInfo {
+            user_id: self.user_id.clone(),
+            status: self.status,
+            token_expiry: self.token_expiry,
+            next_refresh_at: self.next_refresh_at,
+            last_refresh_at: self.last_refresh_at,
+            refresh_count: self.refresh_count,
+            restarts: self.restarts,
+        }
+    }
+
+    /// Arms the timer for the next proactive refresh (none while waiting for a reconnect).
+    fn schedule(&mut self, myself: &ActorRef<UserTokenMsg>) {
+        self.cancel_timer();
+        let Some(expiry) = self
+            .token_expiry
+            .filter(|_| self.status != ActorStatus::NeedsReconnect)
+        else {
+            self.next_refresh_at = None;
+            return;
+        };
+        let config = &self.ctx.refresh;
+        let jitter_cap = config.jitter_max.min(config.lead / 2);
+        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=jitter_cap);
+        let at = expiry - chrono::Duration::from_std(config.lead + jitter).unwrap_or_default();
+        self.arm(myself, at, RefreshReason::Scheduled);
+    }
+
+    fn arm(&mut self, myself: &ActorRef<UserTokenMsg>, at: DateTime<Utc>, reason: RefreshReason) {
+        self.cancel_timer();
+        let delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        self.next_refresh_at = Some(at);
+        self.timer = Some(myself.send_after(delay, move || UserTokenMsg::Refresh(reason)));
+    }
+
+    fn start_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, reason: RefreshReason) {
+        // One refresh at a time, and none without a grant: a duplicate request is absorbed.
+        if self.in_flight || self.status == ActorStatus::NeedsReconnect {
+            return;
+        }
+        if reason == RefreshReason::Scheduled
+            && let Some(planned) = self.next_refresh_at
+        {
+            let late = (Utc::now() - planned).to_std().unwrap_or(Duration::ZERO);
+            self.ctx
+                .metrics
+                .refresh_lateness
+                .observe(late.as_secs_f64());
+        }
+        if let Some(expiry) = self.token_expiry {
+            let left = (expiry - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+            self.ctx.metrics.remaining_lifetime.observe(left);
+        }
+        self.cancel_timer();
+        self.in_flight = true;
+        self.status = ActorStatus::Refreshing;
+        tracing::debug!(userId = %self.user_id, reason = reason.as_str(), "refreshing access token");
+        let ctx = self.ctx.clone();
+        let user_id = self.user_id.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let outcome = ctx.refresh(&user_id).await;
+            let _ = myself.send_message(UserTokenMsg::RefreshFinished(outcome));
+        });
+    }
+
+    fn finish_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, outcome: RefreshOutcome) {
+        self.in_flight = false;
+        match outcome {
+            RefreshOutcome::Refreshed(change) => {
+                self.ctx.metrics.refresh("ok");
+                self.version = change.version;
+                self.token_expiry = change.token_expiry;
+                self.last_refresh_at = Some(Utc::now());
+                self.refresh_count += 1;
+                self.failures = 0;
+                self.status = ActorStatus::Active;
+                tracing::info!(userId = %self.user_id, tokenExpiry = ?self.token_expiry, "access token refreshed");
+                self.schedule(myself);
+            }
+            RefreshOutcome::Transient(error) => {
+                self.ctx.metrics.refresh("transient");
+                self.retry_later(myself, &error, self.ctx.refresh.retry_max);
+            }
+            RefreshOutcome::Rejected(error) => {
+                self.ctx.metrics.refresh("rejected");
+                self.retry_later(
+                    myself,
+                    &error,
+                    REJECTED_RETRY_MAX.max(self.ctx.refresh.retry_max),
+                );
+            }
+            RefreshOutcome::Revoked => {
+                self.ctx.metrics.refresh("revoked");
+                tracing::warn!(userId = %self.user_id, "Google grant revoked; user must reconnect");
+                self.status = ActorStatus::NeedsReconnect;
+                self.token_expiry = None;
+                self.cancel_timer();
+                self.next_refresh_at = None;
+            }
+            RefreshOutcome::Superseded(seed) => {
+                self.ctx.metrics.refresh("superseded");
+                match seed {
+                    Some(seed) => {
+                        self.version = seed.version;
+                        self.token_expiry = seed.token_expiry;
+                        self.status = if seed.needs_reconnect {
+                            ActorStatus::NeedsReconnect
+                        } else {
+                            ActorStatus::Active
+                        };
+                        self.schedule(myself);
+                    }
+                    // Disconnected meanwhile; the supervisor stops us too.
+                    None => myself.stop(Some("no longer connected".into())),
+                }
+            }
+        }
+    }
+
+    fn retry_later(&mut self, myself: &ActorRef<UserTokenMsg>, error: &str, cap: Duration) {
+        self.failures += 1;
+        self.status = ActorStatus::Retrying;
+        let delay = backoff(self.ctx.refresh.retry_base, cap, self.failures);
+        tracing::warn!(
+            userId = %self.user_id,
+            error = %error,
+            attempt = self.failures,
+            retryInMs = delay.as_millis() as u64,
+            "token refresh failed, will retry"
+        );
+        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        self.arm(myself, at, RefreshReason::Retry);
+    }
+}

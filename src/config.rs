@@ -1,0 +1,462 @@
+//! Configuration: every variable of CONTRACT section 2, read once at start (flags or
+//! environment, `.env` if present) into the typed [`Config`]. Nothing else in the crate reads
+//! the environment. A missing or malformed variable yields one line naming it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::Engine;
+use secrecy::SecretString;
+use url::Url;
+
+/// The calendar scopes asked for when `GOOGLE_CALENDAR_SCOPES` is unset.
+pub const DEFAULT_SCOPES: &str =
+    "https://www.googleapis.com/auth/calendar https://www.googleapis.com/auth/calendar.events";
+
+/// Raw `serve` settings as they come from flags or the environment. Everything is text here so
+/// that [`ServeArgs::into_config`] can name the variable that is wrong.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address the service listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen_addr: String,
+    /// SQLite (`sqlite://file.db?mode=rwc`) or PostgreSQL (`postgres://...`) URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://tokenwarden.db?mode=rwc"
+    )]
+    pub database_url: String,
+    /// OAuth client id of the Google Cloud project.
+    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// OAuth client secret of the Google Cloud project.
+    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_SECRET", hide_env_values = true)]
+    pub google_client_secret: Option<String>,
+    /// Where Google sends the browser back; must reach `/api/integrations/google/callback`.
+    #[arg(
+        long,
+        env = "GOOGLE_CALENDAR_REDIRECT_URI",
+        default_value = "http://localhost:3000/api/integrations/google/callback"
+    )]
+    pub google_redirect_uri: String,
+    /// Space-separated scopes; `openid email` are always added for the account's address.
+    #[arg(long, env = "GOOGLE_CALENDAR_SCOPES", default_value = DEFAULT_SCOPES)]
+    pub google_scopes: String,
+    /// Google's consent page.
+    #[arg(
+        long,
+        env = "GOOGLE_OAUTH_AUTH_URL",
+        default_value = "https://accounts.google.com/o/oauth2/v2/auth"
+    )]
+    pub google_auth_url: String,
+    /// Google's token endpoint (code exchange and refresh).
+    #[arg(
+        long,
+        env = "GOOGLE_OAUTH_TOKEN_URL",
+        default_value = "https://oauth2.googleapis.com/token"
+    )]
+    pub google_token_url: String,
+    /// Google's revocation endpoint.
+    #[arg(
+        long,
+        env = "GOOGLE_OAUTH_REVOKE_URL",
+        default_value = "https://oauth2.googleapis.com/revoke"
+    )]
+    pub google_revoke_url: String,
+    /// Google's OpenID userinfo endpoint (the account's email).
+    #[arg(
+        long,
+        env = "GOOGLE_USERINFO_URL",
+        default_value = "https://openidconnect.googleapis.com/v1/userinfo"
+    )]
+    pub google_userinfo_url: String,
+    /// Microservice base URL without trailing slash; unset skips the sync.
+    #[arg(long, env = "GOOGLE_CALENDAR_MICROSERVICE_URL")]
+    pub microservice_url: Option<String>,
+    /// Bearer token sent to the microservice on every call.
+    #[arg(
+        long,
+        env = "GOOGLE_CALENDAR_MICROSERVICE_TOKEN",
+        hide_env_values = true
+    )]
+    pub microservice_token: Option<String>,
+    /// Per-request timeout towards the microservice, in milliseconds.
+    #[arg(
+        long,
+        env = "GOOGLE_CALENDAR_MICROSERVICE_TIMEOUT_MS",
+        default_value = "10000"
+    )]
+    pub microservice_timeout_ms: String,
+    /// Refresh this many seconds before the access token expires.
+    #[arg(long, env = "REFRESH_LEAD_SECS", default_value = "300")]
+    pub refresh_lead_secs: String,
+    /// Frontend origin: the callback redirects there, and CORS allows it.
+    #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:5173")]
+    pub frontend_url: String,
+    /// HS256 secret of the main app's user JWTs (raw bytes of the string).
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+    /// Bearer token of the `/admin` routes.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// 32 bytes, base64: the AES-256-GCM key of tokens at rest.
+    #[arg(long, env = "TOKEN_ENCRYPTION_KEY", hide_env_values = true)]
+    pub token_encryption_key: Option<String>,
+    /// How many refreshes may talk to Google at once, across all users.
+    #[arg(long, env = "REFRESH_CONCURRENCY", default_value = "64")]
+    pub refresh_concurrency: String,
+    /// First retry delay of a failed refresh, in milliseconds (doubles up to the max).
+    #[arg(long, env = "REFRESH_RETRY_BASE_MS", default_value = "1000")]
+    pub refresh_retry_base_ms: String,
+    /// Longest delay between refresh retries, in milliseconds.
+    #[arg(long, env = "REFRESH_RETRY_MAX_MS", default_value = "60000")]
+    pub refresh_retry_max_ms: String,
+    /// Upper bound of the random jitter subtracted from each refresh time, in seconds.
+    #[arg(long, env = "REFRESH_JITTER_SECS", default_value = "30")]
+    pub refresh_jitter_secs: String,
+    /// First retry delay of a failed microservice sync, in milliseconds.
+    #[arg(long, env = "SYNC_RETRY_BASE_MS", default_value = "1000")]
+    pub sync_retry_base_ms: String,
+    /// Longest delay between sync retries, in milliseconds.
+    #[arg(long, env = "SYNC_RETRY_MAX_MS", default_value = "60000")]
+    pub sync_retry_max_ms: String,
+    /// How many microservice calls may be in flight at once.
+    #[arg(long, env = "SYNC_CONCURRENCY", default_value = "64")]
+    pub sync_concurrency: String,
+    /// Per-request timeout towards Google, in milliseconds.
+    #[arg(long, env = "GOOGLE_HTTP_TIMEOUT_MS", default_value = "10000")]
+    pub google_timeout_ms: String,
+    /// Log format: `pretty` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+impl Default for ServeArgs {
+    /// The documented defaults, without reading the environment (tests and the demo start
+    /// from these and set what they need).
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:3000".into(),
+            database_url: "sqlite://tokenwarden.db?mode=rwc".into(),
+            google_redirect_uri: "http://localhost:3000/api/integrations/google/callback".into(),
+            google_scopes: DEFAULT_SCOPES.into(),
+            google_auth_url: "https://accounts.google.com/o/oauth2/v2/auth".into(),
+            google_token_url: "https://oauth2.googleapis.com/token".into(),
+            google_revoke_url: "https://oauth2.googleapis.com/revoke".into(),
+            google_userinfo_url: "https://openidconnect.googleapis.com/v1/userinfo".into(),
+            microservice_timeout_ms: "10000".into(),
+            refresh_lead_secs: "300".into(),
+            frontend_url: "http://localhost:5173".into(),
+            refresh_concurrency: "64".into(),
+            refresh_retry_base_ms: "1000".into(),
+            refresh_retry_max_ms: "60000".into(),
+            refresh_jitter_secs: "30".into(),
+            sync_retry_base_ms: "1000".into(),
+            sync_retry_max_ms: "60000".into(),
+            sync_concurrency: "64".into(),
+            google_timeout_ms: "10000".into(),
+            log_format: "pretty".into(),
+            google_client_id: None,
+            google_client_secret: None,
+            microservice_url: None,
+            microservice_token: None,
+            auth_jwt_secret: None,
+            admin_token: None,
+            token_encryption_key: None,
+        }
+    }
+}
+
+/// A variable that is missing or cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{var} is malformed: {reason}")]
+    Malformed { var: &'static str, reason: String },
+}
+
+/// Where and how the service talks to Google.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub redirect_uri: Url,
+    /// Scopes asked for at consent: the configured ones plus `openid email`.
+    pub scopes: Vec<String>,
+    pub auth_url: Url,
+    pub token_url: Url,
+    pub revoke_url: Url,
+    pub userinfo_url: Url,
+    pub timeout: Duration,
+}
+
+/// Where and how tokens are pushed.
+#[derive(Debug, Clone)]
+pub struct MicroserviceConfig {
+    /// Base URL without trailing slash; `None` means sync is skipped with the seed's warning.
+    pub url: Option<String>,
+    pub token: Option<SecretString>,
+    pub timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub concurrency: usize,
+}
+
+/// When and how fast actors refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshConfig {
+    pub lead: Duration,
+    pub jitter_max: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub concurrency: usize,
+}
+
+/// Log output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The whole, validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub google: GoogleConfig,
+    pub microservice: MicroserviceConfig,
+    pub refresh: RefreshConfig,
+    /// Without trailing slash.
+    pub frontend_url: String,
+    pub jwt_secret: SecretString,
+    pub admin_token: SecretString,
+    pub encryption_key: [u8; 32],
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Validates every variable, naming the first one that is wrong.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let google = GoogleConfig {
+            client_id: required("GOOGLE_CALENDAR_CLIENT_ID", self.google_client_id)?,
+            client_secret: required("GOOGLE_CALENDAR_CLIENT_SECRET", self.google_client_secret)?
+                .into(),
+            redirect_uri: parse_url("GOOGLE_CALENDAR_REDIRECT_URI", &self.google_redirect_uri)?,
+            scopes: requested_scopes(&self.google_scopes),
+            auth_url: parse_url("GOOGLE_OAUTH_AUTH_URL", &self.google_auth_url)?,
+            token_url: parse_url("GOOGLE_OAUTH_TOKEN_URL", &self.google_token_url)?,
+            revoke_url: parse_url("GOOGLE_OAUTH_REVOKE_URL", &self.google_revoke_url)?,
+            userinfo_url: parse_url("GOOGLE_USERINFO_URL", &self.google_userinfo_url)?,
+            timeout: millis("GOOGLE_HTTP_TIMEOUT_MS", &self.google_timeout_ms)?,
+        };
+        let microservice_url = match self.microservice_url.filter(|u| !u.trim().is_empty()) {
+            Some(u) => {
+                parse_url("GOOGLE_CALENDAR_MICROSERVICE_URL", &u)?;
+                Some(u.trim().trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let microservice = MicroserviceConfig {
+            url: microservice_url,
+            token: self
+                .microservice_token
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from),
+            timeout: millis(
+                "GOOGLE_CALENDAR_MICROSERVICE_TIMEOUT_MS",
+                &self.microservice_timeout_ms,
+            )?,
+            retry_base: millis("SYNC_RETRY_BASE_MS", &self.sync_retry_base_ms)?,
+            retry_max: millis("SYNC_RETRY_MAX_MS", &self.sync_retry_max_ms)?,
+            concurrency: positive("SYNC_CONCURRENCY", &self.sync_concurrency)?,
+        };
+        let refresh = RefreshConfig {
+            lead: Duration::from_secs(number("REFRESH_LEAD_SECS", &self.refresh_lead_secs)?),
+            jitter_max: Duration::from_secs(number(
+                "REFRESH_JITTER_SECS",
+                &self.refresh_jitter_secs,
+            )?),
+            retry_base: millis("REFRESH_RETRY_BASE_MS", &self.refresh_retry_base_ms)?,
+            retry_max: millis("REFRESH_RETRY_MAX_MS", &self.refresh_retry_max_ms)?,
+            concurrency: positive("REFRESH_CONCURRENCY", &self.refresh_concurrency)?,
+        };
+        let frontend_url = parse_url("FRONTEND_URL", &self.frontend_url)?;
+        Ok(Config {
+            listen_addr: self
+                .listen_addr
+                .parse()
+                .map_err(|e| malformed("LISTEN_ADDR", e))?,
+            database_url: self.database_url,
+            google,
+            microservice,
+            refresh,
+            frontend_url: frontend_url.as_str().trim_end_matches('/').to_string(),
+            jwt_secret: required("AUTH_JWT_SECRET", self.auth_jwt_secret)?.into(),
+            admin_token: required("ADMIN_TOKEN", self.admin_token)?.into(),
+            encryption_key: parse_key(&required(
+                "TOKEN_ENCRYPTION_KEY",
+                self.token_encryption_key,
+            )?)?,
+            log_format: parse_log_format(&self.log_format)?,
+        })
+    }
+}
+
+/// The configured scopes plus `openid email`, without duplicates, in a stable order.
+fn requested_scopes(configured: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in configured.split_whitespace().chain(["openid", "email"]) {
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_string());
+        }
+    }
+    scopes
+}
+
+fn required(var: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing(var))
+}
+
+fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {
+    ConfigError::Malformed {
+        var,
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.trim()).map_err(|e| malformed(var, e))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(malformed(
+            var,
+            format!("scheme {other} is not http or https"),
+        )),
+    }
+}
+
+fn number(var: &'static str, value: &str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|e| malformed(var, format!("{e} (expected a whole number)")))
+}
+
+fn positive(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    match number(var, value)? {
+        0 => Err(malformed(var, "must be at least 1")),
+        n => Ok(n as usize),
+    }
+}
+
+fn millis(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(number(var, value)?))
+}
+
+/// Decodes the base64 AES-256 key; the reason never echoes the value.
+pub fn parse_key(value: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| malformed("TOKEN_ENCRYPTION_KEY", "not valid base64"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        malformed(
+            "TOKEN_ENCRYPTION_KEY",
+            format!("decodes to {} bytes, expected 32", b.len()),
+        )
+    })
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, ConfigError> {
+    match value.trim() {
+        "pretty" | "" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        other => Err(malformed(
+            "LOG_FORMAT",
+            format!("{other} is not pretty or json"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete() -> ServeArgs {
+        ServeArgs {
+            listen_addr: "127.0.0.1:0".into(),
+            database_url: "sqlite::memory:".into(),
+            google_client_id: Some("id".into()),
+            google_client_secret: Some("secret".into()),
+            google_redirect_uri: "http://localhost:3000/api/integrations/google/callback".into(),
+            google_scopes: DEFAULT_SCOPES.into(),
+            google_auth_url: "http://127.0.0.1:1/auth".into(),
+            google_token_url: "http://127.0.0.1:1/token".into(),
+            google_revoke_url: "http://127.0.0.1:1/revoke".into(),
+            google_userinfo_url: "http://127.0.0.1:1/userinfo".into(),
+            microservice_url: Some("http://127.0.0.1:4000/".into()),
+            microservice_token: None,
+            microservice_timeout_ms: "10000".into(),
+            refresh_lead_secs: "300".into(),
+            frontend_url: "http://localhost:5173/".into(),
+            auth_jwt_secret: Some("jwt".into()),
+            admin_token: Some("admin".into()),
+            token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
+            refresh_concurrency: "64".into(),
+            refresh_retry_base_ms: "1000".into(),
+            refresh_retry_max_ms: "60000".into(),
+            refresh_jitter_secs: "30".into(),
+            sync_retry_base_ms: "1000".into(),
+            sync_retry_max_ms: "60000".into(),
+            sync_concurrency: "64".into(),
+            google_timeout_ms: "10000".into(),
+            log_format: "json".into(),
+        }
+    }
+
+    #[test]
+    fn complete_settings_parse_and_trailing_slashes_go() {
+        let config = complete().into_config().expect("valid");
+        assert_eq!(
+            config.microservice.url.as_deref(),
+            Some("http://127.0.0.1:4000")
+        );
+        assert_eq!(config.frontend_url, "http://localhost:5173");
+        assert_eq!(
+            config.google.scopes.last().map(String::as_str),
+            Some("email")
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn missing_secret_names_its_variable() {
+        let mut args = complete();
+        args.admin_token = None;
+        let err = args.into_config().unwrap_err().to_string();
+        assert_eq!(err, "ADMIN_TOKEN is required but not set");
+    }
+
+    #[test]
+    fn short_key_is_refused_without_echoing_it() {
+        let mut args = complete();
+        args.token_encryption_key = Some("c2hvcnQ=".into());
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(
+            err.starts_with("TOKEN_ENCRYPTION_KEY is malformed"),
+            "{err}"
+        );
+        assert!(!err.contains("c2hvcnQ="));
+    }
+
+    #[test]
+    fn malformed_number_names_its_variable() {
+        let mut args = complete();
+        args.refresh_lead_secs = "soon".into();
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.starts_with("REFRESH_LEAD_SECS is malformed"), "{err}");
+    }
+}

@@ -1,0 +1,297 @@
+//! `tokenwarden demo`: the service, the sandbox Google provider, the reference microservice
+//! and a one-page frontend, all in one process on loopback, with tokens that live two minutes
+//! so a refresh shows up every minute. The page stands in for the main app: it mints the
+//! user's JWT (the demo knows the secret) and proxies the calls, so the browser needs no CORS.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine;
+use jsonwebtoken::{EncodingKey, Header};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::{
+    app::App,
+    config::{LogFormat, ServeArgs},
+    http::valid_user_id,
+    sandbox::{self, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig},
+};
+
+const PAGE: &str = include_str!("page.html");
+const CLIENT_ID: &str = "tokenwarden-demo";
+
+/// Flags of `tokenwarden demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Where the service listens (0 picks a free port).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen_addr: SocketAddr,
+    /// Where the demo page listens (0 picks a free port).
+    #[arg(long, env = "DEMO_PAGE_ADDR", default_value = "127.0.0.1:5173")]
+    pub page_addr: SocketAddr,
+    /// The demo's own SQLite file.
+    #[arg(
+        long,
+        env = "DEMO_DATABASE_URL",
+        default_value = "sqlite://tokenwarden-demo.db?mode=rwc"
+    )]
+    pub database_url: String,
+    /// Lifetime of the sandbox's access tokens, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub token_lifetime_secs: u64,
+    /// Refresh this long before expiry, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub refresh_lead_secs: u64,
+}
+
+#[derive(Clone)]
+struct Demo {
+    service_url: String,
+    jwt_secret: String,
+    admin_token: String,
+    microservice: ReferenceMicroservice,
+    http: reqwest::Client,
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(LogFormat::Pretty);
+    let client_secret = random_secret();
+    let google = SandboxGoogle::start(
+        SandboxGoogleConfig {
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(client_secret.clone()),
+            token_lifetime: Duration::from_secs(args.token_lifetime_secs),
+            ..Default::default()
+        },
+        sandbox::bind_loopback().await?,
+    )
+    .await?;
+    let microservice =
+        ReferenceMicroservice::start(Default::default(), sandbox::bind_loopback().await?).await?;
+    let service_listener = bind_or_any(args.listen_addr).await?;
+    let page_listener = bind_or_any(args.page_addr).await?;
+    let service_url = format!("http://{}", service_listener.local_addr()?);
+    let page_url = format!("http://{}", page_listener.local_addr()?);
+    let (jwt_secret, admin_token) = (random_secret(), random_secret());
+    let mut key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut key);
+    let config = ServeArgs {
+        database_url: args.database_url.clone(),
+        google_client_id: Some(CLIENT_ID.into()),
+        google_client_secret: Some(client_secret),
+        google_redirect_uri: format!("{service_url}/api/integrations/google/callback"),
+        google_auth_url: google.auth_url(),
+        google_token_url: google.token_url(),
+        google_revoke_url: google.revoke_url(),
+        google_userinfo_url: google.userinfo_url(),
+        microservice_url: Some(microservice.base_url()),
+        refresh_lead_secs: args.refresh_lead_secs.to_string(),
+        refresh_jitter_secs: "5".into(),
+        frontend_url: page_url.clone(),
+        auth_jwt_secret: Some(jwt_secret.clone()),
+        admin_token: Some(admin_token.clone()),
+        token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode(key)),
+        ..Default::default()
+    }
+    .into_config()?;
+    // A fresh key each run cannot read an older demo's rows: start from an empty file.
+    remove_sqlite_file(&args.database_url);
+    let app = App::spawn(config, service_listener).await?;
+    let demo = Demo {
+        service_url: service_url.clone(),
+        jwt_secret,
+        admin_token: admin_token.clone(),
+        microservice: microservice.clone(),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(page_listener, page_router(demo)).await;
+    });
+    println!();
+    println!("  tokenwarden demo is running");
+    println!("  open the demo page:      {page_url}/");
+    println!("  service:                 {service_url}  (admin token: {admin_token})");
+    println!("  sandbox Google:          {}", google.base_url());
+    println!("  reference microservice:  {}", microservice.base_url());
+    println!(
+        "  tokens live {}s and are refreshed {}s before expiry; Ctrl-C stops",
+        args.token_lifetime_secs, args.refresh_lead_secs
+    );
+    println!();
+    crate::cli::run_until_signal(app).await
+}
+
+fn random_secret() -> String {
+    let mut raw = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut raw);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+async fn bind_or_any(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(_) => TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+            .await
+            .with_context(|| format!("cannot listen on {}", addr.ip())),
+    }
+}
+
+fn remove_sqlite_file(url: &str) {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or_default();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    }
+}
+
+fn page_router(demo: Demo) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/dashboard/integrations", get(page))
+        .route("/demo/connect", post(connect))
+        .route("/demo/disconnect", post(disconnect))
+        .route("/demo/refresh", post(refresh))
+        .route("/demo/state", get(state))
+        .with_state(Arc::new(demo))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+#[derive(Deserialize)]
+struct UserParam {
+    user_id: String,
+}
+
+impl Demo {
+    fn jwt(&self, user_id: &str) -> anyhow::Result<String> {
+        let exp = chrono::Utc::now().timestamp() + 3600;
+        Ok(jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": user_id, "exp": exp}),
+            &EncodingKey::from_secret(self.jwt_secret.as_bytes()),
+        )?)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.service_url))
+            .bearer_auth(bearer)
+            .send()
+            .await?;
+        Ok(response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn answer(result: anyhow::Result<Value>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            Json(json!({"error": "demo", "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+fn checked(user_id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        valid_user_id(user_id),
+        "user id: 1 to 50 of A-Z a-z 0-9 - _ . @"
+    );
+    Ok(())
+}
+
+async fn connect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
+    answer(
+        async {
+            checked(&p.user_id)?;
+            let jwt = demo.jwt(&p.user_id)?;
+            demo.call(
+                reqwest::Method::POST,
+                "/api/integrations/google/connect",
+                &jwt,
+            )
+            .await
+        }
+        .await,
+    )
+}
+
+async fn disconnect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
+    answer(
+        async {
+            checked(&p.user_id)?;
+            let jwt = demo.jwt(&p.user_id)?;
+            demo.call(reqwest::Method::DELETE, "/api/integrations/google", &jwt)
+                .await
+        }
+        .await,
+    )
+}
+
+async fn refresh(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
+    answer(
+        async {
+            checked(&p.user_id)?;
+            let path = format!("/admin/actors/{}/refresh", p.user_id);
+            demo.call(reqwest::Method::POST, &path, &demo.admin_token)
+                .await
+        }
+        .await,
+    )
+}
+
+/// Everything the page shows, with the microservice's tokens cut to a prefix.
+async fn state(State(demo): State<Arc<Demo>>, Query(p): Query<UserParam>) -> Response {
+    answer(
+        async {
+            checked(&p.user_id)?;
+            let jwt = demo.jwt(&p.user_id)?;
+            let status = demo
+                .call(
+                    reqwest::Method::GET,
+                    "/api/integrations/google/status",
+                    &jwt,
+                )
+                .await?;
+            let actors = demo
+                .call(
+                    reqwest::Method::GET,
+                    "/admin/actors?limit=20",
+                    &demo.admin_token,
+                )
+                .await?;
+            let copy = demo.microservice.stored(&p.user_id).await?.map(|t| {
+                json!({
+                    "access_token": crate::crypto::redacted(&t.access_token),
+                    "refresh_token": crate::crypto::redacted(&t.refresh_token),
+                    "token_expiry": t.token_expiry,
+                    "scope": t.scope,
+                })
+            });
+            Ok(json!({"status": status, "actors": actors, "microservice": copy}))
+        }
+        .await,
+    )
+}

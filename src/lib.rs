@@ -1,0 +1,30 @@
+//! tokenwarden keeps users' Google Calendar OAuth tokens alive and mirrored to an external
+//! microservice.
+//!
+//! # Layout
+//! - [`config`]: every setting, parsed once at start.
+//! - [`crypto`]: AES-256-GCM for tokens at rest, constant-time secret comparison.
+//! - [`store`]: sea-orm entities and queries (SQLite or PostgreSQL).
+//! - [`google`]: the OAuth client that talks to Google (or the sandbox standing in for it).
+//! - [`sync`]: pushes every token change to the microservice, in order, with durable retries.
+//! - [`actors`]: the root supervisor and one actor per connected user that owns refreshing.
+//! - [`http`]: the axum front door (user API, admin API, health, metrics).
+//! - [`metrics`]: the Prometheus registry.
+//! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
+//! - [`sandbox`]: real HTTP servers standing in for Google and the microservice.
+//! - [`demo`]: everything in one process for a person to try.
+//! - [`telemetry`]: logging setup.
+
+pub mod actors;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod google;
+pub mod http;
+pub mod metrics;
+pub mod sandbox;
+pub mod store;
+pub mod sync;
+pub mod telemetry;

@@ -1,0 +1,62 @@
+//! The `tokenwarden` binary: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokenwarden::{app::App, cli};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenwarden",
+    version,
+    about = "Keeps Google Calendar OAuth tokens alive and mirrored to a microservice"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: tokenwarden::config::ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve(Box<tokenwarden::config::ServeArgs>),
+    /// Run the service, the sandbox Google provider and the reference microservice together.
+    Demo(tokenwarden::demo::DemoArgs),
+    /// Apply database migrations and exit.
+    Migrate(cli::MigrateArgs),
+    /// Run only the sandbox Google OAuth provider.
+    SandboxGoogle(tokenwarden::sandbox::SandboxGoogleArgs),
+    /// Run only the reference microservice.
+    Microservice(tokenwarden::sandbox::MicroserviceArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
+        Command::Serve(args) => serve(*args).await,
+        Command::Demo(args) => tokenwarden::demo::run(args).await,
+        Command::Migrate(args) => cli::migrate(args).await,
+        Command::SandboxGoogle(args) => tokenwarden::sandbox::google::run(args).await,
+        Command::Microservice(args) => tokenwarden::sandbox::microservice::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(args: tokenwarden::config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    tokenwarden::telemetry::init_logging(config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    let app = App::spawn(config, listener).await?;
+    cli::run_until_signal(app).await
+}

@@ -1,0 +1,139 @@
+//! The Prometheus registry of one running service: counters, gauges and histograms that the
+//! actors, the sync dispatcher and the HTTP layer update. Labels never carry user ids or
+//! secrets, so `/metrics` is safe to expose without a token.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn lateness_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn lifetime_histogram() -> Histogram {
+    // 1 s .. ~2.3 h
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    /// Refresh attempts by `result` (`ok`, `transient`, `revoked`, `rejected`, `superseded`).
+    pub refreshes: Family<Labels, Counter>,
+    /// Microservice calls by `op` (`connect`, `delete`) and `result` (`ok`, `failed`, `skipped`).
+    pub syncs: Family<Labels, Counter>,
+    /// Seconds between a refresh's scheduled time and its start.
+    pub refresh_lateness: Histogram,
+    /// Seconds the access token still had to live when refreshed.
+    pub remaining_lifetime: Histogram,
+    /// HTTP request durations by `method`, `route` and `status`.
+    pub http_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// User actors alive.
+    pub actors: Gauge,
+    /// User actors restarted after a failure.
+    pub actor_restarts: Counter,
+    /// Users whose latest change is not yet acknowledged by the microservice.
+    pub sync_queue_depth: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tokenwarden");
+        let refreshes = Family::<Labels, Counter>::default();
+        let syncs = Family::<Labels, Counter>::default();
+        let refresh_lateness = lateness_histogram();
+        let remaining_lifetime = lifetime_histogram();
+        let http_duration: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        let actors = Gauge::default();
+        let actor_restarts = Counter::default();
+        let sync_queue_depth = Gauge::default();
+        registry.register(
+            "refreshes",
+            "Token refresh attempts by result",
+            refreshes.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Microservice calls by operation and result",
+            syncs.clone(),
+        );
+        registry.register(
+            "refresh_lateness_seconds",
+            "Start of a refresh minus its scheduled time",
+            refresh_lateness.clone(),
+        );
+        registry.register(
+            "refresh_remaining_lifetime_seconds",
+            "Access token lifetime left when it was refreshed",
+            remaining_lifetime.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request durations by route",
+            http_duration.clone(),
+        );
+        registry.register("actors", "User token actors alive", actors.clone());
+        registry.register(
+            "actor_restarts",
+            "User token actors restarted after a failure",
+            actor_restarts.clone(),
+        );
+        registry.register(
+            "sync_queue_depth",
+            "Users with a change not yet acknowledged by the microservice",
+            sync_queue_depth.clone(),
+        );
+        Self {
+            registry,
+            refreshes,
+            syncs,
+            refresh_lateness,
+            remaining_lifetime,
+            http_duration,
+            actors,
+            actor_restarts,
+            sync_queue_depth,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn refresh(&self, result: &str) {
+        self.refreshes
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn sync(&self, op: &str, result: &str) {
+        self.syncs
+            .get_or_create(&vec![
+                ("op", op.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    /// The registry in Prometheus/OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,1244 @@
+//! The sandbox Google OAuth provider: an HTTP server shaped like Google's authorization,
+//! token, revocation and userinfo endpoints.
+//!
+//! It owns every grant, code and token it hands out, the fault controls that make it misbehave
+//! on purpose (failing, hanging or rejecting refreshes, latency, refresh-token rotation) and the
+//! counters tests read back. Consent is given at once, so a browser-less test can walk the whole
+//! authorization-code flow with PKCE over real HTTP.
+//!
+//! Memory per grant is kept small because a load test may create about a million: tokens map
+//! to a grant index, grants are compact, repeated strings (scope, client id) are shared, and
+//! long-expired access tokens are swept away.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::{Rng, distributions::Alphanumeric};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::{net::TcpListener, sync::watch};
+
+use super::{MAX_HANG, RunningServer, token_prefix, wait_while};
+
+/// How long an authorization code can be exchanged, as at Google.
+const CODE_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// How long an expired access token is still remembered, so "was it valid at time T" can be
+/// answered for recent T without keeping every token of a long load test.
+const EXPIRED_ACCESS_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// Access tokens issued between two sweeps of long-expired ones.
+const SWEEP_EVERY: usize = 50_000;
+
+/// Pending codes above which expired ones are swept on the next authorization.
+const CODE_SWEEP_THRESHOLD: usize = 10_000;
+
+/// The scope Google substitutes for the short `email` scope in what it grants.
+const USERINFO_EMAIL_SCOPE: &str = "https://www.googleapis.com/auth/userinfo.email";
+
+/// Google's description for a refresh token it no longer honours.
+const EXPIRED_OR_REVOKED: &str = "Token has been expired or revoked.";
+
+/// Starting configuration of a [`SandboxGoogle`]; everything but the client credentials and
+/// `record_issued` can be changed later through the controls.
+#[derive(Clone)]
+pub struct SandboxGoogleConfig {
+    /// When set, `/o/oauth2/v2/auth` and `/token` reject any other client id.
+    pub client_id: Option<String>,
+    /// When set together with `client_id`, `/token` rejects any other secret.
+    pub client_secret: Option<String>,
+    /// Lifetime of every access token issued (`expires_in`).
+    pub token_lifetime: Duration,
+    /// Whether each refresh answers with a new refresh token, superseding the old one.
+    pub rotate_refresh_tokens: bool,
+    /// How long a superseded refresh token keeps working after rotation.
+    pub rotation_grace: Duration,
+    /// Delay added to every `/token` answer.
+    pub latency: Duration,
+    /// Probability (0.0 to 1.0) that a refresh is answered with a 500.
+    pub error_rate: f64,
+    /// Keep every issued token string for [`SandboxGoogle::issued_tokens`]; load tests turn it
+    /// off to keep memory flat.
+    pub record_issued: bool,
+}
+
+impl Default for SandboxGoogleConfig {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            client_secret: None,
+            token_lifetime: Duration::from_secs(3600),
+            rotate_refresh_tokens: false,
+            rotation_grace: Duration::from_secs(30),
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            record_issued: true,
+        }
+    }
+}
+
+/// How `/token` answers refresh-token grants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshMode {
+    /// Refreshes work normally.
+    #[default]
+    Ok,
+    /// Every refresh gets a 500 `{"error":"internal_failure"}`.
+    Error500,
+    /// Every refresh is held open (at most 120 s, or until the mode changes) and then gets a
+    /// 500, without consuming or rotating anything.
+    Hang,
+    /// Every refresh gets `invalid_grant`, as if the user had revoked access.
+    InvalidGrant,
+}
+
+/// The provider's fault controls, as `POST /sandbox/control` accepts and answers them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SandboxControls {
+    /// How refresh-token grants are answered.
+    pub refresh_mode: RefreshMode,
+    /// Delay added to every `/token` answer, in milliseconds.
+    pub latency_ms: u64,
+    /// Probability of a 500 on a refresh.
+    pub error_rate: f64,
+    /// Whether refreshes rotate the refresh token.
+    pub rotate_refresh_tokens: bool,
+    /// How long a superseded refresh token keeps working, in seconds.
+    pub rotation_grace_secs: u64,
+    /// Lifetime of newly issued access tokens, in seconds.
+    pub token_lifetime_secs: u64,
+    /// Whether every authorization is refused (`error=access_denied`).
+    pub deny: bool,
+    /// Whether code exchanges answer without a refresh token.
+    pub omit_refresh_token: bool,
+}
+
+/// Counters of what the provider has done, as `GET /sandbox/stats` answers them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStats {
+    /// Authorization codes handed out by `/o/oauth2/v2/auth`.
+    pub codes_issued: u64,
+    /// Successful authorization-code exchanges.
+    pub code_exchanges: u64,
+    /// Successful refresh-token grants.
+    pub refreshes: u64,
+    /// Refreshes answered with an error by a fault control (mode or error rate).
+    pub refresh_failures_injected: u64,
+    /// `/revoke` requests that revoked a grant.
+    pub revocations: u64,
+    /// Refreshes with a superseded refresh token after its grace had ended (all refused).
+    pub stale_refresh_uses: u64,
+    /// Refreshes with a superseded refresh token, within the grace or not.
+    pub superseded_refresh_uses: u64,
+    /// Grants created (one per successful code exchange).
+    pub grants: u64,
+    /// Grants not revoked.
+    pub active_grants: u64,
+}
+
+/// Handle on a running sandbox provider; clones share the same server.
+#[derive(Clone)]
+pub struct SandboxGoogle {
+    inner: Arc<Inner>,
+}
+
+/// What the handlers and the handle share.
+struct Inner {
+    /// Where the server listens.
+    addr: SocketAddr,
+    /// Client id every request must present, if configured.
+    client_id: Option<String>,
+    /// Client secret `/token` requests must present, if configured with a client id.
+    client_secret: Option<String>,
+    /// Everything mutable. A plain mutex: no await happens while it is held.
+    state: Mutex<ProviderState>,
+    /// Announces control changes and shutdown, so hanging requests re-check their condition.
+    changes: watch::Sender<()>,
+    /// Set once shutdown begins; releases hanging requests for good.
+    stopping: AtomicBool,
+    /// The serving task, taken by shutdown.
+    server: Mutex<Option<RunningServer>>,
+}
+
+/// Controls as used internally, with durations rather than whole seconds.
+#[derive(Clone)]
+struct Controls {
+    refresh_mode: RefreshMode,
+    latency: Duration,
+    error_rate: f64,
+    rotate: bool,
+    grace: Duration,
+    lifetime: Duration,
+    deny: bool,
+    omit_refresh_token: bool,
+}
+
+/// The provider's mutable memory.
+struct ProviderState {
+    controls: Controls,
+    /// Pending authorization codes, removed at their first exchange attempt.
+    codes: HashMap<String, PendingCode>,
+    /// Grants by index; a grant's `sub` is its index plus one.
+    grants: Vec<Grant>,
+    /// Every refresh token issued, current or superseded, so stale uses can be counted.
+    refresh_tokens: HashMap<Arc<str>, RefreshEntry>,
+    /// Access tokens, minus the long-expired ones swept away.
+    access_tokens: HashMap<String, AccessEntry>,
+    /// Shared copies of repeated strings (scopes, client ids).
+    interned: HashSet<Arc<str>>,
+    /// Every token issued, when `record_issued` is on.
+    issued: Option<Vec<String>>,
+    /// Every token named in a `/revoke` request.
+    revoke_requests: Vec<String>,
+    stats: SandboxStats,
+    /// Numbers the made-up addresses of users who gave no `login_hint`.
+    anonymous_users: u64,
+    /// Access tokens issued since the last sweep.
+    issued_since_sweep: usize,
+}
+
+/// A code waiting to be exchanged, with what the exchange must match.
+struct PendingCode {
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    challenge: String,
+    email: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// One user's consent to one client.
+struct Grant {
+    email: Box<str>,
+    scope: Arc<str>,
+    client_id: Arc<str>,
+    /// The refresh token currently handed out, if the grant has one; shares the map's key.
+    refresh_token: Option<Arc<str>>,
+    revoked: bool,
+}
+
+#[derive(Clone, Copy)]
+struct RefreshEntry {
+    grant: usize,
+    /// When rotation replaced this token; the grace period counts from here.
+    superseded_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Copy)]
+struct AccessEntry {
+    grant: usize,
+    expires_at: DateTime<Utc>,
+}
+
+/// A successful `/token` answer, in Google's shape.
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    scope: String,
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+/// An OAuth error answer: `{"error": ..., "error_description": ...}` with a status.
+#[derive(Debug)]
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: Option<String>,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: Some(description.into()),
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+
+    fn invalid_client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        )
+    }
+
+    /// What an injected refresh failure answers.
+    fn internal_failure() -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal_failure",
+            description: None,
+        }
+    }
+
+    /// A bare `{"error": ...}` answer, as `/revoke` and `/v1/userinfo` give.
+    fn bare(status: StatusCode, error: &'static str) -> Self {
+        Self {
+            status,
+            error,
+            description: None,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.error });
+        if let Some(description) = self.description {
+            body["error_description"] = description.into();
+        }
+        (self.status, no_store(), Json(body)).into_response()
+    }
+}
+
+impl SandboxGoogle {
+    /// Starts serving on `listener` in a spawned task and returns the handle.
+    pub async fn start(config: SandboxGoogleConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            addr,
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            state: Mutex::new(ProviderState::new(&config)),
+            changes: watch::Sender::new(()),
+            stopping: AtomicBool::new(false),
+            server: Mutex::new(None),
+        });
+        let server = RunningServer::spawn(listener, router(inner.clone()));
+        *lock(&inner.server) = Some(server);
+        tracing::debug!(%addr, "sandbox Google provider listening");
+        Ok(Self { inner })
+    }
+
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// The authorization endpoint (`GOOGLE_OAUTH_AUTH_URL`).
+    pub fn auth_url(&self) -> String {
+        format!("{}/o/oauth2/v2/auth", self.base_url())
+    }
+
+    /// The token endpoint (`GOOGLE_OAUTH_TOKEN_URL`).
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    /// The revocation endpoint (`GOOGLE_OAUTH_REVOKE_URL`).
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    /// The userinfo endpoint (`GOOGLE_USERINFO_URL`).
+    pub fn userinfo_url(&self) -> String {
+        format!("{}/v1/userinfo", self.base_url())
+    }
+
+    /// Sets how refresh-token grants are answered.
+    pub fn set_refresh_mode(&self, mode: RefreshMode) {
+        self.inner.update(|c| c.refresh_mode = mode);
+    }
+
+    /// Sets the lifetime of access tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        self.inner.update(|c| c.lifetime = d);
+    }
+
+    /// Turns refresh-token rotation on or off and sets the grace of superseded tokens.
+    pub fn set_rotation(&self, on: bool, grace: Duration) {
+        self.inner.update(|c| {
+            c.rotate = on;
+            c.grace = grace;
+        });
+    }
+
+    /// Makes every authorization redirect with `error=access_denied`.
+    pub fn set_deny(&self, on: bool) {
+        self.inner.update(|c| c.deny = on);
+    }
+
+    /// Makes code exchanges answer without a refresh token.
+    pub fn set_omit_refresh_token(&self, on: bool) {
+        self.inner.update(|c| c.omit_refresh_token = on);
+    }
+
+    /// Sets the delay added to every `/token` answer.
+    pub fn set_latency(&self, d: Duration) {
+        self.inner.update(|c| c.latency = d);
+    }
+
+    /// Sets the probability (clamped to 0.0..=1.0) of a 500 on a refresh.
+    pub fn set_error_rate(&self, r: f64) {
+        self.inner.update(|c| c.error_rate = clamp_rate(r));
+    }
+
+    /// The current fault controls.
+    pub fn controls(&self) -> SandboxControls {
+        self.inner.state().controls.view()
+    }
+
+    /// The counters, as `GET /sandbox/stats` answers them.
+    pub fn stats(&self) -> SandboxStats {
+        self.inner.state().stats.clone()
+    }
+
+    /// Every access and refresh token issued so far (empty when `record_issued` is off).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.state().issued.clone().unwrap_or_default()
+    }
+
+    /// Every token named in a `/revoke` request, known or not.
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        self.inner.state().revoke_requests.clone()
+    }
+
+    /// Whether `/token` would accept this refresh token right now (fault modes aside).
+    pub fn is_refresh_token_valid(&self, t: &str) -> bool {
+        self.inner.state().refresh_usable(t, Utc::now())
+    }
+
+    /// Whether this access token was issued, is unexpired and its grant is not revoked.
+    pub fn is_access_token_valid(&self, t: &str) -> bool {
+        let state = self.inner.state();
+        state
+            .access_tokens
+            .get(t)
+            .is_some_and(|a| Utc::now() < a.expires_at && !state.grants[a.grant].revoked)
+    }
+
+    /// When this access token expires (or expired), if it is still remembered.
+    pub fn access_token_expires_at(&self, t: &str) -> Option<DateTime<Utc>> {
+        self.inner
+            .state()
+            .access_tokens
+            .get(t)
+            .map(|a| a.expires_at)
+    }
+
+    /// Revokes the grant this token belongs to, as a user removing access in their Google
+    /// account would; false if the token is unknown or the grant already revoked.
+    pub fn revoke_grant_of(&self, t: &str) -> bool {
+        self.inner.state().revoke_grant_of(t)
+    }
+
+    /// Stops the server: hanging requests are released, the port is freed.
+    pub async fn shutdown(self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.changes.send_replace(());
+        let server = lock(&self.inner.server).take();
+        if let Some(server) = server {
+            server.stop().await;
+        }
+    }
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, ProviderState> {
+        lock(&self.state)
+    }
+
+    /// Changes the controls and wakes requests that wait on them.
+    fn update(&self, change: impl FnOnce(&mut Controls)) {
+        change(&mut self.state().controls);
+        self.changes.send_replace(());
+    }
+
+    fn controls(&self) -> Controls {
+        self.state().controls.clone()
+    }
+
+    /// Checks the client credentials of a `/token` request and returns the client id it
+    /// presented, if any. Without a configured client id, anything is accepted.
+    fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Result<Option<String>, OAuthError> {
+        let presented = basic_credentials(headers).or_else(|| {
+            form.get("client_id").map(|id| {
+                let secret = form.get("client_secret").cloned().unwrap_or_default();
+                (id.clone(), secret)
+            })
+        });
+        let Some(expected_id) = &self.client_id else {
+            return Ok(presented.map(|(id, _)| id));
+        };
+        match presented {
+            Some((id, secret))
+                if id == *expected_id
+                    && self.client_secret.as_ref().is_none_or(|s| *s == secret) =>
+            {
+                Ok(Some(id))
+            }
+            _ => Err(OAuthError::invalid_client()),
+        }
+    }
+
+    /// Validates an authorization request and returns where to redirect the browser.
+    fn authorize(&self, params: &HashMap<String, String>) -> Result<String, OAuthError> {
+        let param = |name: &str| {
+            params
+                .get(name)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let mut redirect = param("redirect_uri")
+            .and_then(|uri| url::Url::parse(uri).ok())
+            .ok_or_else(|| OAuthError::invalid_request("Missing or invalid redirect_uri."))?;
+        let client_id = param("client_id")
+            .ok_or_else(|| OAuthError::invalid_request("Missing required parameter: client_id"))?;
+        if self.client_id.as_deref().is_some_and(|c| c != client_id) {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "The OAuth client was not found.",
+            ));
+        }
+        if param("response_type") != Some("code") {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_response_type",
+                "response_type must be code.",
+            ));
+        }
+        let scope = param("scope")
+            .ok_or_else(|| OAuthError::invalid_request("Missing required parameter: scope"))?;
+        let challenge = param("code_challenge")
+            .filter(|_| param("code_challenge_method") == Some("S256"))
+            .ok_or_else(|| {
+                OAuthError::invalid_request(
+                    "PKCE is required: code_challenge with code_challenge_method=S256.",
+                )
+            })?;
+
+        let mut state = self.state();
+        let mut query = redirect.query_pairs_mut();
+        if param("deny") == Some("1") || state.controls.deny {
+            query.append_pair("error", "access_denied");
+        } else {
+            let email = param("login_hint").map(str::to_owned);
+            let code = state.issue_code(
+                client_id,
+                params["redirect_uri"].as_str(),
+                scope,
+                challenge,
+                email,
+            );
+            query.append_pair("code", &code);
+        }
+        if let Some(s) = param("state") {
+            query.append_pair("state", s);
+        }
+        drop(query);
+        Ok(redirect.into())
+    }
+
+    /// Answers a refresh-token grant, applying the fault controls first.
+    async fn refresh(
+        &self,
+        form: &HashMap<String, String>,
+        client: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let controls = self.controls();
+        let injected = match controls.refresh_mode {
+            RefreshMode::Ok => None,
+            RefreshMode::Error500 => Some(OAuthError::internal_failure()),
+            RefreshMode::Hang => Some(OAuthError::internal_failure()),
+            RefreshMode::InvalidGrant => Some(OAuthError::invalid_grant(EXPIRED_OR_REVOKED)),
+        }
+        .or_else(|| {
+            (controls.error_rate > 0.0 && rand::random::<f64>() < controls.error_rate)
+                .then(OAuthError::internal_failure)
+        });
+        if let Some(error) = injected {
+            self.state().stats.refresh_failures_injected += 1;
+            if controls.refresh_mode == RefreshMode::Hang {
+                self.hang().await;
+            }
+            return Err(error);
+        }
+        let token = form.get("refresh_token").ok_or_else(|| {
+            OAuthError::invalid_request("Missing required parameter: refresh_token")
+        })?;
+        self.state().refresh(token, client, Utc::now())
+    }
+
+    /// Holds a request while the refresh mode stays `Hang`, at most [`MAX_HANG`].
+    async fn hang(&self) {
+        let deadline = tokio::time::Instant::now() + MAX_HANG;
+        wait_while(&self.changes, deadline, || {
+            !self.stopping.load(Ordering::SeqCst)
+                && self.state().controls.refresh_mode == RefreshMode::Hang
+        })
+        .await;
+    }
+}
+
+impl ProviderState {
+    fn new(config: &SandboxGoogleConfig) -> Self {
+        Self {
+            controls: Controls {
+                refresh_mode: RefreshMode::Ok,
+                latency: config.latency,
+                error_rate: clamp_rate(config.error_rate),
+                rotate: config.rotate_refresh_tokens,
+                grace: config.rotation_grace,
+                lifetime: config.token_lifetime,
+                deny: false,
+                omit_refresh_token: false,
+            },
+            codes: HashMap::new(),
+            grants: Vec::new(),
+            refresh_tokens: HashMap::new(),
+            access_tokens: HashMap::new(),
+            interned: HashSet::new(),
+            issued: config.record_issued.then(Vec::new),
+            revoke_requests: Vec::new(),
+            stats: SandboxStats::default(),
+            anonymous_users: 0,
+            issued_since_sweep: 0,
+        }
+    }
+
+    /// Stores a new one-time code and returns it.
+    fn issue_code(
+        &mut self,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &str,
+        challenge: &str,
+        email: Option<String>,
+    ) -> String {
+        let now = Utc::now();
+        if self.codes.len() >= CODE_SWEEP_THRESHOLD {
+            self.codes.retain(|_, c| c.expires_at > now);
+        }
+        let email = email.unwrap_or_else(|| {
+            self.anonymous_users += 1;
+            format!("sandbox-user-{}@sandbox.test", self.anonymous_users)
+        });
+        let code = format!("4/sandbox-{}", random_string(43));
+        self.codes.insert(
+            code.clone(),
+            PendingCode {
+                client_id: client_id.to_owned(),
+                redirect_uri: redirect_uri.to_owned(),
+                scope: granted_scope(scope),
+                challenge: challenge.to_owned(),
+                email,
+                expires_at: after(now, CODE_LIFETIME),
+            },
+        );
+        self.stats.codes_issued += 1;
+        code
+    }
+
+    /// Answers an authorization-code grant. The code is spent by any attempt, good or bad.
+    fn exchange_code(
+        &mut self,
+        form: &HashMap<String, String>,
+        client: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = form
+            .get("code")
+            .ok_or_else(|| OAuthError::invalid_request("Missing required parameter: code"))?;
+        let pending = self
+            .codes
+            .remove(code)
+            .ok_or_else(|| OAuthError::invalid_grant("Malformed auth code."))?;
+        if now >= pending.expires_at {
+            return Err(OAuthError::invalid_grant("Auth code expired."));
+        }
+        if client.is_some_and(|c| c != pending.client_id) {
+            return Err(OAuthError::invalid_grant(
+                "Code was issued to another client.",
+            ));
+        }
+        if form.get("redirect_uri") != Some(&pending.redirect_uri) {
+            return Err(OAuthError::invalid_grant("redirect_uri does not match."));
+        }
+        let verifier = form
+            .get("code_verifier")
+            .ok_or_else(|| OAuthError::invalid_grant("Missing code verifier."))?;
+        if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != pending.challenge {
+            return Err(OAuthError::invalid_grant("Invalid code verifier."));
+        }
+        self.stats.code_exchanges += 1;
+        let grant = self.create_grant(&pending);
+        let refresh_token = (!self.controls.omit_refresh_token).then(|| self.issue_refresh(grant));
+        let (access_token, expires_in) = self.issue_access(grant, now);
+        Ok(TokenResponse {
+            access_token,
+            expires_in,
+            refresh_token,
+            scope: pending.scope.clone(),
+            token_type: "Bearer",
+            id_token: Some(id_token(grant, &pending, now)),
+        })
+    }
+
+    fn create_grant(&mut self, code: &PendingCode) -> usize {
+        let grant = Grant {
+            email: code.email.as_str().into(),
+            scope: self.intern(&code.scope),
+            client_id: self.intern(&code.client_id),
+            refresh_token: None,
+            revoked: false,
+        };
+        self.grants.push(grant);
+        self.stats.grants += 1;
+        self.stats.active_grants += 1;
+        self.grants.len() - 1
+    }
+
+    /// Answers a refresh-token grant whose fault controls have already been applied.
+    fn refresh(
+        &mut self,
+        token: &str,
+        client: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let entry = *self
+            .refresh_tokens
+            .get(token)
+            .ok_or_else(|| OAuthError::invalid_grant(EXPIRED_OR_REVOKED))?;
+        let grant = &self.grants[entry.grant];
+        if grant.revoked {
+            return Err(OAuthError::invalid_grant(EXPIRED_OR_REVOKED));
+        }
+        if client.is_some_and(|c| c != &*grant.client_id) {
+            return Err(OAuthError::invalid_grant(
+                "Token was issued to another client.",
+            ));
+        }
+        let refresh_token = match entry.superseded_at {
+            Some(at) => {
+                self.stats.superseded_refresh_uses += 1;
+                if now >= after(at, self.controls.grace) {
+                    self.stats.stale_refresh_uses += 1;
+                    return Err(OAuthError::invalid_grant(EXPIRED_OR_REVOKED));
+                }
+                // Hand back the current token so a client that lost the rotated one recovers.
+                grant.refresh_token.as_deref().map(str::to_owned)
+            }
+            None if self.controls.rotate => Some(self.rotate(entry.grant, token, now)),
+            None => None,
+        };
+        self.stats.refreshes += 1;
+        let (access_token, expires_in) = self.issue_access(entry.grant, now);
+        Ok(TokenResponse {
+            access_token,
+            expires_in,
+            refresh_token,
+            scope: self.grants[entry.grant].scope.to_string(),
+            token_type: "Bearer",
+            id_token: None,
+        })
+    }
+
+    /// Replaces the grant's refresh token `old` by a new one; `old` enters its grace period.
+    fn rotate(&mut self, grant: usize, old: &str, now: DateTime<Utc>) -> String {
+        if let Some(entry) = self.refresh_tokens.get_mut(old) {
+            entry.superseded_at = Some(now);
+        }
+        self.issue_refresh(grant)
+    }
+
+    /// Issues a refresh token and makes it the grant's current one.
+    fn issue_refresh(&mut self, grant: usize) -> String {
+        let token: Arc<str> = format!("1//sandbox-{}", random_string(40)).into();
+        let entry = RefreshEntry {
+            grant,
+            superseded_at: None,
+        };
+        self.refresh_tokens.insert(token.clone(), entry);
+        self.record_issued(&token);
+        self.grants[grant].refresh_token = Some(token.clone());
+        token.to_string()
+    }
+
+    /// Issues an access token; returns it with its `expires_in`.
+    fn issue_access(&mut self, grant: usize, now: DateTime<Utc>) -> (String, u64) {
+        self.sweep_expired_access(now);
+        let token = format!("ya29.sandbox-{}", random_string(40));
+        let lifetime = self.controls.lifetime;
+        let entry = AccessEntry {
+            grant,
+            expires_at: after(now, lifetime),
+        };
+        self.access_tokens.insert(token.clone(), entry);
+        self.record_issued(&token);
+        (token, lifetime.as_secs())
+    }
+
+    /// Every [`SWEEP_EVERY`] issues, forgets access tokens long past their expiry.
+    fn sweep_expired_access(&mut self, now: DateTime<Utc>) {
+        self.issued_since_sweep += 1;
+        if self.issued_since_sweep < SWEEP_EVERY {
+            return;
+        }
+        self.issued_since_sweep = 0;
+        self.access_tokens
+            .retain(|_, a| after(a.expires_at, EXPIRED_ACCESS_RETENTION) > now);
+    }
+
+    fn record_issued(&mut self, token: &str) {
+        if let Some(issued) = &mut self.issued {
+            issued.push(token.to_owned());
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.interned.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = s.into();
+        self.interned.insert(shared.clone());
+        shared
+    }
+
+    /// The grant a token (access or refresh, current or superseded) belongs to.
+    fn grant_of(&self, token: &str) -> Option<usize> {
+        self.access_tokens
+            .get(token)
+            .map(|a| a.grant)
+            .or_else(|| self.refresh_tokens.get(token).map(|r| r.grant))
+    }
+
+    fn refresh_usable(&self, token: &str, now: DateTime<Utc>) -> bool {
+        self.refresh_tokens.get(token).is_some_and(|r| {
+            !self.grants[r.grant].revoked
+                && r.superseded_at
+                    .is_none_or(|at| now < after(at, self.controls.grace))
+        })
+    }
+
+    /// Revokes the whole grant of `token`; false if unknown or already revoked.
+    fn revoke_grant_of(&mut self, token: &str) -> bool {
+        let Some(grant) = self.grant_of(token) else {
+            return false;
+        };
+        let grant = &mut self.grants[grant];
+        if grant.revoked {
+            return false;
+        }
+        grant.revoked = true;
+        self.stats.active_grants -= 1;
+        true
+    }
+
+    fn userinfo(&self, token: &str, now: DateTime<Utc>) -> Option<serde_json::Value> {
+        let access = self.access_tokens.get(token)?;
+        let grant = &self.grants[access.grant];
+        (now < access.expires_at && !grant.revoked).then(|| {
+            serde_json::json!({
+                "sub": grant_sub(access.grant),
+                "email": &*grant.email,
+                "email_verified": true,
+            })
+        })
+    }
+}
+
+impl Controls {
+    fn view(&self) -> SandboxControls {
+        SandboxControls {
+            refresh_mode: self.refresh_mode,
+            latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
+            error_rate: self.error_rate,
+            rotate_refresh_tokens: self.rotate,
+            rotation_grace_secs: self.grace.as_secs(),
+            token_lifetime_secs: self.lifetime.as_secs(),
+            deny: self.deny,
+            omit_refresh_token: self.omit_refresh_token,
+        }
+    }
+}
+
+/// A partial update of the controls, as `POST /sandbox/control` takes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlUpdate {
+    refresh_mode: Option<RefreshMode>,
+    latency_ms: Option<u64>,
+    error_rate: Option<f64>,
+    rotate_refresh_tokens: Option<bool>,
+    rotation_grace_secs: Option<u64>,
+    token_lifetime_secs: Option<u64>,
+    deny: Option<bool>,
+    omit_refresh_token: Option<bool>,
+}
+
+impl ControlUpdate {
+    fn apply(self, c: &mut Controls) {
+        if let Some(v) = self.refresh_mode {
+            c.refresh_mode = v;
+        }
+        if let Some(v) = self.latency_ms {
+            c.latency = Duration::from_millis(v);
+        }
+        if let Some(v) = self.error_rate {
+            c.error_rate = v;
+        }
+        if let Some(v) = self.rotate_refresh_tokens {
+            c.rotate = v;
+        }
+        if let Some(v) = self.rotation_grace_secs {
+            c.grace = Duration::from_secs(v);
+        }
+        if let Some(v) = self.token_lifetime_secs {
+            c.lifetime = Duration::from_secs(v);
+        }
+        if let Some(v) = self.deny {
+            c.deny = v;
+        }
+        if let Some(v) = self.omit_refresh_token {
+            c.omit_refresh_token = v;
+        }
+    }
+}
+
+/// Every route of the provider.
+fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/o/oauth2/v2/auth", get(authorize))
+        .route("/token", post(token))
+        .route("/revoke", post(revoke))
+        .route("/v1/userinfo", get(userinfo))
+        .route("/sandbox/control", post(control))
+        .route("/sandbox/stats", get(stats))
+        .with_state(inner)
+}
+
+async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -> Response {
+    let params = parse_form(query.unwrap_or_default().as_bytes());
+    match inner.authorize(&params) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let latency = inner.controls().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let form = parse_form(&body);
+    let answer = match inner.authenticate_client(&headers, &form) {
+        Err(error) => Err(error),
+        Ok(client) => match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => {
+                inner
+                    .state()
+                    .exchange_code(&form, client.as_deref(), Utc::now())
+            }
+            Some("refresh_token") => inner.refresh(&form, client.as_deref()).await,
+            Some(_) => Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Invalid grant_type.",
+            )),
+            None => Err(OAuthError::invalid_request(
+                "Missing required parameter: grant_type",
+            )),
+        },
+    };
+    match answer {
+        Ok(tokens) => {
+            tracing::debug!(
+                access = token_prefix(&tokens.access_token),
+                "sandbox issued tokens"
+            );
+            (no_store(), Json(tokens)).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Revokes the grant of the token named in the form body (or, as Google allows, the query).
+async fn revoke(
+    State(inner): State<Arc<Inner>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let mut form = parse_form(query.unwrap_or_default().as_bytes());
+    form.extend(parse_form(&body));
+    let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
+        return OAuthError::bare(StatusCode::BAD_REQUEST, "invalid_request").into_response();
+    };
+    let mut state = inner.state();
+    state.revoke_requests.push(token.clone());
+    if !state.revoke_grant_of(token) {
+        return OAuthError::bare(StatusCode::BAD_REQUEST, "invalid_token").into_response();
+    }
+    state.stats.revocations += 1;
+    tracing::debug!(token = token_prefix(token), "sandbox revoked a grant");
+    Json(serde_json::json!({})).into_response()
+}
+
+async fn userinfo(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    let info = bearer_token(&headers).and_then(|t| inner.state().userinfo(t, Utc::now()));
+    match info {
+        Some(info) => Json(info).into_response(),
+        None => OAuthError::bare(StatusCode::UNAUTHORIZED, "invalid_token").into_response(),
+    }
+}
+
+async fn control(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let update = match serde_json::from_slice::<ControlUpdate>(&body) {
+        Ok(update) => update,
+        Err(e) => return OAuthError::invalid_request(e.to_string()).into_response(),
+    };
+    if update.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return OAuthError::invalid_request("error_rate must be between 0.0 and 1.0")
+            .into_response();
+    }
+    inner.update(|c| update.apply(c));
+    Json(inner.state().controls.view()).into_response()
+}
+
+async fn stats(State(inner): State<Arc<Inner>>) -> Json<SandboxStats> {
+    Json(inner.state().stats.clone())
+}
+
+/// Command-line flags of `tokenwarden sandbox-google`.
+#[derive(clap::Args, Clone)]
+pub struct SandboxGoogleArgs {
+    /// Address to listen on; keep it on loopback
+    #[arg(long, env = "SANDBOX_GOOGLE_LISTEN", default_value = "127.0.0.1:4100")]
+    pub listen: SocketAddr,
+    /// Only this client id is accepted (any when unset)
+    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Only this client secret is accepted (any when unset)
+    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// Lifetime of issued access tokens, in seconds
+    #[arg(long, env = "SANDBOX_TOKEN_LIFETIME_SECS", default_value_t = 3600)]
+    pub token_lifetime_secs: u64,
+    /// Delay added to every /token answer, in milliseconds
+    #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Probability (0.0 to 1.0) that a refresh is answered with a 500
+    #[arg(long, env = "SANDBOX_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Answer each refresh with a new refresh token, superseding the old one
+    #[arg(long, env = "SANDBOX_ROTATE_REFRESH_TOKENS")]
+    pub rotate_refresh_tokens: bool,
+    /// How long a superseded refresh token keeps working, in seconds
+    #[arg(long, env = "SANDBOX_ROTATION_GRACE_SECS", default_value_t = 30)]
+    pub rotation_grace_secs: u64,
+}
+
+impl fmt::Debug for SandboxGoogleArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxGoogleArgs")
+            .field("listen", &self.listen)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("token_lifetime_secs", &self.token_lifetime_secs)
+            .field("latency_ms", &self.latency_ms)
+            .field("error_rate", &self.error_rate)
+            .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
+            .field("rotation_grace_secs", &self.rotation_grace_secs)
+            .finish()
+    }
+}
+
+/// Runs the provider alone until Ctrl-C.
+pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.error_rate),
+        "--error-rate must be between 0.0 and 1.0"
+    );
+    let config = SandboxGoogleConfig {
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        token_lifetime: Duration::from_secs(args.token_lifetime_secs),
+        rotate_refresh_tokens: args.rotate_refresh_tokens,
+        rotation_grace: Duration::from_secs(args.rotation_grace_secs),
+        latency: Duration::from_millis(args.latency_ms),
+        error_rate: args.error_rate,
+        // Nothing out of process can read the list, so it would only grow.
+        record_issued: false,
+    };
+    let listener = TcpListener::bind(args.listen).await?;
+    let google = SandboxGoogle::start(config, listener).await?;
+    tracing::info!(
+        auth_url = %google.auth_url(),
+        token_url = %google.token_url(),
+        revoke_url = %google.revoke_url(),
+        userinfo_url = %google.userinfo_url(),
+        control_url = %format!("{}/sandbox/control", google.base_url()),
+        "sandbox Google provider listening"
+    );
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("sandbox Google provider stopping");
+    google.shutdown().await;
+    Ok(())
+}
+
+/// Locks a mutex, carrying on past poisoning: the state stays usable for the tests reading it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Google's answers carry no-store so no cache keeps tokens.
+fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
+}
+
+/// Parses `application/x-www-form-urlencoded` data; the first value of a name wins.
+fn parse_form(data: &[u8]) -> HashMap<String, String> {
+    let mut form = HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(data) {
+        form.entry(name.into_owned())
+            .or_insert_with(|| value.into_owned());
+    }
+    form
+}
+
+/// The client id and secret of an `Authorization: Basic` header, each form-urlencoded as
+/// RFC 6749 section 2.3.1 asks.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((form_decode(id), form_decode(secret)))
+}
+
+/// Decodes one form-urlencoded component (`+` is a space, `%XX` a byte).
+fn form_decode(component: &str) -> String {
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (other, _) => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The requested scopes as Google grants them: `email` widened to the userinfo URL.
+fn granted_scope(requested: &str) -> String {
+    requested
+        .split_whitespace()
+        .map(|s| {
+            if s == "email" {
+                USERINFO_EMAIL_SCOPE
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An unsigned, JWT-shaped id token: opaque to tokenwarden, readable when debugging.
+fn id_token(grant: usize, code: &PendingCode, now: DateTime<Utc>) -> String {
+    let header = serde_json::json!({ "alg": "none", "typ": "JWT" });
+    let claims = serde_json::json!({
+        "iss": "https://accounts.google.com",
+        "aud": code.client_id,
+        "sub": grant_sub(grant),
+        "email": code.email,
+        "email_verified": true,
+        "iat": now.timestamp(),
+        "exp": now.timestamp() + 3600,
+    });
+    let part = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.sandbox", part(header), part(claims))
+}
+
+fn grant_sub(grant: usize) -> String {
+    (grant + 1).to_string()
+}
+
+fn random_string(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// `at + d`, saturating instead of overflowing.
+fn after(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn clamp_rate(r: f64) -> f64 {
+    if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) }
+}

@@ -1,0 +1,783 @@
+//! The reference microservice: the chat-agent side of SEED.md's token contract, an HTTP server
+//! that stores what tokenwarden pushes in its own `google_calendar_tokens` table.
+//!
+//! It owns that table (SQLite or PostgreSQL through sea-orm raw SQL), the exact success and
+//! error bodies of the contract, a record of every `/api` request it received (so tests can
+//! check order, headers and payloads), and fault modes that make it fail, hang, flap or slow
+//! down on purpose. It can stop listening and come back on the same port with its data intact,
+//! to stand for an outage.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement, Value,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::{net::TcpListener, sync::watch};
+
+use super::{MAX_HANG, RunningServer, wait_while};
+
+/// The table of SEED.md, created at start when missing; the DDL is valid on both backends.
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS google_calendar_tokens (
+  user_id VARCHAR(50) PRIMARY KEY,
+  access_token TEXT NOT NULL,
+  refresh_token TEXT NOT NULL,
+  token_expiry TIMESTAMP NOT NULL,
+  scope TEXT NOT NULL,
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)";
+
+/// Largest request body read; the contract's bodies are a few kilobytes.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Longest user id the `VARCHAR(50)` key holds; checked up front so SQLite, which does not
+/// enforce it, answers like PostgreSQL would.
+const MAX_USER_ID_LEN: usize = 50;
+
+/// The fields `connect` requires, in the order error messages name them.
+const REQUIRED_FIELDS: [&str; 4] = ["access_token", "refresh_token", "token_expiry", "scope"];
+
+/// Starting configuration of a [`ReferenceMicroservice`].
+#[derive(Clone)]
+pub struct MicroserviceConfig {
+    /// When set, every `/api` call must carry `Authorization: Bearer <this>`.
+    pub bearer_token: Option<String>,
+    /// Where the table lives: `sqlite::memory:`, `sqlite://file?mode=rwc` or `postgres://...`.
+    pub database_url: String,
+    /// Keep every `/api` request for [`ReferenceMicroservice::received`]; load tests turn it off.
+    pub record_requests: bool,
+}
+
+impl Default for MicroserviceConfig {
+    fn default() -> Self {
+        Self {
+            bearer_token: None,
+            database_url: "sqlite::memory:".to_owned(),
+            record_requests: true,
+        }
+    }
+}
+
+/// How the microservice misbehaves on `/api` calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum FaultMode {
+    /// Answers normally.
+    #[default]
+    Healthy,
+    /// Answers every call 500 without touching the store.
+    Error500,
+    /// Holds every call (at most 120 s, or until the mode changes or the server stops), then
+    /// answers 500 without touching the store.
+    Hang,
+    /// Answers 500 to every other call, starting with the first after the mode is set.
+    FlakyEveryOther,
+    /// Answers 500 with this probability (0.0 to 1.0).
+    ErrorRate(f64),
+}
+
+/// One `/api` request as the microservice received it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceivedRequest {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Request path, without the query.
+    pub path: String,
+    /// The `{user_id}` of the route.
+    pub user_id: String,
+    /// The body, when it was JSON.
+    pub body: Option<serde_json::Value>,
+    /// The `Authorization` header, verbatim.
+    pub authorization: Option<String>,
+    /// The W3C `traceparent` header, verbatim.
+    pub traceparent: Option<String>,
+    /// The status answered.
+    pub status: u16,
+    /// When the request arrived (before any injected latency).
+    pub received_at: DateTime<Utc>,
+    /// Whether the answer was a fault-mode failure rather than the real handler's.
+    pub injected_fault: bool,
+}
+
+/// What the table holds for one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredTokens {
+    /// The access token last pushed.
+    pub access_token: String,
+    /// The refresh token last pushed.
+    pub refresh_token: String,
+    /// The expiry last pushed, RFC 3339 in UTC with a `Z`.
+    pub token_expiry: String,
+    /// The scope last pushed.
+    pub scope: String,
+    /// When the row was last written, RFC 3339 in UTC with a `Z`.
+    pub updated_at: String,
+}
+
+/// Handle on a running reference microservice; clones share the same server and store.
+#[derive(Clone)]
+pub struct ReferenceMicroservice {
+    inner: Arc<Inner>,
+}
+
+/// What the handlers and the handle share.
+struct Inner {
+    /// Where the server listens, kept so a restart comes back on the same port.
+    addr: SocketAddr,
+    /// The bearer token `/api` calls must present, if configured.
+    bearer_token: Option<String>,
+    store: Store,
+    /// Fault mode and latency. A plain mutex: never held across an await.
+    faults: Mutex<Faults>,
+    /// Counts calls under `FlakyEveryOther`; reset when a mode is set.
+    flaky_calls: AtomicU64,
+    /// The request log, when recording is on.
+    received: Option<Mutex<Vec<ReceivedRequest>>>,
+    /// Announces fault changes and stops, so hanging requests re-check their condition.
+    changes: watch::Sender<()>,
+    /// Set while a stop is in progress; releases hanging requests.
+    stopping: AtomicBool,
+    /// The serving task while listening. An async mutex so stop and restart run one at a time.
+    server: tokio::sync::Mutex<Option<RunningServer>>,
+}
+
+#[derive(Clone, Copy)]
+struct Faults {
+    mode: FaultMode,
+    latency: Duration,
+}
+
+impl ReferenceMicroservice {
+    /// Connects the database, creates the table if missing and serves on `listener` in a
+    /// spawned task.
+    pub async fn start(config: MicroserviceConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database_url).await?;
+        let inner = Arc::new(Inner {
+            addr: listener.local_addr()?,
+            bearer_token: config.bearer_token,
+            store,
+            faults: Mutex::new(Faults {
+                mode: FaultMode::Healthy,
+                latency: Duration::ZERO,
+            }),
+            flaky_calls: AtomicU64::new(0),
+            received: config.record_requests.then(|| Mutex::new(Vec::new())),
+            changes: watch::Sender::new(()),
+            stopping: AtomicBool::new(false),
+            server: tokio::sync::Mutex::new(None),
+        });
+        let server = RunningServer::spawn(listener, router(inner.clone()));
+        *inner.server.lock().await = Some(server);
+        Ok(Self { inner })
+    }
+
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// Sets how `/api` calls misbehave from now on.
+    pub fn set_mode(&self, mode: FaultMode) {
+        self.inner.set_mode(mode);
+    }
+
+    /// Sets the delay added before every `/api` answer.
+    pub fn set_latency(&self, d: Duration) {
+        lock(&self.inner.faults).latency = d;
+        self.inner.changes.send_replace(());
+    }
+
+    /// Every `/api` request received so far, oldest first (empty when recording is off).
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.inner
+            .received
+            .as_ref()
+            .map(|r| lock(r).clone())
+            .unwrap_or_default()
+    }
+
+    /// What the table holds for `user_id`.
+    pub async fn stored(&self, user_id: &str) -> anyhow::Result<Option<StoredTokens>> {
+        Ok(self.inner.store.get(user_id).await?)
+    }
+
+    /// How many users the table holds tokens for.
+    pub async fn stored_count(&self) -> anyhow::Result<u64> {
+        Ok(self.inner.store.count().await?)
+    }
+
+    /// Stops listening, so connections are refused; the store is kept for [`Self::restart`].
+    pub async fn stop(&self) {
+        let mut server = self.inner.server.lock().await;
+        self.inner.stop_server(&mut server).await;
+    }
+
+    /// Listens again on the same address and port (stopping first if still running).
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let mut server = self.inner.server.lock().await;
+        self.inner.stop_server(&mut server).await;
+        let listener = TcpListener::bind(self.inner.addr).await?;
+        *server = Some(RunningServer::spawn(listener, router(self.inner.clone())));
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn set_mode(&self, mode: FaultMode) {
+        lock(&self.faults).mode = mode;
+        self.flaky_calls.store(0, Ordering::SeqCst);
+        self.changes.send_replace(());
+    }
+
+    fn faults(&self) -> Faults {
+        *lock(&self.faults)
+    }
+
+    async fn stop_server(&self, server: &mut Option<RunningServer>) {
+        let Some(running) = server.take() else {
+            return;
+        };
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changes.send_replace(());
+        running.stop().await;
+        self.stopping.store(false, Ordering::SeqCst);
+    }
+
+    /// Applies latency and the fault mode; returns the failure to answer, if any.
+    async fn injected_fault(&self) -> Option<ApiError> {
+        let Faults { mode, latency } = self.faults();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let fail = match mode {
+            FaultMode::Healthy => false,
+            FaultMode::Error500 => true,
+            FaultMode::Hang => {
+                self.hang().await;
+                true
+            }
+            FaultMode::FlakyEveryOther => self
+                .flaky_calls
+                .fetch_add(1, Ordering::SeqCst)
+                .is_multiple_of(2),
+            FaultMode::ErrorRate(rate) => rand::random::<f64>() < rate,
+        };
+        fail.then(|| ApiError::internal(format!("Injected fault: {}", mode_name(mode))))
+    }
+
+    /// Holds a request while the mode stays `Hang`, at most [`MAX_HANG`].
+    async fn hang(&self) {
+        let deadline = tokio::time::Instant::now() + MAX_HANG;
+        wait_while(&self.changes, deadline, || {
+            !self.stopping.load(Ordering::SeqCst) && self.faults().mode == FaultMode::Hang
+        })
+        .await;
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.bearer_token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        presented == Some(expected.as_str())
+    }
+
+    fn record(&self, request: ReceivedRequest) {
+        if let Some(received) = &self.received {
+            lock(received).push(request);
+        }
+    }
+
+    fn controls(&self) -> ControlsView {
+        let Faults { mode, latency } = self.faults();
+        ControlsView {
+            mode: mode_name(mode),
+            error_rate: match mode {
+                FaultMode::ErrorRate(rate) => rate,
+                _ => 0.0,
+            },
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Every route: the contract's under `/api` (guarded, recorded), plus the control endpoint.
+fn router(inner: Arc<Inner>) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/users/{user_id}/google-calendar/connect",
+            post(connect),
+        )
+        .route("/api/users/{user_id}/google-calendar", get(show))
+        .route(
+            "/api/google-tokens/{user_id}",
+            axum::routing::delete(disconnect),
+        )
+        .route_layer(middleware::from_fn_with_state(inner.clone(), guard));
+    Router::new()
+        .merge(api)
+        .route("/sandbox/control", post(control))
+        .with_state(inner)
+}
+
+/// Wraps every `/api` call: injects faults, checks the bearer token and records the exchange.
+async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {
+    let received_at = Utc::now();
+    let (mut parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let user_id = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .and_then(|Path(mut params)| params.remove("user_id"))
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut record = ReceivedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        user_id,
+        body: serde_json::from_slice(&bytes).ok(),
+        authorization: header("authorization"),
+        traceparent: header("traceparent"),
+        status: 0,
+        received_at,
+        injected_fault: false,
+    };
+    let response = if let Some(fault) = inner.injected_fault().await {
+        record.injected_fault = true;
+        fault.into_response()
+    } else if !inner.authorized(&parts.headers) {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
+    } else {
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    };
+    record.status = response.status().as_u16();
+    inner.record(record);
+    response
+}
+
+async fn connect(
+    State(inner): State<Arc<Inner>>,
+    UserId(user_id): UserId,
+    body: ConnectBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    inner.store.upsert(&user_id, &body).await?;
+    tracing::debug!(%user_id, "reference microservice stored tokens");
+    Ok(Json(json!({
+        "success": true,
+        "message": "Google Calendar connected successfully",
+        "user_id": user_id,
+        "token_expiry": body.token_expiry,
+    })))
+}
+
+async fn disconnect(
+    State(inner): State<Arc<Inner>>,
+    UserId(user_id): UserId,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !inner.store.delete(&user_id).await? {
+        return Err(ApiError::not_found());
+    }
+    tracing::debug!(%user_id, "reference microservice deleted tokens");
+    Ok(Json(json!({
+        "success": true,
+        "message": "Google Calendar disconnected successfully",
+        "user_id": user_id,
+    })))
+}
+
+/// Not in the contract: lets the demo and tests look at what the microservice holds.
+async fn show(
+    State(inner): State<Arc<Inner>>,
+    UserId(user_id): UserId,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tokens = inner
+        .store
+        .get(&user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "token_expiry": tokens.token_expiry,
+        "scope": tokens.scope,
+        "updated_at": tokens.updated_at,
+    })))
+}
+
+/// The fault controls as `POST /sandbox/control` takes them; every field optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlUpdate {
+    mode: Option<ModeName>,
+    error_rate: Option<f64>,
+    latency_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ModeName {
+    Healthy,
+    Error500,
+    Hang,
+    FlakyEveryOther,
+    ErrorRate,
+}
+
+/// The fault controls as `POST /sandbox/control` answers them.
+#[derive(Serialize)]
+struct ControlsView {
+    mode: &'static str,
+    error_rate: f64,
+    latency_ms: u64,
+}
+
+async fn control(State(inner): State<Arc<Inner>>, body: Bytes) -> Result<Response, ApiError> {
+    let update: ControlUpdate = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid control: {e}")))?;
+    if update.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err(ApiError::bad_request(
+            "error_rate must be between 0.0 and 1.0",
+        ));
+    }
+    let mode = match (update.mode, update.error_rate) {
+        (None, _) => None,
+        (Some(ModeName::ErrorRate), None) => {
+            return Err(ApiError::bad_request("mode error_rate needs an error_rate"));
+        }
+        (Some(ModeName::ErrorRate), Some(rate)) => Some(FaultMode::ErrorRate(rate)),
+        (Some(ModeName::Healthy), _) => Some(FaultMode::Healthy),
+        (Some(ModeName::Error500), _) => Some(FaultMode::Error500),
+        (Some(ModeName::Hang), _) => Some(FaultMode::Hang),
+        (Some(ModeName::FlakyEveryOther), _) => Some(FaultMode::FlakyEveryOther),
+    };
+    if let Some(latency_ms) = update.latency_ms {
+        lock(&inner.faults).latency = Duration::from_millis(latency_ms);
+    }
+    if let Some(mode) = mode {
+        inner.set_mode(mode);
+    }
+    inner.changes.send_replace(());
+    Ok(Json(inner.controls()).into_response())
+}
+
+fn mode_name(mode: FaultMode) -> &'static str {
+    match mode {
+        FaultMode::Healthy => "healthy",
+        FaultMode::Error500 => "error500",
+        FaultMode::Hang => "hang",
+        FaultMode::FlakyEveryOther => "flaky_every_other",
+        FaultMode::ErrorRate(_) => "error_rate",
+    }
+}
+
+/// An `/api` error answer: `{"success": false, "message": ...}` with a status.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "No tokens found for user")
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl From<DbErr> for ApiError {
+    /// Database failures are logged; the client only learns that something failed.
+    fn from(error: DbErr) -> Self {
+        tracing::error!(%error, "reference microservice database error");
+        Self::internal("Internal server error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "success": false, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The `{user_id}` of the route, 1 to 50 characters.
+struct UserId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(user_id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Invalid user_id: {e}")))?;
+        if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_LEN {
+            return Err(ApiError::bad_request(
+                "Invalid user_id: must be 1 to 50 characters",
+            ));
+        }
+        Ok(Self(user_id))
+    }
+}
+
+/// A validated `connect` body; rejections answer in the contract's JSON shape.
+struct ConnectBody {
+    access_token: String,
+    refresh_token: String,
+    /// As received, echoed back in the answer.
+    token_expiry: String,
+    scope: String,
+    /// `token_expiry` parsed, for the `TIMESTAMP` column.
+    expiry: NaiveDateTime,
+}
+
+impl<S: Send + Sync> FromRequest<S> for ConnectBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Invalid body: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+        Self::validate(&value)
+    }
+}
+
+impl ConnectBody {
+    fn validate(value: &serde_json::Value) -> Result<Self, ApiError> {
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+        };
+        let missing: Vec<&str> = REQUIRED_FIELDS
+            .into_iter()
+            .filter(|name| field(name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "Missing required fields: {}",
+                missing.join(", ")
+            )));
+        }
+        let token_expiry = field("token_expiry").unwrap_or_default().to_owned();
+        let expiry = DateTime::parse_from_rfc3339(&token_expiry)
+            .map_err(|_| {
+                ApiError::bad_request("Invalid token_expiry: must be an ISO 8601 timestamp")
+            })?
+            .naive_utc();
+        Ok(Self {
+            access_token: field("access_token").unwrap_or_default().to_owned(),
+            refresh_token: field("refresh_token").unwrap_or_default().to_owned(),
+            token_expiry,
+            scope: field("scope").unwrap_or_default().to_owned(),
+            expiry,
+        })
+    }
+}
+
+/// The `google_calendar_tokens` table, through raw SQL valid on SQLite and PostgreSQL.
+struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // Each connection to an in-memory SQLite is its own database, and the database
+            // vanishes with its last connection: keep exactly one, forever.
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let db = Database::connect(options).await?;
+        db.execute_unprepared(CREATE_TABLE).await?;
+        Ok(Self { db })
+    }
+
+    /// A statement for this connection's backend; `sql` numbers its parameters `$1`, `$2`...,
+    /// which SQLite accepts as well as PostgreSQL.
+    fn statement(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+        Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
+    }
+
+    async fn upsert(&self, user_id: &str, body: &ConnectBody) -> Result<(), DbErr> {
+        let sql = "INSERT INTO google_calendar_tokens \
+            (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
+            VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
+            ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
+            refresh_token = excluded.refresh_token, token_expiry = excluded.token_expiry, \
+            scope = excluded.scope, updated_at = CURRENT_TIMESTAMP";
+        let values = [
+            user_id.into(),
+            body.access_token.as_str().into(),
+            body.refresh_token.as_str().into(),
+            body.expiry.into(),
+            body.scope.as_str().into(),
+        ];
+        self.db.execute_raw(self.statement(sql, values)).await?;
+        Ok(())
+    }
+
+    async fn get(&self, user_id: &str) -> Result<Option<StoredTokens>, DbErr> {
+        let sql = "SELECT access_token, refresh_token, token_expiry, scope, updated_at \
+            FROM google_calendar_tokens WHERE user_id = $1";
+        let Some(row) = self
+            .db
+            .query_one_raw(self.statement(sql, [user_id.into()]))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let timestamp = |col: &str| -> Result<String, DbErr> {
+            let at: NaiveDateTime = row.try_get("", col)?;
+            Ok(at.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        };
+        Ok(Some(StoredTokens {
+            access_token: row.try_get("", "access_token")?,
+            refresh_token: row.try_get("", "refresh_token")?,
+            token_expiry: timestamp("token_expiry")?,
+            scope: row.try_get("", "scope")?,
+            updated_at: timestamp("updated_at")?,
+        }))
+    }
+
+    /// Deletes the user's row; false if there was none.
+    async fn delete(&self, user_id: &str) -> Result<bool, DbErr> {
+        let sql = "DELETE FROM google_calendar_tokens WHERE user_id = $1";
+        let result = self
+            .db
+            .execute_raw(self.statement(sql, [user_id.into()]))
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn count(&self) -> Result<u64, DbErr> {
+        let sql = "SELECT COUNT(*) AS n FROM google_calendar_tokens";
+        let row = self.db.query_one_raw(self.statement(sql, [])).await?;
+        let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Command-line flags of `tokenwarden microservice`.
+#[derive(clap::Args, Clone)]
+pub struct MicroserviceArgs {
+    /// Address to listen on; keep it on loopback
+    #[arg(long, env = "MICROSERVICE_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// Database for the google_calendar_tokens table (SQLite or postgres://)
+    #[arg(
+        long,
+        env = "MICROSERVICE_DATABASE_URL",
+        default_value = "sqlite::memory:"
+    )]
+    pub database_url: String,
+    /// Bearer token every /api call must carry (none required when unset)
+    #[arg(
+        long,
+        env = "GOOGLE_CALENDAR_MICROSERVICE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for MicroserviceArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MicroserviceArgs")
+            .field("listen", &self.listen)
+            .field("database_url", &without_password(&self.database_url))
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// The database URL with any password masked, for debug output.
+fn without_password(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.into()
+        }
+        _ => database_url.to_owned(),
+    }
+}
+
+/// Runs the reference microservice alone until Ctrl-C.
+pub async fn run(args: MicroserviceArgs) -> anyhow::Result<()> {
+    let config = MicroserviceConfig {
+        bearer_token: args.token,
+        database_url: args.database_url,
+        // Nothing out of process can read the log, so it would only grow.
+        record_requests: false,
+    };
+    let listener = TcpListener::bind(args.listen).await?;
+    let microservice = ReferenceMicroservice::start(config, listener).await?;
+    tracing::info!(
+        url = %microservice.base_url(),
+        control_url = %format!("{}/sandbox/control", microservice.base_url()),
+        "reference microservice listening"
+    );
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("reference microservice stopping");
+    microservice.stop().await;
+    Ok(())
+}
+
+/// Locks a mutex, carrying on past poisoning: the data stays usable for the tests reading it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

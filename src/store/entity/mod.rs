@@ -1,0 +1,4 @@
+//! sea-orm entities, one per table of the `migration` crate.
+
+pub mod oauth_state;
+pub mod user;

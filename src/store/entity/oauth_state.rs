@@ -1,0 +1,20 @@
+//! A row of `oauth_states`: one pending consent round-trip.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "oauth_states")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub state: String,
+    pub user_id: String,
+    /// Ciphertext of the PKCE verifier.
+    pub pkce_verifier: String,
+    pub expires_at: DateTimeUtc,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

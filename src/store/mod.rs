@@ -1,0 +1,82 @@
+//! Storage: the sea-orm connection, the entities and every query the service runs. Token
+//! values cross this boundary only as `SecretString`; on disk they are always ciphertext
+//! (this module encrypts on write and decrypts on read). It knows nothing of HTTP, actors or
+//! Google.
+
+pub mod entity;
+mod states;
+mod users;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+
+use crate::crypto::{CryptoError, TokenCipher};
+
+pub use states::TakenState;
+pub use users::{
+    ActorSeed, NewTokens, RefreshCredentials, StoredTokens, SyncInfo, SyncSnapshot, TokenChange,
+};
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("stored token cannot be read: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("Google sent no refresh token and none is stored")]
+    NoRefreshToken,
+    #[error("the row kept changing under concurrent writers")]
+    Contended,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    cipher: TokenCipher,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and applies pending migrations.
+    pub async fn connect(url: &str, cipher: TokenCipher) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new(url.to_string());
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            // WAL lets readers go on during a write; the busy timeout makes concurrent writers
+            // wait for the lock instead of failing with "database is locked".
+            options.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        } else {
+            options.max_connections(32);
+        }
+        let db = Database::connect(options).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Self { db, cipher })
+    }
+
+    /// Applies pending migrations to the database at `url` and returns.
+    pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
+        let db = Database::connect(url).await?;
+        Migrator::up(&db, None).await?;
+        Ok(())
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.db.execute_unprepared("SELECT 1").await.is_ok()
+    }
+
+    /// The raw connection, for tests and tools that inspect rows.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}

@@ -1,0 +1,72 @@
+//! Queries on `oauth_states`: one-time, expiring records that bind a consent round-trip to
+//! the user who started it.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Store, StoreError, entity::oauth_state};
+
+/// A state record that was just consumed.
+pub struct TakenState {
+    pub user_id: String,
+    pub pkce_verifier: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn verifier_context(state: &str) -> String {
+    format!("pkce_verifier:{state}")
+}
+
+impl Store {
+    /// Records a new state with its PKCE verifier.
+    pub async fn create_oauth_state(
+        &self,
+        state: &str,
+        user_id: &str,
+        pkce_verifier: &SecretString,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let model = oauth_state::ActiveModel {
+            state: Set(state.to_string()),
+            user_id: Set(user_id.to_string()),
+            pkce_verifier: Set(self
+                .cipher
+                .encrypt(pkce_verifier.expose_secret(), &verifier_context(state))),
+            expires_at: Set(expires_at),
+            created_at: Set(Utc::now()),
+        };
+        oauth_state::Entity::insert(model).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Consumes a state: only the one caller whose delete removed the row gets it, so a state
+    /// can never be used twice, even by two racing callbacks. Expiry is the caller's check.
+    pub async fn take_oauth_state(&self, state: &str) -> Result<Option<TakenState>, StoreError> {
+        let Some(row) = oauth_state::Entity::find_by_id(state).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let deleted = oauth_state::Entity::delete_by_id(state)
+            .exec(&self.db)
+            .await?;
+        if deleted.rows_affected != 1 {
+            return Ok(None);
+        }
+        Ok(Some(TakenState {
+            pkce_verifier: self
+                .cipher
+                .decrypt(&row.pkce_verifier, &verifier_context(state))?,
+            user_id: row.user_id,
+            expires_at: row.expires_at,
+        }))
+    }
+
+    /// Deletes states that expired before `now`; returns how many.
+    pub async fn purge_expired_states(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = oauth_state::Entity::delete_many()
+            .filter(oauth_state::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+}

@@ -1,0 +1,540 @@
+//! Queries on `users`. Every token change bumps `token_version` and marks the sync pending in
+//! the same statement, so the durable sync state can never lag behind the tokens. Writes that
+//! follow a read are conditional on the version read, which turns a lost update into a visible
+//! "superseded" answer.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Store, StoreError, entity::user};
+
+/// Tokens from a code exchange, ready to be saved.
+pub struct NewTokens {
+    pub access_token: SecretString,
+    /// `None` when Google sent none; the stored one is kept.
+    pub refresh_token: Option<SecretString>,
+    pub expires_at: DateTime<Utc>,
+    pub scope: String,
+    pub email: Option<String>,
+}
+
+/// Tokens as they are now, decrypted, for a push to the microservice.
+pub struct StoredTokens {
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub token_expiry: DateTime<Utc>,
+    pub scope: String,
+}
+
+/// The result of a token write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenChange {
+    pub version: i64,
+    pub token_expiry: Option<DateTime<Utc>>,
+}
+
+/// What a refresh needs.
+pub struct RefreshCredentials {
+    pub refresh_token: SecretString,
+    pub version: i64,
+}
+
+/// What the microservice should hold for a user at `version`.
+pub enum SyncSnapshot {
+    Connected { version: i64, tokens: StoredTokens },
+    Disconnected { version: i64 },
+}
+
+impl SyncSnapshot {
+    pub fn version(&self) -> i64 {
+        match self {
+            Self::Connected { version, .. } | Self::Disconnected { version } => *version,
+        }
+    }
+}
+
+/// What a user actor starts from: schedule data only, never token values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorSeed {
+    pub user_id: String,
+    pub token_expiry: Option<DateTime<Utc>>,
+    pub needs_reconnect: bool,
+    pub version: i64,
+    pub refresh_count: i64,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+}
+
+impl From<user::Model> for ActorSeed {
+    fn from(row: user::Model) -> Self {
+        Self {
+            user_id: row.user_id,
+            token_expiry: row.google_token_expiry,
+            needs_reconnect: row.needs_reconnect,
+            version: row.token_version,
+            refresh_count: row.refresh_count,
+            last_refresh_at: row.last_refresh_at,
+        }
+    }
+}
+
+/// The sync part of a user's row, as status and admin show it.
+#[derive(Debug, Clone, Default)]
+pub struct SyncInfo {
+    pub state: String,
+    pub synced_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+impl From<&user::Model> for SyncInfo {
+    fn from(row: &user::Model) -> Self {
+        Self {
+            state: row.sync_state.clone(),
+            synced_at: row.synced_at,
+            attempts: row.sync_attempts,
+            last_error: row.sync_last_error.clone(),
+        }
+    }
+}
+
+const PENDING: &str = "pending";
+/// Bounded retries of an optimistic write that lost a race.
+const WRITE_ATTEMPTS: usize = 5;
+
+fn access_context(user_id: &str) -> String {
+    format!("google_access_token:{user_id}")
+}
+
+fn refresh_context(user_id: &str) -> String {
+    format!("google_refresh_token:{user_id}")
+}
+
+impl Store {
+    /// One user's row, if any.
+    pub async fn user(&self, user_id: &str) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find_by_id(user_id).one(&self.db).await?)
+    }
+
+    /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
+    /// token when Google sent none. Fails with `NoRefreshToken` when there is none at all.
+    pub async fn save_connection(
+        &self,
+        user_id: &str,
+        tokens: &NewTokens,
+    ) -> Result<TokenChange, StoreError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(change) = self.try_save_connection(user_id, tokens).await? {
+                return Ok(change);
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn try_save_connection(
+        &self,
+        user_id: &str,
+        tokens: &NewTokens,
+    ) -> Result<Option<TokenChange>, StoreError> {
+        let now = Utc::now();
+        let access = self.cipher.encrypt(
+            tokens.access_token.expose_secret(),
+            &access_context(user_id),
+        );
+        let new_refresh = tokens.refresh_token.as_ref().map(|t| {
+            self.cipher
+                .encrypt(t.expose_secret(), &refresh_context(user_id))
+        });
+        let txn = self.db.begin().await?;
+        let existing = user::Entity::find_by_id(user_id).one(&txn).await?;
+        let Some(row) = existing else {
+            let Some(refresh) = new_refresh else {
+                return Err(StoreError::NoRefreshToken);
+            };
+            let model = user::ActiveModel {
+                user_id: Set(user_id.to_string()),
+                google_access_token: Set(Some(access)),
+                google_refresh_token: Set(Some(refresh)),
+                google_token_expiry: Set(Some(tokens.expires_at)),
+                google_calendar_connected: Set(true),
+                google_calendar_id: Set("primary".into()),
+                google_email: Set(tokens.email.clone()),
+                google_scope: Set(Some(tokens.scope.clone())),
+                needs_reconnect: Set(false),
+                token_version: Set(1),
+                sync_state: Set(PENDING.into()),
+                sync_attempts: Set(0),
+                sync_last_error: Set(None),
+                synced_version: Set(0),
+                synced_at: Set(None),
+                last_refresh_at: Set(None),
+                refresh_count: Set(0),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            return match user::Entity::insert(model).exec(&txn).await {
+                Ok(_) => {
+                    txn.commit().await?;
+                    Ok(Some(TokenChange {
+                        version: 1,
+                        token_expiry: Some(tokens.expires_at),
+                    }))
+                }
+                // Another request inserted the row first: go round again as an update.
+                Err(e) if e.sql_err().is_some() => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let refresh = match (new_refresh, row.google_refresh_token) {
+            (Some(new), _) => new,
+            (None, Some(stored)) => stored,
+            (None, None) => return Err(StoreError::NoRefreshToken),
+        };
+        let version = row.token_version + 1;
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::GoogleAccessToken, Expr::value(access))
+            .col_expr(user::Column::GoogleRefreshToken, Expr::value(refresh))
+            .col_expr(
+                user::Column::GoogleTokenExpiry,
+                Expr::value(tokens.expires_at),
+            )
+            .col_expr(user::Column::GoogleCalendarConnected, Expr::value(true))
+            .col_expr(user::Column::GoogleScope, Expr::value(tokens.scope.clone()))
+            .col_expr(user::Column::NeedsReconnect, Expr::value(false));
+        if let Some(email) = &tokens.email {
+            update = update.col_expr(user::Column::GoogleEmail, Expr::value(email.clone()));
+        }
+        let result = with_pending_sync(update, version, now)
+            .filter(user::Column::UserId.eq(user_id))
+            .filter(user::Column::TokenVersion.eq(row.token_version))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Ok(None);
+        }
+        txn.commit().await?;
+        Ok(Some(TokenChange {
+            version,
+            token_expiry: Some(tokens.expires_at),
+        }))
+    }
+
+    /// The refresh token of a connected user, with the version it belongs to.
+    pub async fn refresh_credentials(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<RefreshCredentials>, StoreError> {
+        let Some(row) = self.user(user_id).await? else {
+            return Ok(None);
+        };
+        let Some(sealed) = row
+            .google_refresh_token
+            .filter(|_| row.google_calendar_connected)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(RefreshCredentials {
+            refresh_token: self.cipher.decrypt(&sealed, &refresh_context(user_id))?,
+            version: row.token_version,
+        }))
+    }
+
+    /// Saves a refresh's answer if the row is still at `expected_version`; `None` means a
+    /// newer change (a reconnect, a disconnect) got there first and this answer is void.
+    pub async fn save_refreshed(
+        &self,
+        user_id: &str,
+        expected_version: i64,
+        access_token: &SecretString,
+        rotated_refresh_token: Option<&SecretString>,
+        expires_at: DateTime<Utc>,
+        scope: Option<&str>,
+    ) -> Result<Option<TokenChange>, StoreError> {
+        let now = Utc::now();
+        let version = expected_version + 1;
+        let access = self
+            .cipher
+            .encrypt(access_token.expose_secret(), &access_context(user_id));
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::GoogleAccessToken, Expr::value(access))
+            .col_expr(user::Column::GoogleTokenExpiry, Expr::value(expires_at))
+            .col_expr(user::Column::LastRefreshAt, Expr::value(now))
+            .col_expr(
+                user::Column::RefreshCount,
+                Expr::col(user::Column::RefreshCount).add(1),
+            );
+        if let Some(rotated) = rotated_refresh_token {
+            let sealed = self
+                .cipher
+                .encrypt(rotated.expose_secret(), &refresh_context(user_id));
+            update = update.col_expr(user::Column::GoogleRefreshToken, Expr::value(sealed));
+        }
+        if let Some(scope) = scope {
+            update = update.col_expr(user::Column::GoogleScope, Expr::value(scope.to_string()));
+        }
+        let result = with_pending_sync(update, version, now)
+            .filter(user::Column::UserId.eq(user_id))
+            .filter(user::Column::TokenVersion.eq(expected_version))
+            .filter(user::Column::GoogleCalendarConnected.eq(true))
+            .exec(&self.db)
+            .await?;
+        Ok((result.rows_affected == 1).then_some(TokenChange {
+            version,
+            token_expiry: Some(expires_at),
+        }))
+    }
+
+    /// Google said the grant is gone: clear the tokens, flag the user for reconnection and
+    /// queue the deletion at the microservice. `None` if a newer change got there first.
+    pub async fn mark_revoked(
+        &self,
+        user_id: &str,
+        expected_version: i64,
+    ) -> Result<Option<TokenChange>, StoreError> {
+        let version = expected_version + 1;
+        let update = cleared(user::Entity::update_many())
+            .col_expr(user::Column::NeedsReconnect, Expr::value(true));
+        let result = with_pending_sync(update, version, Utc::now())
+            .filter(user::Column::UserId.eq(user_id))
+            .filter(user::Column::TokenVersion.eq(expected_version))
+            .exec(&self.db)
+            .await?;
+        Ok((result.rows_affected == 1).then_some(TokenChange {
+            version,
+            token_expiry: None,
+        }))
+    }
+
+    /// The user disconnects: clear the tokens and queue the deletion at the microservice.
+    /// Returns `None` if the user was not connected, else the refresh token that was stored
+    /// (for revocation at Google).
+    pub async fn disconnect(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<Option<SecretString>>, StoreError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(row) = self.user(user_id).await? else {
+                return Ok(None);
+            };
+            if !row.google_calendar_connected {
+                return Ok(None);
+            }
+            let update = cleared(user::Entity::update_many())
+                .col_expr(user::Column::NeedsReconnect, Expr::value(false));
+            let result = with_pending_sync(update, row.token_version + 1, Utc::now())
+                .filter(user::Column::UserId.eq(user_id))
+                .filter(user::Column::TokenVersion.eq(row.token_version))
+                .exec(&self.db)
+                .await?;
+            if result.rows_affected == 1 {
+                let revocable = match row.google_refresh_token {
+                    Some(sealed) => Some(self.cipher.decrypt(&sealed, &refresh_context(user_id))?),
+                    None => None,
+                };
+                return Ok(Some(revocable));
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// What the microservice should hold for this user right now; `None` if no row.
+    pub async fn sync_snapshot(&self, user_id: &str) -> Result<Option<SyncSnapshot>, StoreError> {
+        let Some(row) = self.user(user_id).await? else {
+            return Ok(None);
+        };
+        let version = row.token_version;
+        let tokens = match (
+            row.google_calendar_connected,
+            row.google_access_token,
+            row.google_refresh_token,
+            row.google_token_expiry,
+        ) {
+            (true, Some(access), Some(refresh), Some(expiry)) => StoredTokens {
+                access_token: self.cipher.decrypt(&access, &access_context(user_id))?,
+                refresh_token: self.cipher.decrypt(&refresh, &refresh_context(user_id))?,
+                token_expiry: expiry,
+                scope: row.google_scope.unwrap_or_default(),
+            },
+            _ => return Ok(Some(SyncSnapshot::Disconnected { version })),
+        };
+        Ok(Some(SyncSnapshot::Connected { version, tokens }))
+    }
+
+    /// Records the microservice's acknowledgement of `version` (ignored if already stale).
+    pub async fn mark_synced(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
+        self.set_sync_outcome(user_id, version, "synced", None)
+            .await
+    }
+
+    /// Records that sync is skipped (no microservice configured) for `version`.
+    pub async fn mark_sync_skipped(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
+        self.set_sync_outcome(user_id, version, "skipped", None)
+            .await
+    }
+
+    /// Records a failed attempt at pushing `version`.
+    pub async fn mark_sync_failed(
+        &self,
+        user_id: &str,
+        version: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.set_sync_outcome(user_id, version, "failed", Some(error))
+            .await
+    }
+
+    async fn set_sync_outcome(
+        &self,
+        user_id: &str,
+        version: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut update = user::Entity::update_many()
+            .col_expr(user::Column::SyncState, Expr::value(state.to_string()))
+            .col_expr(
+                user::Column::SyncLastError,
+                Expr::value(error.map(str::to_string)),
+            )
+            .col_expr(user::Column::UpdatedAt, Expr::value(now));
+        update = if error.is_some() {
+            update.col_expr(
+                user::Column::SyncAttempts,
+                Expr::col(user::Column::SyncAttempts).add(1),
+            )
+        } else {
+            update
+                .col_expr(user::Column::SyncAttempts, Expr::value(0))
+                .col_expr(user::Column::SyncedVersion, Expr::value(version))
+                .col_expr(user::Column::SyncedAt, Expr::value(now))
+        };
+        update
+            .filter(user::Column::UserId.eq(user_id))
+            .filter(user::Column::TokenVersion.eq(version))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// A page of users an actor should run for (connected, or waiting for a reconnect),
+    /// ordered by user id, after `after`.
+    pub async fn actor_seeds(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<ActorSeed>, StoreError> {
+        let mut query = user::Entity::find()
+            .filter(
+                user::Column::GoogleCalendarConnected
+                    .eq(true)
+                    .or(user::Column::NeedsReconnect.eq(true)),
+            )
+            .order_by_asc(user::Column::UserId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(user::Column::UserId.gt(after));
+        }
+        Ok(query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(ActorSeed::from)
+            .collect())
+    }
+
+    /// One user's actor seed, if an actor should run for them.
+    pub async fn actor_seed(&self, user_id: &str) -> Result<Option<ActorSeed>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .await?
+            .filter(|row| row.google_calendar_connected || row.needs_reconnect)
+            .map(ActorSeed::from))
+    }
+
+    /// A page of user ids whose last change has not reached the microservice yet.
+    pub async fn unfinished_syncs(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut query = user::Entity::find()
+            .select_only()
+            .column(user::Column::UserId)
+            .filter(user::Column::SyncState.is_in([PENDING, "failed"]))
+            .order_by_asc(user::Column::UserId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(user::Column::UserId.gt(after));
+        }
+        Ok(query.into_tuple::<String>().all(&self.db).await?)
+    }
+
+    /// The sync state of each of `user_ids` that has a row.
+    pub async fn sync_infos(
+        &self,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncInfo>, StoreError> {
+        if user_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows = user::Entity::find()
+            .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.user_id.clone(), SyncInfo::from(row)))
+            .collect())
+    }
+
+    /// Marks every connected user's tokens for a fresh push; returns how many.
+    pub async fn queue_resync_all(&self) -> Result<u64, StoreError> {
+        let result = user::Entity::update_many()
+            .col_expr(user::Column::SyncState, Expr::value(PENDING))
+            .col_expr(user::Column::SyncAttempts, Expr::value(0))
+            .filter(user::Column::GoogleCalendarConnected.eq(true))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+}
+
+/// Adds the columns every token change sets: the new version and a fresh pending sync.
+fn with_pending_sync(
+    update: sea_orm::UpdateMany<user::Entity>,
+    version: i64,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<user::Entity> {
+    update
+        .col_expr(user::Column::TokenVersion, Expr::value(version))
+        .col_expr(user::Column::SyncState, Expr::value(PENDING))
+        .col_expr(user::Column::SyncAttempts, Expr::value(0))
+        .col_expr(
+            user::Column::SyncLastError,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+}
+
+/// Adds the columns that forget a connection's tokens.
+fn cleared(update: sea_orm::UpdateMany<user::Entity>) -> sea_orm::UpdateMany<user::Entity> {
+    update
+        .col_expr(
+            user::Column::GoogleAccessToken,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            user::Column::GoogleRefreshToken,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            user::Column::GoogleTokenExpiry,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(user::Column::GoogleCalendarConnected, Expr::value(false))
+}

@@ -1,0 +1,235 @@
+//! One delivery to the microservice: read the user's current state, POST it (or DELETE when
+//! the user is disconnected), record the outcome in the database, and log with the seed's
+//! messages and fields, word for word, so existing runbooks keep working.
+
+use chrono::SecondsFormat;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use crate::{
+    config::MicroserviceConfig,
+    google::describe_reqwest_error,
+    metrics::Metrics,
+    store::{Store, StoredTokens, SyncSnapshot},
+};
+
+/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as SEED.md shows.
+#[derive(Serialize)]
+struct ConnectBody<'a> {
+    access_token: &'a str,
+    refresh_token: &'a str,
+    token_expiry: String,
+    scope: &'a str,
+}
+
+/// How a single call went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Skipped,
+    /// `error` and `details` as the seed logs them.
+    Failed {
+        error: String,
+        details: String,
+    },
+}
+
+/// HTTP client of the microservice.
+#[derive(Clone)]
+pub struct MicroserviceClient {
+    http: reqwest::Client,
+    base_url: Option<String>,
+    token: Option<SecretString>,
+}
+
+impl MicroserviceClient {
+    pub fn new(config: &MicroserviceConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(config.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            base_url: config.url.clone(),
+            token: config.token.clone(),
+        })
+    }
+
+    /// Brings the microservice up to the user's current state; true when nothing is left to
+    /// do for the version it read.
+    pub async fn deliver(&self, store: &Store, metrics: &Metrics, user_id: &str) -> bool {
+        let snapshot = match store.sync_snapshot(user_id).await {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
+                return false;
+            }
+        };
+        let version = snapshot.version();
+        let (op, outcome) = match &snapshot {
+            SyncSnapshot::Connected { tokens, .. } => ("connect", self.push(user_id, tokens).await),
+            SyncSnapshot::Disconnected { .. } => ("delete", self.delete(user_id).await),
+        };
+        let recorded = match &outcome {
+            Delivery::Delivered => {
+                metrics.sync(op, "ok");
+                store.mark_synced(user_id, version).await
+            }
+            Delivery::Skipped => {
+                metrics.sync(op, "skipped");
+                store.mark_sync_skipped(user_id, version).await
+            }
+            Delivery::Failed { error, .. } => {
+                metrics.sync(op, "failed");
+                store.mark_sync_failed(user_id, version, error).await
+            }
+        };
+        if let Err(e) = &recorded {
+            // The outcome is lost, so the call is repeated later; the microservice's
+            // upsert and delete are idempotent.
+            tracing::warn!(userId = %user_id, error = %e, "cannot record sync outcome");
+        }
+        recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. })
+    }
+
+    fn endpoint(&self, base: &str, segments: &[&str]) -> String {
+        let mut url = base.to_string();
+        for segment in segments {
+            url.push('/');
+            url.push_str(&urlencode(segment));
+        }
+        url
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token.expose_secret()),
+            None => request,
+        }
+    }
+
+    /// POSTs the tokens.
+    pub async fn push(&self, user_id: &str, tokens: &StoredTokens) -> Delivery {
+        let Some(base) = &self.base_url else {
+            tracing::warn!(
+                userId = %user_id,
+                "⚠️ GOOGLE_CALENDAR_MICROSERVICE_URL not configured, skipping token sync"
+            );
+            return Delivery::Skipped;
+        };
+        tracing::info!(
+            userId = %user_id,
+            microserviceUrl = %base,
+            "🔄 Syncing Google Calendar tokens to microservice"
+        );
+        let token_expiry = tokens
+            .token_expiry
+            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        let body = ConnectBody {
+            access_token: tokens.access_token.expose_secret(),
+            refresh_token: tokens.refresh_token.expose_secret(),
+            token_expiry: token_expiry.clone(),
+            scope: &tokens.scope,
+        };
+        let url = self.endpoint(
+            base,
+            &["api", "users", user_id, "google-calendar", "connect"],
+        );
+        let result = self
+            .authorized(self.http.post(url).json(&body))
+            .send()
+            .await;
+        match judge(result, false) {
+            Delivery::Delivered => {
+                tracing::info!(
+                    userId = %user_id,
+                    tokenExpiry = %token_expiry,
+                    "✅ Tokens synced to microservice successfully"
+                );
+                Delivery::Delivered
+            }
+            failed => {
+                if let Delivery::Failed { error, details } = &failed {
+                    tracing::error!(
+                        userId = %user_id,
+                        microserviceUrl = %base,
+                        error = %error,
+                        details = %details,
+                        "❌ Failed to sync tokens to microservice"
+                    );
+                }
+                failed
+            }
+        }
+    }
+
+    /// DELETEs the user's tokens; a 404 means they are already gone, which is what we want.
+    pub async fn delete(&self, user_id: &str) -> Delivery {
+        let Some(base) = &self.base_url else {
+            tracing::warn!(
+                userId = %user_id,
+                "⚠️ GOOGLE_CALENDAR_MICROSERVICE_URL not configured, skipping token sync"
+            );
+            return Delivery::Skipped;
+        };
+        tracing::info!(
+            userId = %user_id,
+            microserviceUrl = %base,
+            "🔄 Deleting Google Calendar tokens from microservice"
+        );
+        let url = self.endpoint(base, &["api", "google-tokens", user_id]);
+        let result = self.authorized(self.http.delete(url)).send().await;
+        match judge(result, true) {
+            Delivery::Delivered => {
+                tracing::info!(userId = %user_id, "✅ Tokens deleted from microservice successfully");
+                Delivery::Delivered
+            }
+            failed => {
+                if let Delivery::Failed { error, details } = &failed {
+                    tracing::error!(
+                        userId = %user_id,
+                        microserviceUrl = %base,
+                        error = %error,
+                        details = %details,
+                        "❌ Failed to delete tokens from microservice"
+                    );
+                }
+                failed
+            }
+        }
+    }
+}
+
+/// 2xx (and 404 for a delete) is delivered; anything else is a failure described the way
+/// the seed's logs describe it.
+fn judge(result: Result<reqwest::Response, reqwest::Error>, not_found_ok: bool) -> Delivery {
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            if status.is_success() || (not_found_ok && status == StatusCode::NOT_FOUND) {
+                Delivery::Delivered
+            } else {
+                Delivery::Failed {
+                    error: format!("Request failed with status code {}", status.as_u16()),
+                    details: format!(
+                        "{{ status: {}, statusText: {} }}",
+                        status.as_u16(),
+                        status.canonical_reason().unwrap_or("unknown")
+                    ),
+                }
+            }
+        }
+        Err(e) => Delivery::Failed {
+            error: describe_reqwest_error(&e),
+            details: "{ status: undefined, statusText: undefined }".to_string(),
+        },
+    }
+}
+
+/// Percent-encodes a path segment (user ids are restricted, but never trust that here).
+fn urlencode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

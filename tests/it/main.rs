@@ -1,0 +1,5 @@
+//! The one integration test binary (every extra binary costs a link on a small machine).
+//! Each module drives the real service over HTTP on loopback, against the sandbox Google
+//! provider and the reference microservice, on a real SQLite file or PostgreSQL database.
+
+mod sandbox;
