@@ -81,10 +81,7 @@ pub enum UserTokenMsg {
 /// Messages of the root supervisor.
 pub enum SupervisorMsg {
     /// A consent completed and the tokens are saved: run (or update) the user's actor.
-    UserConnected {
-        user_id: String,
-        change: TokenChange,
-    },
+    UserConnected { seed: ActorSeed },
     /// The user disconnected: stop the actor.
     UserDisconnected { user_id: String },
     /// Start actors for a page of users loaded from the database; replies when done.

@@ -22,7 +22,7 @@ pub use messages::{ActorInfo, ActorStatus, RefreshReason};
 pub use supervisor::UserScope;
 use supervisor::{SupervisorArgs, TokenSupervisor};
 
-use crate::store::TokenChange;
+use crate::store::ActorSeed;
 
 /// How long an admin call waits for an actor to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,12 +69,11 @@ impl Supervisor {
         self.loaded.load(Ordering::SeqCst)
     }
 
-    /// New tokens were saved for `user_id`.
-    pub fn user_connected(&self, user_id: &str, change: TokenChange) {
-        let _ = self.actor.send_message(SupervisorMsg::UserConnected {
-            user_id: user_id.to_string(),
-            change,
-        });
+    /// New tokens were saved for the seed's user.
+    pub fn user_connected(&self, seed: ActorSeed) {
+        let _ = self
+            .actor
+            .send_message(SupervisorMsg::UserConnected { seed });
     }
 
     /// `user_id` disconnected.

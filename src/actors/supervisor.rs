@@ -112,12 +112,9 @@ impl Actor for TokenSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::UserConnected { user_id, change } => match state.actors.get(&user_id) {
-                Some(actor) => {
-                    let _ = actor.send_message(UserTokenMsg::TokensChanged(change));
-                }
-                None => reload(&myself, &state.ctx, user_id),
-            },
+            // Adopted in the handler (no database read), so any admin call queued after the
+            // callback's message already finds the actor.
+            SupervisorMsg::UserConnected { seed } => state.adopt(&myself, seed).await,
             SupervisorMsg::UserDisconnected { user_id } => {
                 if let Some(actor) = state.actors.remove(&user_id) {
                     state.users_by_actor.remove(&actor.get_id());

@@ -124,8 +124,8 @@ async fn complete_consent(
             .unwrap_or_else(|| app.config.google.scopes.join(" ")),
         email,
     };
-    let change = match app.store.save_connection(&user_id, &new_tokens).await {
-        Ok(change) => change,
+    let seed = match app.store.save_connection(&user_id, &new_tokens).await {
+        Ok(seed) => seed,
         Err(StoreError::NoRefreshToken) => return Err("no_refresh_token"),
         Err(e) => {
             tracing::error!(userId = %user_id, error = %e, "cannot save tokens");
@@ -133,7 +133,7 @@ async fn complete_consent(
         }
     };
     app.sync.changed(&user_id);
-    app.supervisor.user_connected(&user_id, change);
+    app.supervisor.user_connected(seed);
     Ok(user_id)
 }
 

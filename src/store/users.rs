@@ -122,11 +122,12 @@ impl Store {
 
     /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
     /// token when Google sent none. Fails with `NoRefreshToken` when there is none at all.
+    /// Returns what the user's actor needs to (re)start.
     pub async fn save_connection(
         &self,
         user_id: &str,
         tokens: &NewTokens,
-    ) -> Result<TokenChange, StoreError> {
+    ) -> Result<ActorSeed, StoreError> {
         for _ in 0..WRITE_ATTEMPTS {
             if let Some(change) = self.try_save_connection(user_id, tokens).await? {
                 return Ok(change);
@@ -139,7 +140,7 @@ impl Store {
         &self,
         user_id: &str,
         tokens: &NewTokens,
-    ) -> Result<Option<TokenChange>, StoreError> {
+    ) -> Result<Option<ActorSeed>, StoreError> {
         let now = Utc::now();
         let access = self.cipher.encrypt(
             tokens.access_token.expose_secret(),
@@ -179,9 +180,13 @@ impl Store {
             return match user::Entity::insert(model).exec(&txn).await {
                 Ok(_) => {
                     txn.commit().await?;
-                    Ok(Some(TokenChange {
-                        version: 1,
+                    Ok(Some(ActorSeed {
+                        user_id: user_id.to_string(),
                         token_expiry: Some(tokens.expires_at),
+                        needs_reconnect: false,
+                        version: 1,
+                        refresh_count: 0,
+                        last_refresh_at: None,
                     }))
                 }
                 // Another request inserted the row first: go round again as an update.
@@ -217,9 +222,13 @@ impl Store {
             return Ok(None);
         }
         txn.commit().await?;
-        Ok(Some(TokenChange {
-            version,
+        Ok(Some(ActorSeed {
+            user_id: user_id.to_string(),
             token_expiry: Some(tokens.expires_at),
+            needs_reconnect: false,
+            version,
+            refresh_count: row.refresh_count,
+            last_refresh_at: row.last_refresh_at,
         }))
     }
 

@@ -2,4 +2,12 @@
 //! Each module drives the real service over HTTP on loopback, against the sandbox Google
 //! provider and the reference microservice, on a real SQLite file or PostgreSQL database.
 
+mod admin;
+mod bad_input;
+mod connect;
+mod disconnect;
+mod refresh;
+mod restart;
 mod sandbox;
+mod support;
+mod sync_failures;

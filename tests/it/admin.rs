@@ -1,0 +1,189 @@
+//! Operator routes: the actor registry with paging, resync, health, readiness and metrics.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+
+use crate::support::{TestApp, eventually};
+
+#[tokio::test]
+async fn actors_are_listed_in_pages_ordered_by_user_id() {
+    let t = TestApp::spawn().await;
+    for user in ["w3", "w1", "w5", "w2", "w4"] {
+        t.connect(user).await;
+    }
+    let (status, page) = t.admin(Method::GET, "/admin/actors?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total"], 5);
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["user_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&page), ["w1", "w2"]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = t
+        .admin(
+            Method::GET,
+            &format!("/admin/actors?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(ids(&page), ["w3", "w4"]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = t
+        .admin(
+            Method::GET,
+            &format!("/admin/actors?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(ids(&page), ["w5"]);
+    assert!(page["next_cursor"].is_null());
+
+    let actor = &page["actors"][0];
+    for field in [
+        "status",
+        "token_expiry",
+        "next_refresh_at",
+        "last_refresh_at",
+        "refresh_count",
+        "restarts",
+        "sync",
+    ] {
+        assert!(actor.get(field).is_some(), "{field} in {actor}");
+    }
+    for field in ["state", "synced_at", "attempts", "last_error"] {
+        assert!(actor["sync"].get(field).is_some(), "sync.{field}");
+    }
+    let (status, _) = t.admin(Method::GET, "/admin/actors/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn resync_pushes_every_connected_user_again() {
+    let t = TestApp::spawn().await;
+    for user in ["x1", "x2"] {
+        t.connect(user).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            t.microservice.stored_count().await.unwrap() == 2
+        })
+        .await
+    );
+    let posts_before = t.microservice.received().len();
+    let (status, body) = t.admin(Method::POST, "/admin/resync").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["queued"], 2);
+    let pushed = eventually(Duration::from_secs(5), || async {
+        t.microservice.received().len() >= posts_before + 2
+    })
+    .await;
+    assert!(pushed);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let t = TestApp::spawn().await;
+    assert_eq!(
+        t.http
+            .get(format!("{}/healthz", t.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready = eventually(Duration::from_secs(5), || async {
+        t.http
+            .get(format!("{}/readyz", t.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::OK
+    })
+    .await;
+    assert!(ready);
+    t.connect("yara").await;
+    t.admin(Method::POST, "/admin/actors/yara/refresh").await;
+    let counted = eventually(Duration::from_secs(5), || async {
+        let text = t
+            .http
+            .get(format!("{}/metrics", t.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("tokenwarden_refreshes_total{result=\"ok\"} 1")
+    })
+    .await;
+    assert!(counted);
+    let text = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "tokenwarden_actors",
+        "tokenwarden_syncs_total",
+        "tokenwarden_http_request_duration_seconds_bucket",
+        "tokenwarden_refresh_lateness_seconds",
+    ] {
+        assert!(text.contains(name), "{name} in metrics");
+    }
+    assert!(!text.contains("yara"), "no user ids in metrics");
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn panicking_actor_is_restarted_and_keeps_refreshing() {
+    let t = TestApp::spawn_with(crate::support::Options {
+        token_lifetime: Duration::from_secs(3),
+        refresh_lead_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    t.connect("zoe").await;
+    assert!(t.app().supervisor.inject_crash("zoe").await);
+    let restarted = eventually(Duration::from_secs(5), || async {
+        t.actor("zoe")
+            .await
+            .is_some_and(|a| a["restarts"] == 1 && a["status"] != "retrying")
+    })
+    .await;
+    assert!(restarted, "restart shown");
+    let before = t.google.stats().refreshes;
+    let refreshing = eventually(Duration::from_secs(5), || async {
+        t.google.stats().refreshes > before
+    })
+    .await;
+    assert!(refreshing, "the restarted actor keeps refreshing");
+
+    // A crash loop backs off: three quick crashes wait longer than the first.
+    for _ in 0..3 {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                t.app().supervisor.inject_crash("zoe").await
+            })
+            .await
+        );
+    }
+    let shown = t.actor("zoe").await.unwrap();
+    assert_eq!(shown["restarts"], 4);
+    assert_eq!(
+        shown["status"], "retrying",
+        "waiting out the backoff is shown"
+    );
+    t.shutdown().await;
+}

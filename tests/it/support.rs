@@ -1,0 +1,490 @@
+//! The test harness: [`TestApp`] runs the real service on a random loopback port against a
+//! sandbox Google provider and a reference microservice (both real HTTP servers), on a fresh
+//! SQLite file or a fresh PostgreSQL database, and offers typed helpers for the calls tests make.
+
+use std::{
+    future::Future,
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use reqwest::{Client, StatusCode, redirect::Policy};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use tokenwarden::{
+    app::App,
+    config::{Config, ServeArgs},
+    sandbox::{
+        MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig,
+        bind_loopback,
+    },
+};
+
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "test-client-secret";
+/// base64 of 32 bytes of 0x2a.
+pub const ENCRYPTION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+/// Where a test's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `$test(Backend)` once per backend, as two tests named `sqlite` and `postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::support::postgres_available().await {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
+
+fn admin_postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Whether PostgreSQL tests can run. Under `CI=true` an unreachable server is a failure, not
+/// a skip: CI must prove both backends.
+pub async fn postgres_available() -> bool {
+    let url = admin_postgres_url();
+    let reachable = match Database::connect(url.as_str()).await {
+        Ok(db) => db.execute_unprepared("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    if !reachable {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL at {url} is unreachable and CI=true: storage tests must run on it"
+        );
+        eprintln!("SKIPPED: PostgreSQL at {url} is unreachable (set TEST_DATABASE_URL)");
+    }
+    reachable
+}
+
+/// A database of the test's own, dropped when this is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("tokenwarden.db");
+                Self {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    postgres_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = admin_postgres_url();
+                let name = format!("tw_test_{}", uuid_like());
+                let db = Database::connect(admin.as_str()).await.expect("postgres");
+                db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                let mut url = url::Url::parse(&admin).expect("TEST_DATABASE_URL");
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    postgres_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// The SQLite file's path, if this is SQLite.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("tokenwarden.db"))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        let admin = admin_postgres_url();
+        // Drop may run inside a runtime: do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(db) = Database::connect(admin.as_str()).await {
+                    let _ = db
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().r#gen();
+    format!("{}_{n:016x}", std::process::id())
+}
+
+/// Knobs of a test app.
+#[derive(Clone)]
+pub struct Options {
+    pub backend: Backend,
+    /// Whether `GOOGLE_CALENDAR_MICROSERVICE_URL` is set.
+    pub with_microservice: bool,
+    pub token_lifetime: Duration,
+    pub refresh_lead_secs: u64,
+    pub microservice_timeout_ms: u64,
+    pub microservice_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            with_microservice: true,
+            token_lifetime: Duration::from_secs(3600),
+            refresh_lead_secs: 300,
+            microservice_timeout_ms: 2000,
+            microservice_token: None,
+        }
+    }
+}
+
+/// The service under test and the two servers it talks to.
+pub struct TestApp {
+    pub app: Option<App>,
+    pub url: String,
+    pub google: SandboxGoogle,
+    pub microservice: ReferenceMicroservice,
+    pub http: Client,
+    pub db: TestDatabase,
+    pub options: Options,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn on(backend: Backend) -> Self {
+        Self::spawn_with(Options {
+            backend,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        init_log_capture();
+        let google = SandboxGoogle::start(
+            SandboxGoogleConfig {
+                client_id: Some(CLIENT_ID.into()),
+                client_secret: Some(CLIENT_SECRET.into()),
+                token_lifetime: options.token_lifetime,
+                ..Default::default()
+            },
+            bind_loopback().await.unwrap(),
+        )
+        .await
+        .unwrap();
+        let microservice = ReferenceMicroservice::start(
+            MicroserviceConfig {
+                bearer_token: options.microservice_token.clone(),
+                ..Default::default()
+            },
+            bind_loopback().await.unwrap(),
+        )
+        .await
+        .unwrap();
+        let db = TestDatabase::create(options.backend).await;
+        let mut this = Self {
+            app: None,
+            url: String::new(),
+            google,
+            microservice,
+            http: Client::builder().redirect(Policy::none()).build().unwrap(),
+            db,
+            options,
+        };
+        this.start().await;
+        this
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self, listen: std::net::SocketAddr) -> Config {
+        let o = &self.options;
+        ServeArgs {
+            listen_addr: listen.to_string(),
+            database_url: self.db.url.clone(),
+            google_client_id: Some(CLIENT_ID.into()),
+            google_client_secret: Some(CLIENT_SECRET.into()),
+            google_redirect_uri: format!("http://{listen}/api/integrations/google/callback"),
+            google_auth_url: self.google.auth_url(),
+            google_token_url: self.google.token_url(),
+            google_revoke_url: self.google.revoke_url(),
+            google_userinfo_url: self.google.userinfo_url(),
+            microservice_url: o.with_microservice.then(|| self.microservice.base_url()),
+            microservice_token: o.microservice_token.clone(),
+            microservice_timeout_ms: o.microservice_timeout_ms.to_string(),
+            refresh_lead_secs: o.refresh_lead_secs.to_string(),
+            refresh_jitter_secs: "0".into(),
+            refresh_retry_base_ms: "100".into(),
+            refresh_retry_max_ms: "1000".into(),
+            sync_retry_base_ms: "100".into(),
+            sync_retry_max_ms: "1000".into(),
+            google_timeout_ms: "2000".into(),
+            frontend_url: "http://frontend.test".into(),
+            auth_jwt_secret: Some(JWT_SECRET.into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            token_encryption_key: Some(ENCRYPTION_KEY.into()),
+            ..Default::default()
+        }
+        .into_config()
+        .expect("test config")
+    }
+
+    async fn start(&mut self) {
+        let listener = bind_loopback().await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::spawn(self.config(addr), listener)
+            .await
+            .expect("app starts");
+        self.url = app.url();
+        self.app = Some(app);
+    }
+
+    /// Stops the service and starts it again on the same database and port (the redirect URI
+    /// names the port).
+    pub async fn restart(&mut self) {
+        let app = self.app.take().expect("running");
+        let addr = app.addr;
+        app.shutdown().await;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let app = App::spawn(self.config(addr), listener)
+            .await
+            .expect("app restarts");
+        self.url = app.url();
+        self.app = Some(app);
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
+    pub fn jwt(&self, user_id: &str) -> String {
+        jwt_for(user_id, JWT_SECRET, 3600)
+    }
+
+    /// `POST /connect` as `user_id`; returns the `auth_url`.
+    pub async fn start_connect(&self, user_id: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/integrations/google/connect", self.url))
+            .bearer_auth(self.jwt(user_id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["auth_url"].as_str().expect("auth_url").to_string()
+    }
+
+    /// Follows a consent URL through the sandbox to the callback; returns the callback's answer.
+    pub async fn follow_consent(&self, auth_url: &str) -> reqwest::Response {
+        let consent = self.http.get(auth_url).send().await.unwrap();
+        assert_eq!(
+            consent.status(),
+            StatusCode::FOUND,
+            "sandbox consent redirects"
+        );
+        let callback = location(&consent);
+        self.http.get(callback).send().await.unwrap()
+    }
+
+    /// A full connect; asserts it ends in `google=connected`.
+    pub async fn connect(&self, user_id: &str) {
+        let auth_url = self.start_connect(user_id).await;
+        let response = self.follow_consent(&auth_url).await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(
+            location(&response),
+            "http://frontend.test/dashboard/integrations?google=connected"
+        );
+    }
+
+    pub async fn status(&self, user_id: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/api/integrations/google/status", self.url))
+            .bearer_auth(self.jwt(user_id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn disconnect(&self, user_id: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .delete(format!("{}/api/integrations/google", self.url))
+            .bearer_auth(self.jwt(user_id))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// An admin call.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn actor(&self, user_id: &str) -> Option<Value> {
+        let (status, body) = self
+            .admin(reqwest::Method::GET, &format!("/admin/actors/{user_id}"))
+            .await;
+        (status == StatusCode::OK).then_some(body)
+    }
+
+    /// The access token the database holds for `user_id` (decrypted through the public
+    /// store API, as the sync would read it).
+    pub async fn stored_access_token(&self, user_id: &str) -> Option<String> {
+        use secrecy::ExposeSecret;
+        match self.app().store.sync_snapshot(user_id).await.unwrap()? {
+            tokenwarden::store::SyncSnapshot::Connected { tokens, .. } => {
+                Some(tokens.access_token.expose_secret().to_string())
+            }
+            _ => None,
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+pub fn jwt_for(user_id: &str, secret: &str, expires_in_secs: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + expires_in_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user_id, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .expect("Location header")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(Captured::default)
+}
+
+/// Sends every log line of this process to a buffer tests can read (nextest runs each test in
+/// its own process, so the buffer holds one test's logs).
+pub fn init_log_capture() {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let writer = captured().clone();
+    let _ = tracing_subscriber::registry()
+        .with(EnvFilter::new("info,sqlx=warn"))
+        .with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        )
+        .try_init();
+}
+
+/// Every log line captured so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&captured().0.lock().unwrap()).into_owned()
+}
+
+/// Log lines that contain all of `needles`.
+pub fn log_lines_with(needles: &[&str]) -> Vec<String> {
+    logs()
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
