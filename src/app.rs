@@ -65,7 +65,11 @@ impl App {
             permits: Arc::new(Semaphore::new(config.refresh.concurrency)),
         });
         let supervisor = Supervisor::start(ctx, UserScope::All).await?;
-        tokio::spawn(resume_in_background(store.clone(), sync.clone()));
+        tokio::spawn(resume_in_background(
+            store.clone(),
+            sync.clone(),
+            config.microservice.url.is_some(),
+        ));
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {
             config: config.clone(),
@@ -121,15 +125,17 @@ impl App {
 }
 
 /// Queues a sync for every user whose last change the microservice has not acknowledged.
+/// `include_skipped` also catches up users connected while no microservice was configured.
 pub async fn resume_unfinished_syncs(
     store: &Store,
     sync: &SyncDispatcher,
+    include_skipped: bool,
 ) -> anyhow::Result<usize> {
     let mut after: Option<String> = None;
     let mut queued = 0;
     loop {
         let page = store
-            .unfinished_syncs(after.as_deref(), RESUME_PAGE)
+            .unfinished_syncs(after.as_deref(), RESUME_PAGE, include_skipped)
             .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
@@ -144,9 +150,9 @@ pub async fn resume_unfinished_syncs(
     Ok(queued)
 }
 
-async fn resume_in_background(store: Store, sync: SyncDispatcher) {
+async fn resume_in_background(store: Store, sync: SyncDispatcher, include_skipped: bool) {
     for attempt in 1..=30u32 {
-        match resume_unfinished_syncs(&store, &sync).await {
+        match resume_unfinished_syncs(&store, &sync, include_skipped).await {
             Ok(0) => return,
             Ok(n) => {
                 tracing::info!(users = n, "resuming unfinished syncs");

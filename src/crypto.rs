@@ -42,7 +42,7 @@ impl TokenCipher {
         }
     }
 
-    /// `v1:` + base64(nonce || ciphertext+tag), bound to `context` (e.g. `access:<user id>`).
+    /// `v1:` + base64(nonce || ciphertext+tag), bound to `context` (e.g. `google_access_token:<user id>`).
     pub fn encrypt(&self, plaintext: &str, context: &str) -> String {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let payload = Payload {

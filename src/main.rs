@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokenwarden::{app::App, cli};
+use tokenwarden::{app::App, cli, config::LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -35,14 +35,26 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = dotenvy::dotenv();
+    // A missing .env is normal; a broken one would make later variables look unset.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: cannot read .env: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
         Command::Serve(args) => serve(*args).await,
         Command::Demo(args) => tokenwarden::demo::run(args).await,
         Command::Migrate(args) => cli::migrate(args).await,
-        Command::SandboxGoogle(args) => tokenwarden::sandbox::google::run(args).await,
-        Command::Microservice(args) => tokenwarden::sandbox::microservice::run(args).await,
+        Command::SandboxGoogle(args) => {
+            tokenwarden::telemetry::init_logging(LogFormat::Pretty);
+            tokenwarden::sandbox::google::run(args).await
+        }
+        Command::Microservice(args) => {
+            tokenwarden::telemetry::init_logging(LogFormat::Pretty);
+            tokenwarden::sandbox::microservice::run(args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

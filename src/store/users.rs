@@ -465,16 +465,23 @@ impl Store {
             .map(ActorSeed::from))
     }
 
-    /// A page of user ids whose last change has not reached the microservice yet.
+    /// A page of user ids whose last change has not reached the microservice yet; with
+    /// `include_skipped`, also those skipped while no microservice was configured.
     pub async fn unfinished_syncs(
         &self,
         after: Option<&str>,
         limit: u64,
+        include_skipped: bool,
     ) -> Result<Vec<String>, StoreError> {
+        let states: &[&str] = if include_skipped {
+            &[PENDING, "failed", "skipped"]
+        } else {
+            &[PENDING, "failed"]
+        };
         let mut query = user::Entity::find()
             .select_only()
             .column(user::Column::UserId)
-            .filter(user::Column::SyncState.is_in([PENDING, "failed"]))
+            .filter(user::Column::SyncState.is_in(states.iter().copied()))
             .order_by_asc(user::Column::UserId)
             .limit(limit);
         if let Some(after) = after {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod cli;
 mod connect;
 mod disconnect;
 mod refresh;

@@ -69,3 +69,27 @@ async fn actors_and_unfinished_syncs_come_back(backend: Backend) {
     t.shutdown().await;
 }
 on_both_backends!(actors_and_unfinished_syncs_come_back);
+
+#[tokio::test]
+async fn users_skipped_without_a_microservice_are_pushed_once_one_is_configured() {
+    let mut t = TestApp::spawn_with(crate::support::Options {
+        with_microservice: false,
+        ..Default::default()
+    })
+    .await;
+    t.connect("v1").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            t.status("v1").await["sync"]["state"] == "skipped"
+        })
+        .await
+    );
+    t.options.with_microservice = true;
+    t.restart().await;
+    let pushed = eventually(Duration::from_secs(5), || async {
+        t.microservice.stored("v1").await.unwrap().is_some()
+    })
+    .await;
+    assert!(pushed);
+    t.shutdown().await;
+}

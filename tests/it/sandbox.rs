@@ -1033,31 +1033,14 @@ async fn sqlite_file_database_with_a_pool() {
 }
 
 /// The same contract on PostgreSQL, in a database of its own that is dropped afterwards.
-/// `SANDBOX_TEST_POSTGRES_URL` names the server's admin database; `SANDBOX_SKIP_POSTGRES=1`
-/// skips the test where no server runs.
 #[tokio::test]
 async fn postgres_database() {
-    use sea_orm::{ConnectionTrait, Database};
-    if std::env::var("SANDBOX_SKIP_POSTGRES").as_deref() == Ok("1") {
+    if !crate::support::postgres_available().await {
         return;
     }
-    let admin_url = std::env::var("SANDBOX_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let admin = Database::connect(admin_url.as_str()).await.unwrap();
-    let name = format!("sandbox_ms_{}", std::process::id());
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&name);
-
+    let db = crate::support::TestDatabase::create(crate::support::Backend::Postgres).await;
     let ms = microservice_with(MicroserviceConfig {
-        database_url: url.to_string(),
+        database_url: db.url.clone(),
         ..Default::default()
     })
     .await;
@@ -1080,11 +1063,6 @@ async fn postgres_database() {
     assert_eq!(remove(&ms, "pg-user").await.0, StatusCode::NOT_FOUND);
     ms.stop().await;
     drop(ms);
-
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
 }
 
 #[derive(clap::Parser)]

@@ -1,0 +1,187 @@
+//! The real binary: configuration errors name their variable on one line, `migrate` works,
+//! and `serve` runs the whole path against the sandbox servers.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tokenwarden::sandbox::{
+    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
+};
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, CLIENT_ID, CLIENT_SECRET, ENCRYPTION_KEY, JWT_SECRET, TestDatabase,
+    eventually, jwt_for, location,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
+
+/// A command with a clean environment (only PATH), so the host's variables cannot leak in.
+fn tokenwarden(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir);
+    command
+}
+
+fn required_env(command: &mut Command) -> &mut Command {
+    command
+        .env("GOOGLE_CALENDAR_CLIENT_ID", CLIENT_ID)
+        .env("GOOGLE_CALENDAR_CLIENT_SECRET", CLIENT_SECRET)
+        .env("AUTH_JWT_SECRET", JWT_SECRET)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOKEN_ENCRYPTION_KEY", ENCRYPTION_KEY)
+}
+
+#[test]
+fn missing_or_malformed_variables_are_named_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokenwarden(dir.path()).arg("serve").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("GOOGLE_CALENDAR_CLIENT_ID"), "{stderr}");
+
+    let output = required_env(&mut tokenwarden(dir.path()))
+        .env("TOKEN_ENCRYPTION_KEY", "dG9vIHNob3J0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("TOKEN_ENCRYPTION_KEY"), "{stderr}");
+    assert!(!stderr.contains("dG9vIHNob3J0"), "the value is not echoed");
+
+    let output = required_env(&mut tokenwarden(dir.path()))
+        .env("REFRESH_LEAD_SECS", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("REFRESH_LEAD_SECS") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn migrate_applies_and_help_lists_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let output = tokenwarden(dir.path())
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", db.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(db.exists());
+    let help = tokenwarden(dir.path()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["serve", "demo", "migrate", "sandbox-google", "microservice"] {
+        assert!(text.contains(command), "{command} in --help");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_connects_and_stops_on_sigterm() {
+    let google = SandboxGoogle::start(
+        SandboxGoogleConfig {
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            ..Default::default()
+        },
+        bind_loopback().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let microservice = ReferenceMicroservice::start(
+        MicroserviceConfig::default(),
+        bind_loopback().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let port = bind_loopback().await.unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = required_env(&mut tokenwarden(dir.path()))
+        .arg("serve")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &db.url)
+        .env(
+            "GOOGLE_CALENDAR_REDIRECT_URI",
+            format!("{url}/api/integrations/google/callback"),
+        )
+        .env("GOOGLE_OAUTH_AUTH_URL", google.auth_url())
+        .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
+        .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
+        .env("GOOGLE_USERINFO_URL", google.userinfo_url())
+        .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
+        .env("FRONTEND_URL", "http://frontend.test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        matches!(http.get(format!("{url}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(up, "serve became ready");
+    let body: serde_json::Value = http
+        .post(format!("{url}/api/integrations/google/connect"))
+        .bearer_auth(jwt_for("cli-user", JWT_SECRET, 600))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consent = http
+        .get(body["auth_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let callback = http.get(location(&consent)).send().await.unwrap();
+    assert_eq!(
+        location(&callback),
+        "http://frontend.test/dashboard/integrations?google=connected"
+    );
+    let synced = eventually(Duration::from_secs(5), || async {
+        microservice.stored("cli-user").await.unwrap().is_some()
+    })
+    .await;
+    assert!(synced);
+
+    // SIGTERM: a clean exit with status 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    assert!(exited.expect("exited within 10 s").success());
+}
