@@ -65,11 +65,9 @@ impl App {
             permits: Arc::new(Semaphore::new(config.refresh.concurrency)),
         });
         let supervisor = Supervisor::start(ctx, UserScope::All).await?;
-        tokio::spawn(resume_in_background(
-            store.clone(),
-            sync.clone(),
-            config.microservice.url.is_some(),
-        ));
+        // Queued before the front door opens, so a change made through it is never
+        // followed by a second, redundant push from the resume.
+        resume_syncs(&store, &sync, config.microservice.url.is_some()).await;
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {
             config: config.clone(),
@@ -150,9 +148,9 @@ pub async fn resume_unfinished_syncs(
     Ok(queued)
 }
 
-async fn resume_in_background(store: Store, sync: SyncDispatcher, include_skipped: bool) {
+async fn resume_syncs(store: &Store, sync: &SyncDispatcher, include_skipped: bool) {
     for attempt in 1..=30u32 {
-        match resume_unfinished_syncs(&store, &sync, include_skipped).await {
+        match resume_unfinished_syncs(store, sync, include_skipped).await {
             Ok(0) => return,
             Ok(n) => {
                 tracing::info!(users = n, "resuming unfinished syncs");
