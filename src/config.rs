@@ -8,6 +8,8 @@ use base64::Engine;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::telemetry::{OtlpProtocol, TelemetryConfig};
+
 /// The calendar scopes asked for when `GOOGLE_CALENDAR_SCOPES` is unset.
 pub const DEFAULT_SCOPES: &str =
     "https://www.googleapis.com/auth/calendar https://www.googleapis.com/auth/calendar.events";
@@ -126,9 +128,59 @@ pub struct ServeArgs {
     /// Per-request timeout towards Google, in milliseconds.
     #[arg(long, env = "GOOGLE_HTTP_TIMEOUT_MS", default_value = "10000")]
     pub google_timeout_ms: String,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Logging and trace export settings, shared by every long-running subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TelemetryArgs {
     /// Log format: `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
+    /// OTLP collector base URL; unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    /// `grpc`, `http/protobuf` or `http/json`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    pub otel_protocol: String,
+    /// `service.name` of exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "tokenwarden")]
+    pub otel_service_name: String,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        Self {
+            log_format: "pretty".into(),
+            otel_endpoint: None,
+            otel_protocol: "grpc".into(),
+            otel_service_name: "tokenwarden".into(),
+        }
+    }
+}
+
+impl TelemetryArgs {
+    /// Validates the telemetry variables, naming the first one that is wrong.
+    pub fn into_config(self) -> Result<TelemetryConfig, ConfigError> {
+        let otlp_endpoint = match self.otel_endpoint.filter(|e| !e.trim().is_empty()) {
+            Some(e) => Some(parse_url("OTEL_EXPORTER_OTLP_ENDPOINT", &e)?.to_string()),
+            None => None,
+        };
+        Ok(TelemetryConfig {
+            log_format: parse_log_format(&self.log_format)?,
+            otlp_endpoint,
+            otlp_protocol: OtlpProtocol::parse(&self.otel_protocol).ok_or_else(|| {
+                malformed(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    "expected grpc, http/protobuf or http/json",
+                )
+            })?,
+            service_name: self.otel_service_name,
+            ..TelemetryConfig::default()
+        })
+    }
 }
 
 impl Default for ServeArgs {
@@ -155,7 +207,7 @@ impl Default for ServeArgs {
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
             google_timeout_ms: "10000".into(),
-            log_format: "pretty".into(),
+            telemetry: TelemetryArgs::default(),
             google_client_id: None,
             google_client_secret: None,
             microservice_url: None,
@@ -233,7 +285,7 @@ pub struct Config {
     pub jwt_secret: SecretString,
     pub admin_token: SecretString,
     pub encryption_key: [u8; 32],
-    pub log_format: LogFormat,
+    pub telemetry: TelemetryConfig,
 }
 
 impl ServeArgs {
@@ -299,7 +351,7 @@ impl ServeArgs {
                 "TOKEN_ENCRYPTION_KEY",
                 self.token_encryption_key,
             )?)?,
-            log_format: parse_log_format(&self.log_format)?,
+            telemetry: self.telemetry.into_config()?,
         })
     }
 }
@@ -413,7 +465,10 @@ mod tests {
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
             google_timeout_ms: "10000".into(),
-            log_format: "json".into(),
+            telemetry: TelemetryArgs {
+                log_format: "json".into(),
+                ..TelemetryArgs::default()
+            },
         }
     }
 
@@ -429,7 +484,7 @@ mod tests {
             config.google.scopes.last().map(String::as_str),
             Some("email")
         );
-        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
     }
 
     #[test]

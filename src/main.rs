@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokenwarden::{app::App, cli, config::LogFormat};
+use tokenwarden::{app::App, cli, config::TelemetryArgs};
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +28,19 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
     /// Run only the sandbox Google OAuth provider.
-    SandboxGoogle(tokenwarden::sandbox::SandboxGoogleArgs),
+    SandboxGoogle {
+        #[command(flatten)]
+        args: tokenwarden::sandbox::SandboxGoogleArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    },
     /// Run only the reference microservice.
-    Microservice(tokenwarden::sandbox::MicroserviceArgs),
+    Microservice {
+        #[command(flatten)]
+        args: tokenwarden::sandbox::MicroserviceArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    },
 }
 
 #[tokio::main]
@@ -47,13 +57,11 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(*args).await,
         Command::Demo(args) => tokenwarden::demo::run(args).await,
         Command::Migrate(args) => cli::migrate(args).await,
-        Command::SandboxGoogle(args) => {
-            tokenwarden::telemetry::init_logging(LogFormat::Pretty);
-            tokenwarden::sandbox::google::run(args).await
+        Command::SandboxGoogle { args, telemetry } => {
+            with_telemetry(telemetry, tokenwarden::sandbox::google::run(args)).await
         }
-        Command::Microservice(args) => {
-            tokenwarden::telemetry::init_logging(LogFormat::Pretty);
-            tokenwarden::sandbox::microservice::run(args).await
+        Command::Microservice { args, telemetry } => {
+            with_telemetry(telemetry, tokenwarden::sandbox::microservice::run(args)).await
         }
     };
     match result {
@@ -67,8 +75,24 @@ async fn main() -> ExitCode {
 
 async fn serve(args: tokenwarden::config::ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    tokenwarden::telemetry::init_logging(config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
-    let app = App::spawn(config, listener).await?;
-    cli::run_until_signal(app).await
+    let telemetry = tokenwarden::telemetry::init(&config.telemetry)?;
+    let result = async {
+        let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+        let app = App::spawn(config, listener).await?;
+        cli::run_until_signal(app).await
+    }
+    .await;
+    telemetry.shutdown();
+    result
+}
+
+/// Runs a sandbox server with logging and trace export set up, flushing spans at the end.
+async fn with_telemetry(
+    args: TelemetryArgs,
+    server: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let telemetry = tokenwarden::telemetry::init(&args.into_config()?)?;
+    let result = server.await;
+    telemetry.shutdown();
+    result
 }

@@ -33,8 +33,11 @@ fn duration_histogram() -> Histogram {
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
-    /// Refresh attempts by `result` (`ok`, `transient`, `revoked`, `rejected`, `superseded`).
+    /// Refresh attempts by `reason` (`scheduled`, `forced`, `retry`) and `result` (`ok`,
+    /// `transient`, `revoked`, `rejected`, `superseded`).
     pub refreshes: Family<Labels, Counter>,
+    /// User actors alive by `status`.
+    pub actors_by_status: Family<Labels, Gauge>,
     /// Microservice calls by `op` (`connect`, `delete`) and `result` (`ok`, `failed`, `skipped`).
     pub syncs: Family<Labels, Counter>,
     /// Seconds between a refresh's scheduled time and its start.
@@ -55,6 +58,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tokenwarden");
         let refreshes = Family::<Labels, Counter>::default();
+        let actors_by_status = Family::<Labels, Gauge>::default();
+        for status in ["active", "refreshing", "retrying", "needs_reconnect"] {
+            let _ = actors_by_status.get_or_create(&vec![("status", status.to_string())]);
+        }
         let syncs = Family::<Labels, Counter>::default();
         let refresh_lateness = lateness_histogram();
         let remaining_lifetime = lifetime_histogram();
@@ -90,6 +97,11 @@ impl Default for Metrics {
         );
         registry.register("actors", "User token actors alive", actors.clone());
         registry.register(
+            "actors_by_status",
+            "User token actors alive by status",
+            actors_by_status.clone(),
+        );
+        registry.register(
             "actor_restarts",
             "User token actors restarted after a failure",
             actor_restarts.clone(),
@@ -102,6 +114,7 @@ impl Default for Metrics {
         Self {
             registry,
             refreshes,
+            actors_by_status,
             syncs,
             refresh_lateness,
             remaining_lifetime,
@@ -114,10 +127,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn refresh(&self, result: &str) {
+    pub fn refresh(&self, reason: &str, result: &str) {
         self.refreshes
-            .get_or_create(&vec![("result", result.to_string())])
+            .get_or_create(&vec![
+                ("reason", reason.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
+    }
+
+    pub fn actor_status(&self, status: &str, delta: i64) {
+        self.actors_by_status
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc_by(delta);
     }
 
     pub fn sync(&self, op: &str, result: &str) {

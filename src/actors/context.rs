@@ -41,7 +41,11 @@ impl ActorContext {
             Err(e) => return RefreshOutcome::Transient(format!("database: {e}")),
         };
         let version = credentials.version;
-        let result = match self.google.refresh(&credentials.refresh_token).await {
+        let result = match self
+            .google
+            .refresh(user_id, &credentials.refresh_token)
+            .await
+        {
             Ok(tokens) => {
                 self.store
                     .save_refreshed(

@@ -38,6 +38,17 @@ pub enum ActorStatus {
     NeedsReconnect,
 }
 
+impl ActorStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Refreshing => "refreshing",
+            Self::Retrying => "retrying",
+            Self::NeedsReconnect => "needs_reconnect",
+        }
+    }
+}
+
 /// What `/admin/actors` shows of one actor (the sync part comes from the database).
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorInfo {
@@ -62,6 +73,19 @@ pub enum RefreshOutcome {
     Revoked,
     /// A newer change won the race; here is the row as it is now (`None`: not connected).
     Superseded(Option<ActorSeed>),
+}
+
+impl RefreshOutcome {
+    /// Short name for spans and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Refreshed(_) => "ok",
+            Self::Transient(_) => "transient",
+            Self::Rejected(_) => "rejected",
+            Self::Revoked => "revoked",
+            Self::Superseded(_) => "superseded",
+        }
+    }
 }
 
 /// Messages of one user's token actor.

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{
     context::ActorContext,
@@ -43,7 +44,8 @@ pub struct UserTokenState {
     refresh_count: i64,
     restarts: u32,
     failures: u32,
-    in_flight: bool,
+    /// The reason of the refresh in flight, if one is.
+    in_flight: Option<RefreshReason>,
     ctx: Arc<ActorContext>,
 }
 
@@ -73,7 +75,7 @@ impl Actor for UserTokenActor {
             refresh_count: seed.refresh_count,
             restarts: args.restarts,
             failures: 0,
-            in_flight: false,
+            in_flight: None,
             ctx: args.ctx,
         })
     }
@@ -83,6 +85,7 @@ impl Actor for UserTokenActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.ctx.metrics.actor_status(state.status.as_str(), 1);
         state.schedule(&myself);
         Ok(())
     }
@@ -93,6 +96,7 @@ impl Actor for UserTokenActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.cancel_timer();
+        state.ctx.metrics.actor_status(state.status.as_str(), -1);
         Ok(())
     }
 
@@ -106,7 +110,7 @@ impl Actor for UserTokenActor {
             UserTokenMsg::TokensChanged(change) => {
                 state.version = change.version;
                 state.token_expiry = change.token_expiry;
-                state.status = ActorStatus::Active;
+                state.set_status(ActorStatus::Active);
                 state.failures = 0;
                 state.schedule(&myself);
             }
@@ -122,6 +126,15 @@ impl Actor for UserTokenActor {
 }
 
 impl UserTokenState {
+    /// Changes status, keeping the per-status gauge in step.
+    fn set_status(&mut self, status: ActorStatus) {
+        if status != self.status {
+            self.ctx.metrics.actor_status(self.status.as_str(), -1);
+            self.ctx.metrics.actor_status(status.as_str(), 1);
+            self.status = status;
+        }
+    }
+
     fn cancel_timer(&mut self) {
         if let Some(timer) = self.timer.take() {
             timer.abort();
@@ -166,7 +179,7 @@ impl UserTokenState {
 
     fn start_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, reason: RefreshReason) {
         // One refresh at a time, and none without a grant: a duplicate request is absorbed.
-        if self.in_flight || self.status == ActorStatus::NeedsReconnect {
+        if self.in_flight.is_some() || self.status == ActorStatus::NeedsReconnect {
             return;
         }
         if reason == RefreshReason::Scheduled
@@ -183,38 +196,47 @@ impl UserTokenState {
             self.ctx.metrics.remaining_lifetime.observe(left);
         }
         self.cancel_timer();
-        self.in_flight = true;
-        self.status = ActorStatus::Refreshing;
-        tracing::debug!(userId = %self.user_id, reason = reason.as_str(), "refreshing access token");
+        self.in_flight = Some(reason);
+        self.set_status(ActorStatus::Refreshing);
+        // A root span: the timer, not a request, started this work.
+        let span = tracing::info_span!(
+            parent: None,
+            "actor.refresh",
+            user.id = %self.user_id,
+            refresh.reason = reason.as_str(),
+            refresh.outcome = tracing::field::Empty,
+        );
         let ctx = self.ctx.clone();
         let user_id = self.user_id.clone();
         let myself = myself.clone();
-        tokio::spawn(async move {
-            let outcome = ctx.refresh(&user_id).await;
-            let _ = myself.send_message(UserTokenMsg::RefreshFinished(outcome));
-        });
+        tokio::spawn(
+            async move {
+                let outcome = ctx.refresh(&user_id).await;
+                tracing::Span::current().record("refresh.outcome", outcome.label());
+                let _ = myself.send_message(UserTokenMsg::RefreshFinished(outcome));
+            }
+            .instrument(span),
+        );
     }
 
     fn finish_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, outcome: RefreshOutcome) {
-        self.in_flight = false;
+        let reason = self.in_flight.take().unwrap_or(RefreshReason::Scheduled);
+        self.ctx.metrics.refresh(reason.as_str(), outcome.label());
         match outcome {
             RefreshOutcome::Refreshed(change) => {
-                self.ctx.metrics.refresh("ok");
                 self.version = change.version;
                 self.token_expiry = change.token_expiry;
                 self.last_refresh_at = Some(Utc::now());
                 self.refresh_count += 1;
                 self.failures = 0;
-                self.status = ActorStatus::Active;
+                self.set_status(ActorStatus::Active);
                 tracing::info!(userId = %self.user_id, tokenExpiry = ?self.token_expiry, "access token refreshed");
                 self.schedule(myself);
             }
             RefreshOutcome::Transient(error) => {
-                self.ctx.metrics.refresh("transient");
                 self.retry_later(myself, &error, self.ctx.refresh.retry_max);
             }
             RefreshOutcome::Rejected(error) => {
-                self.ctx.metrics.refresh("rejected");
                 self.retry_later(
                     myself,
                     &error,
@@ -222,24 +244,22 @@ impl UserTokenState {
                 );
             }
             RefreshOutcome::Revoked => {
-                self.ctx.metrics.refresh("revoked");
                 tracing::warn!(userId = %self.user_id, "Google grant revoked; user must reconnect");
-                self.status = ActorStatus::NeedsReconnect;
+                self.set_status(ActorStatus::NeedsReconnect);
                 self.token_expiry = None;
                 self.cancel_timer();
                 self.next_refresh_at = None;
             }
             RefreshOutcome::Superseded(seed) => {
-                self.ctx.metrics.refresh("superseded");
                 match seed {
                     Some(seed) => {
                         self.version = seed.version;
                         self.token_expiry = seed.token_expiry;
-                        self.status = if seed.needs_reconnect {
+                        self.set_status(if seed.needs_reconnect {
                             ActorStatus::NeedsReconnect
                         } else {
                             ActorStatus::Active
-                        };
+                        });
                         self.schedule(myself);
                     }
                     // Disconnected meanwhile; the supervisor stops us too.
@@ -251,7 +271,7 @@ impl UserTokenState {
 
     fn retry_later(&mut self, myself: &ActorRef<UserTokenMsg>, error: &str, cap: Duration) {
         self.failures += 1;
-        self.status = ActorStatus::Retrying;
+        self.set_status(ActorStatus::Retrying);
         let delay = backoff(self.ctx.refresh.retry_base, cap, self.failures);
         tracing::warn!(
             userId = %self.user_id,

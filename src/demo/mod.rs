@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::App,
-    config::{LogFormat, ServeArgs},
+    config::ServeArgs,
     http::valid_user_id,
     sandbox::{self, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig},
 };
@@ -64,7 +64,7 @@ struct Demo {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    crate::telemetry::init_logging(LogFormat::Pretty);
+    let telemetry = crate::telemetry::init(&Default::default())?;
     let client_secret = random_secret();
     let google = SandboxGoogle::start(
         SandboxGoogleConfig {
@@ -130,7 +130,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.token_lifetime_secs, args.refresh_lead_secs
     );
     println!();
-    crate::cli::run_until_signal(app).await
+    let result = crate::cli::run_until_signal(app).await;
+    telemetry.shutdown();
+    result
 }
 
 fn random_secret() -> String {

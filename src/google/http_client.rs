@@ -36,7 +36,8 @@ impl OAuthHttp {
         &self.client
     }
 
-    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+    async fn send(&self, mut request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        crate::telemetry::inject_context(request.headers_mut());
         let request =
             reqwest::Request::try_from(request).map_err(|e| HttpError::Network(describe(&e)))?;
         let response = self
@@ -69,6 +70,13 @@ impl<'c> AsyncHttpClient<'c> for OAuthHttp {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(self.send(request))
     }
+}
+
+/// A `traceparent` for the current span, for requests built by hand.
+pub fn trace_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    crate::telemetry::inject_context(&mut headers);
+    headers
 }
 
 /// A reqwest error without its URL (URLs of token endpoints never carry tokens, but keeping

@@ -115,8 +115,10 @@ impl GoogleClient {
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    #[tracing::instrument(name = "oauth.exchange_code", skip_all, fields(user.id = %user_id, otel.kind = "client"))]
     pub async fn exchange_code(
         &self,
+        user_id: &str,
         code: &str,
         pkce_verifier: &SecretString,
     ) -> Result<TokenSet, GoogleError> {
@@ -133,7 +135,12 @@ impl GoogleClient {
     }
 
     /// Uses a refresh token to get a new access token.
-    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenSet, GoogleError> {
+    #[tracing::instrument(name = "oauth.refresh", skip_all, fields(user.id = %user_id, otel.kind = "client"))]
+    pub async fn refresh(
+        &self,
+        user_id: &str,
+        refresh_token: &SecretString,
+    ) -> Result<TokenSet, GoogleError> {
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
         let response = self
             .oauth
@@ -147,11 +154,13 @@ impl GoogleClient {
     /// Revokes a token (revoking the refresh token ends the whole grant). Sent as Google
     /// documents it, a form POST with `token=`; done by hand because the oauth2 crate refuses
     /// non-HTTPS revocation URLs, which the loopback sandbox uses.
-    pub async fn revoke(&self, token: &SecretString) -> Result<(), GoogleError> {
+    #[tracing::instrument(name = "oauth.revoke", skip_all, fields(user.id = %user_id, otel.kind = "client"))]
+    pub async fn revoke(&self, user_id: &str, token: &SecretString) -> Result<(), GoogleError> {
         let response = self
             .http
             .client()
             .post(self.revoke_url.clone())
+            .headers(http_client::trace_headers())
             .form(&[("token", token.expose_secret())])
             .send()
             .await
@@ -167,7 +176,12 @@ impl GoogleClient {
     }
 
     /// The account's email from the userinfo endpoint, if Google gives one.
-    pub async fn email(&self, access_token: &SecretString) -> Result<Option<String>, GoogleError> {
+    #[tracing::instrument(name = "oauth.userinfo", skip_all, fields(user.id = %user_id, otel.kind = "client"))]
+    pub async fn email(
+        &self,
+        user_id: &str,
+        access_token: &SecretString,
+    ) -> Result<Option<String>, GoogleError> {
         #[derive(serde::Deserialize)]
         struct UserInfo {
             email: Option<String>,
@@ -176,6 +190,7 @@ impl GoogleClient {
             .http
             .client()
             .get(self.userinfo_url.clone())
+            .headers(http_client::trace_headers())
             .bearer_auth(access_token.expose_secret())
             .send()
             .await

@@ -101,13 +101,13 @@ async fn complete_consent(
         .ok_or("missing_code")?;
     let tokens = app
         .google
-        .exchange_code(code, &taken.pkce_verifier)
+        .exchange_code(&user_id, code, &taken.pkce_verifier)
         .await
         .map_err(|e| {
             tracing::warn!(userId = %user_id, error = %e, "code exchange failed");
             "exchange_failed"
         })?;
-    let email = match app.google.email(&tokens.access_token).await {
+    let email = match app.google.email(&user_id, &tokens.access_token).await {
         Ok(email) => email,
         Err(e) => {
             // The email is informative only; the connection is still good without it.
@@ -195,7 +195,7 @@ async fn disconnect(State(app): State<AppState>, user: AuthUser) -> Result<Json<
     // Best effort: the tokens are already gone here; a grant left alive at Google is what
     // revocation prevents, so failures are logged loudly.
     if let Some(token) = refresh_token
-        && let Err(e) = app.google.revoke(&token).await
+        && let Err(e) = app.google.revoke(&user.user_id, &token).await
     {
         tracing::warn!(userId = %user.user_id, error = %e, "revocation at Google failed");
     }

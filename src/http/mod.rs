@@ -101,14 +101,22 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let method = request.method().to_string();
-    let span = tracing::info_span!("http.request", http.method = %method, http.route = %route, http.status = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
     let started = Instant::now();
     let response = {
         use tracing::Instrument;
         next.run(request).instrument(span.clone()).await
     };
     let status = response.status().as_u16();
-    span.record("http.status", status);
+    span.record("http.response.status_code", status);
     state
         .metrics
         .http_duration

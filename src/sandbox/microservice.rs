@@ -34,6 +34,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
+use tracing::Instrument;
 
 use super::{MAX_HANG, RunningServer, wait_while};
 
@@ -373,16 +374,32 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
         received_at,
         injected_fault: false,
     };
-    let response = if let Some(fault) = inner.injected_fault().await {
-        record.injected_fault = true;
-        fault.into_response()
-    } else if !inner.authorized(&parts.headers) {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
-    } else {
-        next.run(Request::from_parts(parts, Body::from(bytes)))
-            .await
-    };
+    // Continue the caller's trace, so one trace shows both services.
+    let span = tracing::info_span!(
+        "reference_microservice.request",
+        http.request.method = %record.method,
+        otel.kind = "server",
+        user.id = %record.user_id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, &parts.headers);
+    let handling = inner.clone();
+    let (response, injected_fault) = async move {
+        if let Some(fault) = handling.injected_fault().await {
+            (fault.into_response(), true)
+        } else if !handling.authorized(&parts.headers) {
+            let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized");
+            (refused.into_response(), false)
+        } else {
+            let request = Request::from_parts(parts, Body::from(bytes));
+            (next.run(request).await, false)
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    record.injected_fault = injected_fault;
     record.status = response.status().as_u16();
+    span.record("http.response.status_code", record.status);
     inner.record(record);
     response
 }

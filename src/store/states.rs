@@ -20,6 +20,7 @@ fn verifier_context(state: &str) -> String {
 
 impl Store {
     /// Records a new state with its PKCE verifier.
+    #[tracing::instrument(name = "db.create_state", skip_all)]
     pub async fn create_oauth_state(
         &self,
         state: &str,
@@ -42,6 +43,7 @@ impl Store {
 
     /// Consumes a state: only the one caller whose delete removed the row gets it, so a state
     /// can never be used twice, even by two racing callbacks. Expiry is the caller's check.
+    #[tracing::instrument(name = "db.take_state", skip_all)]
     pub async fn take_oauth_state(&self, state: &str) -> Result<Option<TakenState>, StoreError> {
         let Some(row) = oauth_state::Entity::find_by_id(state).one(&self.db).await? else {
             return Ok(None);

@@ -123,6 +123,7 @@ impl Store {
     /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
     /// token when Google sent none. Fails with `NoRefreshToken` when there is none at all.
     /// Returns what the user's actor needs to (re)start.
+    #[tracing::instrument(name = "db.save_connection", skip_all, fields(user.id = %user_id))]
     pub async fn save_connection(
         &self,
         user_id: &str,
@@ -233,6 +234,7 @@ impl Store {
     }
 
     /// The refresh token of a connected user, with the version it belongs to.
+    #[tracing::instrument(name = "db.read_refresh_token", skip_all, fields(user.id = %user_id))]
     pub async fn refresh_credentials(
         &self,
         user_id: &str,
@@ -254,6 +256,7 @@ impl Store {
 
     /// Saves a refresh's answer if the row is still at `expected_version`; `None` means a
     /// newer change (a reconnect, a disconnect) got there first and this answer is void.
+    #[tracing::instrument(name = "db.save_refreshed", skip_all, fields(user.id = %user_id))]
     pub async fn save_refreshed(
         &self,
         user_id: &str,
@@ -299,6 +302,7 @@ impl Store {
 
     /// Google said the grant is gone: clear the tokens, flag the user for reconnection and
     /// queue the deletion at the microservice. `None` if a newer change got there first.
+    #[tracing::instrument(name = "db.mark_revoked", skip_all, fields(user.id = %user_id))]
     pub async fn mark_revoked(
         &self,
         user_id: &str,
@@ -321,6 +325,7 @@ impl Store {
     /// The user disconnects: clear the tokens and queue the deletion at the microservice.
     /// Returns `None` if the user was not connected, else the refresh token that was stored
     /// (for revocation at Google).
+    #[tracing::instrument(name = "db.disconnect", skip_all, fields(user.id = %user_id))]
     pub async fn disconnect(
         &self,
         user_id: &str,
@@ -351,6 +356,7 @@ impl Store {
     }
 
     /// What the microservice should hold for this user right now; `None` if no row.
+    #[tracing::instrument(name = "db.read_tokens", skip_all, fields(user.id = %user_id))]
     pub async fn sync_snapshot(&self, user_id: &str) -> Result<Option<SyncSnapshot>, StoreError> {
         let Some(row) = self.user(user_id).await? else {
             return Ok(None);
@@ -396,6 +402,7 @@ impl Store {
             .await
     }
 
+    #[tracing::instrument(name = "db.record_sync", skip_all, fields(user.id = %user_id))]
     async fn set_sync_outcome(
         &self,
         user_id: &str,

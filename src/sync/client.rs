@@ -3,9 +3,12 @@
 //! messages and fields, word for word, so existing runbooks keep working.
 
 use chrono::SecondsFormat;
+use opentelemetry::Context;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::MicroserviceConfig,
@@ -57,7 +60,16 @@ impl MicroserviceClient {
 
     /// Brings the microservice up to the user's current state; true when nothing is left to
     /// do for the version it read.
-    pub async fn deliver(&self, store: &Store, metrics: &Metrics, user_id: &str) -> bool {
+    /// The call's span (`microservice.sync` or `microservice.delete`) joins `cx`, the trace of
+    /// the change that caused it.
+    pub async fn deliver(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        user_id: &str,
+        cx: Context,
+        attempt: u32,
+    ) -> bool {
         let snapshot = match store.sync_snapshot(user_id).await {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return true,
@@ -67,9 +79,32 @@ impl MicroserviceClient {
             }
         };
         let version = snapshot.version();
+        let span = match &snapshot {
+            SyncSnapshot::Connected { .. } => tracing::info_span!(
+                "microservice.sync",
+                otel.kind = "client",
+                user.id = %user_id,
+                sync.attempt = attempt,
+                sync.version = version,
+                http.response.status_code = tracing::field::Empty,
+            ),
+            SyncSnapshot::Disconnected { .. } => tracing::info_span!(
+                "microservice.delete",
+                otel.kind = "client",
+                user.id = %user_id,
+                sync.attempt = attempt,
+                sync.version = version,
+                http.response.status_code = tracing::field::Empty,
+            ),
+        };
+        let _ = span.set_parent(cx);
         let (op, outcome) = match &snapshot {
-            SyncSnapshot::Connected { tokens, .. } => ("connect", self.push(user_id, tokens).await),
-            SyncSnapshot::Disconnected { .. } => ("delete", self.delete(user_id).await),
+            SyncSnapshot::Connected { tokens, .. } => {
+                ("connect", self.push(user_id, tokens).instrument(span).await)
+            }
+            SyncSnapshot::Disconnected { .. } => {
+                ("delete", self.delete(user_id).instrument(span).await)
+            }
         };
         let recorded = match &outcome {
             Delivery::Delivered => {
@@ -136,10 +171,8 @@ impl MicroserviceClient {
             base,
             &["api", "users", user_id, "google-calendar", "connect"],
         );
-        let result = self
-            .authorized(self.http.post(url).json(&body))
-            .send()
-            .await;
+        let request = self.http.post(url).json(&body).headers(trace_headers());
+        let result = self.authorized(request).send().await;
         match judge(result, false) {
             Delivery::Delivered => {
                 tracing::info!(
@@ -179,7 +212,8 @@ impl MicroserviceClient {
             "🔄 Deleting Google Calendar tokens from microservice"
         );
         let url = self.endpoint(base, &["api", "google-tokens", user_id]);
-        let result = self.authorized(self.http.delete(url)).send().await;
+        let request = self.http.delete(url).headers(trace_headers());
+        let result = self.authorized(request).send().await;
         match judge(result, true) {
             Delivery::Delivered => {
                 tracing::info!(userId = %user_id, "✅ Tokens deleted from microservice successfully");
@@ -207,6 +241,7 @@ fn judge(result: Result<reqwest::Response, reqwest::Error>, not_found_ok: bool) 
     match result {
         Ok(response) => {
             let status = response.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
             if status.is_success() || (not_found_ok && status == StatusCode::NOT_FOUND) {
                 Delivery::Delivered
             } else {
@@ -225,6 +260,13 @@ fn judge(result: Result<reqwest::Response, reqwest::Error>, not_found_ok: bool) 
             details: "{ status: undefined, statusText: undefined }".to_string(),
         },
     }
+}
+
+/// A `traceparent` for the current span.
+fn trace_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    crate::telemetry::inject_context(&mut headers);
+    headers
 }
 
 /// Percent-encodes a path segment (user ids are restricted, but never trust that here).

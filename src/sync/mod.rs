@@ -12,6 +12,7 @@ mod client;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use opentelemetry::Context;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +20,22 @@ use crate::{config::MicroserviceConfig, metrics::Metrics, store::Store};
 pub use client::{Delivery, MicroserviceClient};
 
 enum Command {
-    Changed(String),
-    Finished { user_id: String, delivered: bool },
-    RetryDue { user_id: String, generation: u64 },
+    /// The user changed; the context is the trace of whatever changed it.
+    Changed(String, Context),
+    Finished {
+        user_id: String,
+        delivered: bool,
+    },
+    RetryDue {
+        user_id: String,
+        generation: u64,
+    },
 }
 
 #[derive(Default)]
 struct Lane {
+    /// Trace of the latest change, so its push shows up in the same trace.
+    cx: Context,
     in_flight: bool,
     /// A change arrived while a call was in flight.
     dirty: bool,
@@ -67,7 +77,8 @@ impl SyncDispatcher {
     pub fn changed(&self, user_id: &str) {
         // The worker only stops when every handle is gone, so a send cannot fail while we
         // hold one; ignoring the result is safe.
-        let _ = self.tx.send(Command::Changed(user_id.to_string()));
+        let cx = crate::telemetry::current_context();
+        let _ = self.tx.send(Command::Changed(user_id.to_string(), cx));
     }
 }
 
@@ -94,7 +105,7 @@ impl Worker {
                 },
             };
             match command {
-                Command::Changed(user_id) => self.on_changed(user_id),
+                Command::Changed(user_id, cx) => self.on_changed(user_id, cx),
                 Command::Finished { user_id, delivered } => self.on_finished(user_id, delivered),
                 Command::RetryDue {
                     user_id,
@@ -107,8 +118,9 @@ impl Worker {
         self.permits.close();
     }
 
-    fn on_changed(&mut self, user_id: String) {
+    fn on_changed(&mut self, user_id: String, cx: Context) {
         let lane = self.lanes.entry(user_id.clone()).or_default();
+        lane.cx = cx;
         if lane.in_flight {
             lane.dirty = true;
         } else {
@@ -158,6 +170,8 @@ impl Worker {
         lane.in_flight = true;
         lane.dirty = false;
         lane.generation += 1;
+        let cx = lane.cx.clone();
+        let attempt = lane.failures + 1;
         let client = self.client.clone();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
@@ -165,7 +179,11 @@ impl Worker {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let delivered = match permits.acquire_owned().await {
-                Ok(_permit) => client.deliver(&store, &metrics, &user_id).await,
+                Ok(_permit) => {
+                    client
+                        .deliver(&store, &metrics, &user_id, cx, attempt)
+                        .await
+                }
                 Err(_) => false,
             };
             if let Some(tx) = tx.upgrade() {

@@ -12,3 +12,4 @@ mod restart;
 mod sandbox;
 mod support;
 mod sync_failures;
+mod telemetry;

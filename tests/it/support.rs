@@ -461,18 +461,18 @@ fn captured() -> &'static Captured {
 }
 
 /// Sends every log line of this process to a buffer tests can read (nextest runs each test in
-/// its own process, so the buffer holds one test's logs).
+/// its own process, so the buffer holds one test's logs), through the service's own telemetry
+/// setup. A test that needs export or JSON calls [`init_telemetry`] first; the first wins.
 pub fn init_log_capture() {
-    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    init_telemetry(&tokenwarden::telemetry::TelemetryConfig::default());
+}
+
+/// Installs the service's subscriber with `config`, logging into the capture buffer.
+pub fn init_telemetry(
+    config: &tokenwarden::telemetry::TelemetryConfig,
+) -> tokenwarden::telemetry::Telemetry {
     let writer = captured().clone();
-    let _ = tracing_subscriber::registry()
-        .with(EnvFilter::new("info,sqlx=warn"))
-        .with(
-            fmt::layer()
-                .with_ansi(false)
-                .with_writer(move || writer.clone()),
-        )
-        .try_init();
+    tokenwarden::telemetry::init_with_writer(config, move || writer.clone()).expect("telemetry")
 }
 
 /// Every log line captured so far.
