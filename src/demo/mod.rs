@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::App,
-    config::ServeArgs,
+    config::{ServeArgs, TelemetryArgs},
     http::valid_user_id,
     sandbox::{self, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig},
 };
@@ -51,6 +51,9 @@ pub struct DemoArgs {
     /// Refresh this long before expiry, in seconds.
     #[arg(long, default_value_t = 60)]
     pub refresh_lead_secs: u64,
+    /// Logs and trace export (`OTEL_EXPORTER_OTLP_ENDPOINT` to see the demo in Jaeger).
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 #[derive(Clone)]
@@ -64,7 +67,7 @@ struct Demo {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let telemetry = crate::telemetry::init(&Default::default())?;
+    let telemetry = crate::telemetry::init(&args.telemetry.clone().into_config()?)?;
     let client_secret = random_secret();
     let google = SandboxGoogle::start(
         SandboxGoogleConfig {

@@ -143,6 +143,20 @@ async fn health_readiness_and_metrics() {
         assert!(text.contains(name), "{name} in metrics");
     }
     assert!(!text.contains("yara"), "no user ids in metrics");
+    // Every sample line is `name{labels} value` with a numeric value.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        assert!(value.parse::<f64>().is_ok(), "numeric value in {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "metric name {name}"
+        );
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
     t.shutdown().await;
 }
 
