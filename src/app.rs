@@ -4,6 +4,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use tokio::time::{Instant, timeout_at};
+
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     actors::{ActorContext, Supervisor, UserScope},
     config::Config,
-    crypto::TokenCipher,
     google::GoogleClient,
     http::{self, AppState},
     metrics::Metrics,
@@ -23,6 +24,10 @@ use crate::{
 const RESUME_PAGE: u64 = 1000;
 /// How often expired OAuth states are purged.
 const STATE_PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Longest a graceful shutdown waits for in-flight requests, refreshes and pushes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Beyond the microservice timeout, how long the shutdown waits for a push to be recorded.
+const PUSH_RECORD_MARGIN: Duration = Duration::from_millis(500);
 
 /// A running service.
 pub struct App {
@@ -32,7 +37,15 @@ pub struct App {
     pub supervisor: Supervisor,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
+    /// Stops the front door and the housekeeping tasks.
     shutdown: CancellationToken,
+    /// Stops the sync dispatcher; cancelled last, once in-flight pushes had their chance.
+    stop_sync: CancellationToken,
+    /// The refresh permits of the actors: all of them free means no refresh is in flight.
+    refresh_permits: Arc<Semaphore>,
+    refresh_concurrency: usize,
+    /// How long a push in flight can still take (the microservice timeout plus a margin).
+    push_drain: Duration,
     server: JoinHandle<std::io::Result<()>>,
 }
 
@@ -41,28 +54,31 @@ impl App {
     pub async fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         warn_on_plain_http(&config);
         let config = Arc::new(config);
-        let store = Store::connect(
-            &config.database_url,
-            TokenCipher::new(&config.encryption_key),
-        )
-        .await
-        .context("cannot open the database (DATABASE_URL)")?;
+        let store = Store::connect(&config.database_url, config.token_cipher())
+            .await
+            .context("cannot open the database (DATABASE_URL)")?;
+        store
+            .check_keys()
+            .await
+            .context("stored tokens cannot be read")?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
+        let stop_sync = CancellationToken::new();
         let google = GoogleClient::new(&config.google)?;
         let sync = SyncDispatcher::spawn(
             store.clone(),
             &config.microservice,
             metrics.clone(),
-            shutdown.clone(),
+            stop_sync.clone(),
         )?;
+        let refresh_permits = Arc::new(Semaphore::new(config.refresh.concurrency));
         let ctx = Arc::new(ActorContext {
             store: store.clone(),
             google: google.clone(),
             sync: sync.clone(),
             metrics: metrics.clone(),
             refresh: config.refresh.clone(),
-            permits: Arc::new(Semaphore::new(config.refresh.concurrency)),
+            permits: refresh_permits.clone(),
         });
         let supervisor = Supervisor::start(ctx, UserScope::All).await?;
         // Queued before the front door opens, so a change made through it is never
@@ -76,6 +92,7 @@ impl App {
             supervisor: supervisor.clone(),
             sync: sync.clone(),
             metrics: metrics.clone(),
+            connect_limiter: Arc::new(http::RateLimiter::for_connect()),
         };
         let addr = listener.local_addr()?;
         let router = http::router(state);
@@ -93,6 +110,10 @@ impl App {
             sync,
             metrics,
             shutdown,
+            stop_sync,
+            refresh_permits,
+            refresh_concurrency: config.refresh.concurrency,
+            push_drain: config.microservice.timeout + PUSH_RECORD_MARGIN,
             server,
         })
     }
@@ -108,15 +129,61 @@ impl App {
         Ok(())
     }
 
-    /// Stops taking requests, stops every actor and the sync dispatcher, and waits for the
-    /// server to finish the requests it had.
+    /// Graceful shutdown within [`SHUTDOWN_GRACE`]; see [`App::shutdown_within`].
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        self.supervisor.stop().await;
-        let _ = self.server.await;
+        self.shutdown_within(SHUTDOWN_GRACE).await;
     }
 
-    /// A handle that stops the app when cancelled (for signal handlers).
+    /// Stops taking requests and lets the work in flight finish, all within `grace`:
+    /// 1. the front door closes and finishes the requests it had;
+    /// 2. the actors stop, so no new refresh starts;
+    /// 3. refreshes in flight finish (each holds a refresh permit until its answer is saved
+    ///    and its push queued);
+    /// 4. pushes in flight, and those the last refreshes queued, get as long as a microservice
+    ///    call can take to be delivered and recorded;
+    /// 5. the sync dispatcher stops.
+    ///
+    /// Whatever is still unfinished then stays `pending` in the database and is pushed at the
+    /// next start: a shutdown delays work, it never loses it.
+    pub async fn shutdown_within(self, grace: Duration) {
+        let started = Instant::now();
+        let deadline = started + grace;
+        self.shutdown.cancel();
+        let mut server = self.server;
+        if timeout_at(deadline, &mut server).await.is_err() {
+            server.abort();
+        }
+        let _ = timeout_at(deadline, self.supervisor.stop()).await;
+        let all = u32::try_from(self.refresh_concurrency).unwrap_or(u32::MAX);
+        let refreshes_done = matches!(
+            timeout_at(deadline, self.refresh_permits.acquire_many(all)).await,
+            Ok(Ok(_))
+        );
+        // Any refresh still waiting for a permit now ends as "shutting down" at once.
+        self.refresh_permits.close();
+        let drain_until = deadline.min(Instant::now() + self.push_drain);
+        let mut pushes_done = false;
+        loop {
+            if matches!(self.store.unfinished_syncs(None, 1, false).await, Ok(left) if left.is_empty())
+            {
+                pushes_done = true;
+                break;
+            }
+            if Instant::now() >= drain_until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop_sync.cancel();
+        tracing::info!(
+            elapsedMs = started.elapsed().as_millis() as u64,
+            refreshesDone = refreshes_done,
+            pushesDone = pushes_done,
+            "stopped; unfinished pushes resume at the next start"
+        );
+    }
+
+    /// A handle that stops the front door when cancelled; [`App::shutdown`] does the rest.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }

@@ -1,9 +1,14 @@
-//! Small pieces of the command line that are not the service itself: `migrate`, and running
-//! an app until SIGINT or SIGTERM.
+//! Small pieces of the command line that are not the service itself: `migrate`,
+//! `rotate-key`, and running an app until SIGINT or SIGTERM.
 
 use anyhow::Context;
 
-use crate::{app::App, store::Store};
+use crate::{
+    app::App,
+    config::{ConfigError, parse_keys},
+    crypto::TokenCipher,
+    store::Store,
+};
 
 /// `tokenwarden migrate`.
 #[derive(clap::Args, Debug)]
@@ -25,6 +30,48 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tokenwarden rotate-key`. No `Debug`: it holds keys.
+#[derive(clap::Args)]
+pub struct RotateKeyArgs {
+    /// Database whose tokens are re-encrypted.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://tokenwarden.db?mode=rwc"
+    )]
+    pub database_url: String,
+    /// Comma-separated base64 keys: the new key first, then every older key that may still
+    /// have written a stored token.
+    #[arg(long, env = "TOKEN_ENCRYPTION_KEY", hide_env_values = true)]
+    pub token_encryption_key: Option<String>,
+}
+
+/// Re-encrypts every stored token and PKCE verifier with the first key, so the others can
+/// then be dropped. Safe while the service runs (with the same key list): each row is only
+/// rewritten if no refresh changed it meanwhile.
+pub async fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<()> {
+    let value = args
+        .token_encryption_key
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing("TOKEN_ENCRYPTION_KEY"))?;
+    let (current, old) = parse_keys(&value)?;
+    let cipher = TokenCipher::with_old_keys(&current, &old);
+    let key_id = cipher.current_key_id().to_string();
+    let store = Store::connect(&args.database_url, cipher)
+        .await
+        .context("cannot open the database (DATABASE_URL)")?;
+    let report = store.rotate_keys().await.context("key rotation stopped")?;
+    println!(
+        "re-encrypted {} users and {} pending consents with key {key_id} \
+         ({} users and {} consents were already current)",
+        report.users_rewritten,
+        report.states_rewritten,
+        report.users_current,
+        report.states_current,
+    );
+    Ok(())
+}
+
 /// Serves until SIGINT or SIGTERM, then shuts down in order.
 pub async fn run_until_signal(mut app: App) -> anyhow::Result<()> {
     tokio::select! {
@@ -32,7 +79,12 @@ pub async fn run_until_signal(mut app: App) -> anyhow::Result<()> {
         _ = shutdown_signal() => {}
     }
     tracing::info!("shutting down");
-    app.shutdown().await;
+    tokio::select! {
+        () = app.shutdown() => {}
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: exiting without waiting for work in flight");
+        }
+    }
     Ok(())
 }
 

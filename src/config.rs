@@ -8,7 +8,10 @@ use base64::Engine;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::telemetry::{OtlpProtocol, TelemetryConfig};
+use crate::{
+    crypto::TokenCipher,
+    telemetry::{OtlpProtocol, TelemetryConfig},
+};
 
 /// The calendar scopes asked for when `GOOGLE_CALENDAR_SCOPES` is unset.
 pub const DEFAULT_SCOPES: &str =
@@ -101,7 +104,8 @@ pub struct ServeArgs {
     /// Bearer token of the `/admin` routes.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// 32 bytes, base64: the AES-256-GCM key of tokens at rest.
+    /// 32 bytes, base64: the AES-256-GCM key of tokens at rest. During a key rotation, a
+    /// comma-separated list: the first encrypts, the others only decrypt.
     #[arg(long, env = "TOKEN_ENCRYPTION_KEY", hide_env_values = true)]
     pub token_encryption_key: Option<String>,
     /// How many refreshes may talk to Google at once, across all users.
@@ -116,6 +120,10 @@ pub struct ServeArgs {
     /// Upper bound of the random jitter subtracted from each refresh time, in seconds.
     #[arg(long, env = "REFRESH_JITTER_SECS", default_value = "30")]
     pub refresh_jitter_secs: String,
+    /// A user actor whose next refresh is further away than this parks its state and stops
+    /// ("hibernates"); it is woken shortly before the refresh. In seconds.
+    #[arg(long, env = "ACTOR_HIBERNATE_AFTER_SECS", default_value = "60")]
+    pub actor_hibernate_after_secs: String,
     /// First retry delay of a failed microservice sync, in milliseconds.
     #[arg(long, env = "SYNC_RETRY_BASE_MS", default_value = "1000")]
     pub sync_retry_base_ms: String,
@@ -203,6 +211,7 @@ impl Default for ServeArgs {
             refresh_retry_base_ms: "1000".into(),
             refresh_retry_max_ms: "60000".into(),
             refresh_jitter_secs: "30".into(),
+            actor_hibernate_after_secs: "60".into(),
             sync_retry_base_ms: "1000".into(),
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
@@ -263,6 +272,8 @@ pub struct RefreshConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub concurrency: usize,
+    /// Park an idle actor whose next refresh is further away than this.
+    pub hibernate_after: Duration,
 }
 
 /// Log output shape.
@@ -272,8 +283,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole, validated configuration of `serve`.
-#[derive(Debug, Clone)]
+/// The whole, validated configuration of `serve`. Its `Debug` leaves every secret out.
+#[derive(Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub database_url: String,
@@ -284,8 +295,35 @@ pub struct Config {
     pub frontend_url: String,
     pub jwt_secret: SecretString,
     pub admin_token: SecretString,
+    /// The key that encrypts tokens at rest (the first of `TOKEN_ENCRYPTION_KEY`).
     pub encryption_key: [u8; 32],
+    /// Keys of a rotation in progress: they still decrypt, never encrypt.
+    pub old_encryption_keys: Vec<[u8; 32]>,
     pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    /// The cipher of tokens at rest: encrypts with the current key, decrypts with any.
+    pub fn token_cipher(&self) -> TokenCipher {
+        TokenCipher::with_old_keys(&self.encryption_key, &self.old_encryption_keys)
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("google", &self.google)
+            .field("microservice", &self.microservice)
+            .field("refresh", &self.refresh)
+            .field("frontend_url", &self.frontend_url)
+            .field(
+                "encryption_keys",
+                &1_usize.saturating_add(self.old_encryption_keys.len()),
+            )
+            .field("telemetry", &self.telemetry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServeArgs {
@@ -333,8 +371,16 @@ impl ServeArgs {
             retry_base: millis("REFRESH_RETRY_BASE_MS", &self.refresh_retry_base_ms)?,
             retry_max: millis("REFRESH_RETRY_MAX_MS", &self.refresh_retry_max_ms)?,
             concurrency: positive("REFRESH_CONCURRENCY", &self.refresh_concurrency)?,
+            hibernate_after: Duration::from_secs(positive(
+                "ACTOR_HIBERNATE_AFTER_SECS",
+                &self.actor_hibernate_after_secs,
+            )? as u64),
         };
         let frontend_url = parse_url("FRONTEND_URL", &self.frontend_url)?;
+        let (encryption_key, old_encryption_keys) = parse_keys(&required(
+            "TOKEN_ENCRYPTION_KEY",
+            self.token_encryption_key,
+        )?)?;
         Ok(Config {
             listen_addr: self
                 .listen_addr
@@ -347,10 +393,8 @@ impl ServeArgs {
             frontend_url: frontend_url.as_str().trim_end_matches('/').to_string(),
             jwt_secret: required("AUTH_JWT_SECRET", self.auth_jwt_secret)?.into(),
             admin_token: required("ADMIN_TOKEN", self.admin_token)?.into(),
-            encryption_key: parse_key(&required(
-                "TOKEN_ENCRYPTION_KEY",
-                self.token_encryption_key,
-            )?)?,
+            encryption_key,
+            old_encryption_keys,
             telemetry: self.telemetry.into_config()?,
         })
     }
@@ -409,7 +453,31 @@ fn millis(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(number(var, value)?))
 }
 
-/// Decodes the base64 AES-256 key; the reason never echoes the value.
+/// Decodes `TOKEN_ENCRYPTION_KEY`: one base64 key, or a comma-separated list whose first key
+/// is the current one and the rest old ones. The reason never echoes a value.
+pub fn parse_keys(value: &str) -> Result<([u8; 32], Vec<[u8; 32]>), ConfigError> {
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    let mut keys = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(malformed(
+                "TOKEN_ENCRYPTION_KEY",
+                format!("key {} of {} is empty", i + 1, parts.len()),
+            ));
+        }
+        keys.push(parse_key(part).map_err(|e| match e {
+            ConfigError::Malformed { var, reason } if parts.len() > 1 => ConfigError::Malformed {
+                var,
+                reason: format!("key {} of {}: {reason}", i + 1, parts.len()),
+            },
+            other => other,
+        })?);
+    }
+    let current = keys.remove(0);
+    Ok((current, keys))
+}
+
+/// Decodes one base64 AES-256 key; the reason never echoes the value.
 pub fn parse_key(value: &str) -> Result<[u8; 32], ConfigError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.trim())
@@ -461,6 +529,7 @@ mod tests {
             refresh_retry_base_ms: "1000".into(),
             refresh_retry_max_ms: "60000".into(),
             refresh_jitter_secs: "30".into(),
+            actor_hibernate_after_secs: "60".into(),
             sync_retry_base_ms: "1000".into(),
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
@@ -505,6 +574,40 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("c2hvcnQ="));
+    }
+
+    #[test]
+    fn several_keys_parse_current_first_and_bad_ones_are_named_by_position() {
+        let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+        let mut args = complete();
+        args.token_encryption_key = Some(format!("{} , {},{}", b64(1), b64(2), b64(3)));
+        let config = args.into_config().expect("valid");
+        assert_eq!(config.encryption_key, [1u8; 32]);
+        assert_eq!(config.old_encryption_keys, vec![[2u8; 32], [3u8; 32]]);
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains(&b64(1)) && !shown.contains("[1, 1, 1"),
+            "{shown}"
+        );
+
+        for (value, needle) in [
+            (
+                format!("{},c2hvcnQ=", b64(1)),
+                "key 2 of 2: decodes to 5 bytes",
+            ),
+            (format!("{},", b64(1)), "key 2 of 2 is empty"),
+            (format!("@@@,{}", b64(1)), "key 1 of 2: not valid base64"),
+        ] {
+            let mut args = complete();
+            args.token_encryption_key = Some(value.clone());
+            let err = args.into_config().unwrap_err().to_string();
+            assert!(
+                err.starts_with("TOKEN_ENCRYPTION_KEY is malformed"),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains(&b64(1)), "{err}");
+        }
     }
 
     #[test]

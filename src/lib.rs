@@ -13,6 +13,7 @@
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
 //! - [`sandbox`]: real HTTP servers standing in for Google and the microservice.
 //! - [`demo`]: everything in one process for a person to try.
+//! - [`loadtest`]: drives a running service with many users and reports what it measured.
 //! - [`telemetry`]: logging setup.
 
 pub mod actors;
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod demo;
 pub mod google;
 pub mod http;
+pub mod loadtest;
 pub mod metrics;
 pub mod sandbox;
 pub mod store;

@@ -25,8 +25,12 @@ enum Command {
     Serve(Box<tokenwarden::config::ServeArgs>),
     /// Run the service, the sandbox Google provider and the reference microservice together.
     Demo(tokenwarden::demo::DemoArgs),
+    /// Drive a real `serve` process with many simulated users and report what it measured.
+    Loadtest(tokenwarden::loadtest::LoadtestArgs),
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
+    /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
+    RotateKey(cli::RotateKeyArgs),
     /// Run only the sandbox Google OAuth provider.
     SandboxGoogle {
         #[command(flatten)]
@@ -56,7 +60,9 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
         Command::Serve(args) => serve(*args).await,
         Command::Demo(args) => tokenwarden::demo::run(args).await,
+        Command::Loadtest(args) => tokenwarden::loadtest::run(args).await.map(|_| ()),
         Command::Migrate(args) => cli::migrate(args).await,
+        Command::RotateKey(args) => cli::rotate_key(args).await,
         Command::SandboxGoogle { args, telemetry } => {
             with_telemetry(telemetry, tokenwarden::sandbox::google::run(args)).await
         }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub syncs: Family<Labels, Counter>,
     /// Seconds between a refresh's scheduled time and its start.
     pub refresh_lateness: Histogram,
+    /// Seconds from a change being queued (saved) to the microservice acknowledging it.
+    pub sync_lag: Histogram,
     /// Seconds the access token still had to live when refreshed.
     pub remaining_lifetime: Histogram,
     /// HTTP request durations by `method`, `route` and `status`.
@@ -65,6 +67,7 @@ impl Default for Metrics {
         let syncs = Family::<Labels, Counter>::default();
         let refresh_lateness = lateness_histogram();
         let remaining_lifetime = lifetime_histogram();
+        let sync_lag = lateness_histogram();
         let http_duration: Family<Labels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(duration_histogram);
         let actors = Gauge::default();
@@ -84,6 +87,11 @@ impl Default for Metrics {
             "refresh_lateness_seconds",
             "Start of a refresh minus its scheduled time",
             refresh_lateness.clone(),
+        );
+        registry.register(
+            "sync_lag_seconds",
+            "From a saved token change to the microservice's acknowledgement",
+            sync_lag.clone(),
         );
         registry.register(
             "refresh_remaining_lifetime_seconds",
@@ -118,6 +126,7 @@ impl Default for Metrics {
             syncs,
             refresh_lateness,
             remaining_lifetime,
+            sync_lag,
             http_duration,
             actors,
             actor_restarts,

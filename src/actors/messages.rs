@@ -36,6 +36,8 @@ pub enum ActorStatus {
     Refreshing,
     Retrying,
     NeedsReconnect,
+    /// Parked: the next event is far away; woken before the refresh or by a message.
+    Hibernating,
 }
 
 impl ActorStatus {
@@ -45,6 +47,7 @@ impl ActorStatus {
             Self::Refreshing => "refreshing",
             Self::Retrying => "retrying",
             Self::NeedsReconnect => "needs_reconnect",
+            Self::Hibernating => "hibernating",
         }
     }
 }
@@ -59,6 +62,64 @@ pub struct ActorInfo {
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub refresh_count: i64,
     pub restarts: u32,
+}
+
+/// A hibernating user's state: what the actor needs to resume, in a compact form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub token_expiry: Option<DateTime<Utc>>,
+    /// The refresh the actor had planned (jitter included), kept so waking does not move it.
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub refresh_count: i64,
+    pub restarts: u32,
+    pub needs_reconnect: bool,
+}
+
+impl Parked {
+    pub fn from_seed(seed: &ActorSeed, restarts: u32, planned: Option<DateTime<Utc>>) -> Self {
+        Self {
+            token_expiry: seed.token_expiry,
+            next_refresh_at: planned.filter(|_| !seed.needs_reconnect),
+            last_refresh_at: seed.last_refresh_at,
+            version: seed.version,
+            refresh_count: seed.refresh_count,
+            restarts,
+            needs_reconnect: seed.needs_reconnect,
+        }
+    }
+
+    pub fn seed(&self, user_id: &str) -> ActorSeed {
+        ActorSeed {
+            user_id: user_id.to_string(),
+            token_expiry: self.token_expiry,
+            needs_reconnect: self.needs_reconnect,
+            version: self.version,
+            refresh_count: self.refresh_count,
+            last_refresh_at: self.last_refresh_at,
+        }
+    }
+
+    pub fn status(&self) -> ActorStatus {
+        if self.needs_reconnect {
+            ActorStatus::NeedsReconnect
+        } else {
+            ActorStatus::Hibernating
+        }
+    }
+
+    pub fn info(&self, user_id: &str) -> ActorInfo {
+        ActorInfo {
+            user_id: user_id.to_string(),
+            status: self.status(),
+            token_expiry: self.token_expiry,
+            next_refresh_at: self.next_refresh_at,
+            last_refresh_at: self.last_refresh_at,
+            refresh_count: self.refresh_count,
+            restarts: self.restarts,
+        }
+    }
 }
 
 /// How a refresh job ended; sent back to the actor that started it.
@@ -100,6 +161,9 @@ pub enum UserTokenMsg {
     Info(RpcReplyPort<ActorInfo>),
     /// Fault injection for supervision tests: the handler panics.
     Crash,
+    /// The supervisor accepts the actor's offer to hibernate: the actor answers its parked
+    /// state if it is still idle (and is then stopped), or `None` if work came in meanwhile.
+    ConfirmPark(RpcReplyPort<Option<Parked>>),
 }
 
 /// Messages of the root supervisor.
@@ -114,6 +178,10 @@ pub enum SupervisorMsg {
     AdoptOne { seed: ActorSeed },
     /// The initial load finished.
     Loaded,
+    /// An idle actor offers to park its state and stop.
+    Hibernate { actor: ractor::ActorId },
+    /// The wake schedule's timer fired.
+    WakeDue,
     /// A crashed actor's backoff ran out: reload its row and start it again.
     Respawn { user_id: String },
     /// Forward a message to one user's actor; replies whether the actor exists.
@@ -144,6 +212,11 @@ pub struct ActorPage {
 /// One user in the supervisor's registry.
 pub enum ActorEntry {
     Live(ractor::ActorRef<UserTokenMsg>),
+    /// Hibernating: answered from the parked state, no actor asked.
+    Parked {
+        user_id: String,
+        parked: Parked,
+    },
     /// Crashed and waiting out its restart backoff.
     Restarting {
         user_id: String,

@@ -170,6 +170,7 @@ async fn view(entry: ActorEntry) -> Option<ActorView> {
             // Stopped between the listing and the question: it is gone.
             _ => None,
         },
+        ActorEntry::Parked { user_id, parked } => Some(ActorView::Live(parked.info(&user_id))),
         ActorEntry::Restarting { user_id, restarts } => {
             Some(ActorView::Restarting { user_id, restarts })
         }

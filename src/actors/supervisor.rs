@@ -1,10 +1,14 @@
-//! The root supervisor: starts one user token actor per user this process runs, restarts a
-//! failed one from its database row (with a backoff that grows while it keeps failing), and
-//! stops one on disconnect. Which users this process runs is decided by [`UserScope`] alone,
-//! so that several nodes can later share one database by lease.
+//! The root supervisor: every user this process runs has a slot here, either a live user
+//! token actor or, while the user's next refresh is far away, a compact parked state
+//! ("hibernating", as Erlang hibernates processes and Orleans deactivates idle grains). One
+//! wake schedule brings a parked user back to life shortly before its refresh, or at once when
+//! a message for it arrives. The supervisor restarts a failed actor from its database row
+//! (with a backoff that grows while it keeps failing) and drops a user on disconnect. Which
+//! users this process runs is decided by [`UserScope`] alone, so that several nodes can later
+//! share one database by lease.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,16 +16,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::task::JoinHandle;
 
 use super::{
     context::ActorContext,
-    messages::{ActorEntry, ActorPage, SupervisorMsg, UserTokenMsg},
-    user_token::{UserTokenActor, UserTokenArgs},
+    messages::{ActorEntry, ActorPage, Parked, SupervisorMsg, UserTokenMsg},
+    user_token::{UserTokenActor, UserTokenArgs, planned_refresh},
 };
 use crate::store::ActorSeed;
 
-/// Rows loaded per page at start, so a million users never sit in memory at once.
+/// Rows loaded per page at start, so a million users never sit in memory at once as rows.
 const LOAD_PAGE: u64 = 1000;
 /// A failure this long after the previous one starts the backoff over.
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -51,8 +57,19 @@ pub struct TokenSupervisor;
 pub struct SupervisorArgs {
     pub ctx: Arc<ActorContext>,
     pub scope: UserScope,
-    /// Set once every actor of the initial load is running.
+    /// Set once every user of the initial load has its slot.
     pub loaded: Arc<AtomicBool>,
+}
+
+/// The pending `WakeDue` message of the wake schedule.
+type WakeTimer = JoinHandle<Result<(), ractor::MessagingErr<SupervisorMsg>>>;
+
+/// One user, as the supervisor holds it.
+enum Slot {
+    Live(ActorRef<UserTokenMsg>),
+    Parked(Parked),
+    /// Crashed, waiting out its restart backoff.
+    Restarting,
 }
 
 #[derive(Default)]
@@ -61,7 +78,6 @@ struct RestartRecord {
     /// Failures in the current crash streak.
     streak: u32,
     last: Option<Instant>,
-    waiting: bool,
 }
 
 /// Private state of the supervisor.
@@ -69,9 +85,15 @@ pub struct SupervisorState {
     ctx: Arc<ActorContext>,
     scope: UserScope,
     loaded: Arc<AtomicBool>,
-    actors: BTreeMap<String, ActorRef<UserTokenMsg>>,
-    users_by_actor: HashMap<ActorId, String>,
-    restarts: HashMap<String, RestartRecord>,
+    slots: BTreeMap<Arc<str>, Slot>,
+    users_by_actor: HashMap<ActorId, Arc<str>>,
+    /// Only users that ever failed: most never do.
+    restarts: HashMap<Arc<str>, RestartRecord>,
+    /// Parked users by wake time (ms since the epoch).
+    wake_schedule: BTreeSet<(i64, Arc<str>)>,
+    /// The one timer of the wake schedule, and when it fires.
+    wake_timer: Option<(i64, WakeTimer)>,
+    parked_count: i64,
 }
 
 impl Actor for TokenSupervisor {
@@ -88,9 +110,12 @@ impl Actor for TokenSupervisor {
             ctx: args.ctx,
             scope: args.scope,
             loaded: args.loaded,
-            actors: BTreeMap::new(),
+            slots: BTreeMap::new(),
             users_by_actor: HashMap::new(),
             restarts: HashMap::new(),
+            wake_schedule: BTreeSet::new(),
+            wake_timer: None,
+            parked_count: 0,
         })
     }
 
@@ -105,6 +130,17 @@ impl Actor for TokenSupervisor {
         Ok(())
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, timer)) = state.wake_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -113,44 +149,41 @@ impl Actor for TokenSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             // Adopted in the handler (no database read), so any admin call queued after the
-            // callback's message already finds the actor.
-            SupervisorMsg::UserConnected { seed } => state.adopt(&myself, seed).await,
-            SupervisorMsg::UserDisconnected { user_id } => {
-                if let Some(actor) = state.actors.remove(&user_id) {
-                    state.users_by_actor.remove(&actor.get_id());
-                    actor.stop(Some("disconnected".into()));
-                }
-                state.restarts.remove(&user_id);
-                state.sync_gauge();
-            }
+            // callback's message already finds the user.
+            SupervisorMsg::UserConnected { seed } => state.adopt(&myself, seed, true).await,
+            SupervisorMsg::UserDisconnected { user_id } => state.forget(&user_id),
             SupervisorMsg::Adopt(seeds, reply) => {
                 for seed in seeds {
-                    state.adopt(&myself, seed).await;
+                    state.adopt(&myself, seed, false).await;
                 }
+                state.arm_wake_timer(&myself);
                 let _ = reply.send(());
             }
-            SupervisorMsg::AdoptOne { seed } => state.adopt(&myself, seed).await,
+            SupervisorMsg::AdoptOne { seed } => state.adopt(&myself, seed, true).await,
             SupervisorMsg::Loaded => {
                 state.loaded.store(true, Ordering::SeqCst);
-                tracing::info!(actors = state.actors.len(), "all user actors loaded");
+                tracing::info!(
+                    users = state.slots.len(),
+                    hibernating = state.parked_count,
+                    "all user actors loaded"
+                );
             }
             SupervisorMsg::Respawn { user_id } => {
-                if let Some(record) = state.restarts.get_mut(&user_id)
-                    && record.waiting
-                {
-                    record.waiting = false;
+                if matches!(state.slots.get(user_id.as_str()), Some(Slot::Restarting)) {
                     reload(&myself, &state.ctx, user_id);
                 }
             }
+            SupervisorMsg::Hibernate { actor } => state.park(&myself, actor).await,
+            SupervisorMsg::WakeDue => state.wake_due(&myself).await,
             SupervisorMsg::Forward {
                 user_id,
                 message,
                 reply,
             } => {
-                let sent = state
-                    .actors
-                    .get(&user_id)
-                    .is_some_and(|actor| actor.send_message(message).is_ok());
+                let sent = match state.live(&myself, &user_id).await {
+                    Some(actor) => actor.send_message(message).is_ok(),
+                    None => false,
+                };
                 let _ = reply.send(sent);
             }
             SupervisorMsg::Get { user_id, reply } => {
@@ -184,36 +217,205 @@ impl Actor for TokenSupervisor {
     }
 }
 
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
 impl SupervisorState {
-    async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, seed: ActorSeed) {
+    /// Takes a user in: a running actor is brought up to date; otherwise the user is parked
+    /// when its next refresh is far away, or started. `eager` starts it regardless (a fresh
+    /// connect: the actor decides for itself whether to hibernate).
+    async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, seed: ActorSeed, eager: bool) {
         if !self.scope.owns(&seed.user_id) {
             return;
         }
-        if let Some(actor) = self.actors.get(&seed.user_id) {
-            // Already running (a connect raced the load): bring it up to date instead.
-            let change = crate::store::TokenChange {
-                version: seed.version,
-                token_expiry: seed.token_expiry,
-            };
+        if let Some(Slot::Live(actor)) = self.slots.get(seed.user_id.as_str()) {
             if !seed.needs_reconnect {
+                let change = crate::store::TokenChange {
+                    version: seed.version,
+                    token_expiry: seed.token_expiry,
+                };
                 let _ = actor.send_message(UserTokenMsg::TokensChanged(change));
             }
             return;
         }
-        let user_id = seed.user_id.clone();
+        let user_id: Arc<str> = Arc::from(seed.user_id.as_str());
+        let restarts = self.restarts.get(&user_id).map_or(0, |r| r.total);
+        let parked = Parked::from_seed(
+            &seed,
+            restarts,
+            planned_refresh(&self.ctx.refresh, seed.token_expiry),
+        );
+        let far = parked
+            .next_refresh_at
+            .is_none_or(|at| at - Utc::now() > self.hibernate_after());
+        if far && !eager {
+            self.set_parked(myself, user_id, parked);
+        } else {
+            self.spawn(myself, user_id, seed, parked.next_refresh_at)
+                .await;
+        }
+    }
+
+    fn hibernate_after(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.ctx.refresh.hibernate_after).unwrap_or_default()
+    }
+
+    /// How long before its refresh a parked user is woken.
+    fn wake_ahead(&self) -> chrono::Duration {
+        (self.hibernate_after() / 2).min(chrono::Duration::seconds(5))
+    }
+
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        user_id: Arc<str>,
+        seed: ActorSeed,
+        planned: Option<DateTime<Utc>>,
+    ) -> Option<ActorRef<UserTokenMsg>> {
+        self.unpark(&user_id);
         let restarts = self.restarts.get(&user_id).map_or(0, |r| r.total);
         let args = UserTokenArgs {
             seed,
+            planned,
             restarts,
             ctx: self.ctx.clone(),
         };
         match Actor::spawn_linked(None, UserTokenActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.users_by_actor.insert(actor.get_id(), user_id.clone());
-                self.actors.insert(user_id, actor);
+                self.slots.insert(user_id, Slot::Live(actor.clone()));
+                self.sync_gauge();
+                Some(actor)
             }
-            Err(e) => tracing::error!(userId = %user_id, error = %e, "cannot start user actor"),
+            Err(e) => {
+                tracing::error!(userId = %user_id, error = %e, "cannot start user actor");
+                None
+            }
         }
+    }
+
+    /// The user's live actor, waking it if it hibernates.
+    async fn live(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        user_id: &str,
+    ) -> Option<ActorRef<UserTokenMsg>> {
+        match self.slots.get(user_id)? {
+            Slot::Live(actor) => Some(actor.clone()),
+            Slot::Restarting => None,
+            Slot::Parked(parked) => {
+                let parked = parked.clone();
+                let user_id: Arc<str> = Arc::from(user_id);
+                let seed = parked.seed(&user_id);
+                self.spawn(myself, user_id, seed, parked.next_refresh_at)
+                    .await
+            }
+        }
+    }
+
+    /// A live actor offered to hibernate. Its confirmation is awaited here, so no message
+    /// from the supervisor can slip in between "idle" and "stopped"; messages already queued
+    /// at the actor run first and make it decline.
+    async fn park(&mut self, myself: &ActorRef<SupervisorMsg>, actor: ActorId) {
+        let Some(user_id) = self.users_by_actor.get(&actor).cloned() else {
+            return;
+        };
+        let Some(Slot::Live(live)) = self.slots.get(&user_id) else {
+            return;
+        };
+        let live = live.clone();
+        let answer = live
+            .call(UserTokenMsg::ConfirmPark, Some(Duration::from_secs(2)))
+            .await;
+        let Ok(ractor::rpc::CallResult::Success(Some(parked))) = answer else {
+            return;
+        };
+        self.users_by_actor.remove(&actor);
+        live.stop(Some("hibernating".into()));
+        self.set_parked(myself, user_id, parked);
+        self.arm_wake_timer(myself);
+    }
+
+    fn set_parked(&mut self, _myself: &ActorRef<SupervisorMsg>, user_id: Arc<str>, parked: Parked) {
+        self.unpark(&user_id);
+        if let Some(at) = parked.next_refresh_at.filter(|_| !parked.needs_reconnect) {
+            let wake_at = millis(at - self.wake_ahead());
+            self.wake_schedule.insert((wake_at, user_id.clone()));
+        }
+        self.ctx.metrics.actor_status(parked.status().as_str(), 1);
+        self.parked_count += 1;
+        self.slots.insert(user_id, Slot::Parked(parked));
+        self.sync_gauge();
+    }
+
+    /// Removes a parked user's wake entry and gauge count, if it was parked.
+    fn unpark(&mut self, user_id: &Arc<str>) {
+        if let Some(Slot::Parked(parked)) = self.slots.get(user_id) {
+            if let Some(at) = parked.next_refresh_at.filter(|_| !parked.needs_reconnect) {
+                let wake_at = millis(at - self.wake_ahead());
+                self.wake_schedule.remove(&(wake_at, user_id.clone()));
+            }
+            self.ctx.metrics.actor_status(parked.status().as_str(), -1);
+            self.parked_count -= 1;
+        }
+    }
+
+    /// Wakes every parked user whose wake time has come, then re-arms the timer.
+    async fn wake_due(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        self.wake_timer = None;
+        let now = millis(Utc::now());
+        let mut due = Vec::new();
+        while let Some(first) = self.wake_schedule.first() {
+            if first.0 > now {
+                break;
+            }
+            due.push(self.wake_schedule.pop_first().expect("peeked").1);
+        }
+        for user_id in due {
+            if let Some(Slot::Parked(parked)) = self.slots.get(&user_id) {
+                let parked = parked.clone();
+                // Its wake entry is gone already; put it back so unpark finds it consistent.
+                if let Some(at) = parked.next_refresh_at {
+                    self.wake_schedule
+                        .insert((millis(at - self.wake_ahead()), user_id.clone()));
+                }
+                let seed = parked.seed(&user_id);
+                self.spawn(myself, user_id, seed, parked.next_refresh_at)
+                    .await;
+            }
+        }
+        self.arm_wake_timer(myself);
+    }
+
+    /// Keeps one timer set for the earliest wake time.
+    fn arm_wake_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let Some((earliest, _)) = self.wake_schedule.first() else {
+            return;
+        };
+        if self
+            .wake_timer
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= *earliest)
+        {
+            return;
+        }
+        if let Some((_, timer)) = self.wake_timer.take() {
+            timer.abort();
+        }
+        let delay = Duration::from_millis((earliest - millis(Utc::now())).max(0) as u64);
+        let timer = myself.send_after(delay, || SupervisorMsg::WakeDue);
+        self.wake_timer = Some((*earliest, timer));
+    }
+
+    fn forget(&mut self, user_id: &str) {
+        let key: Arc<str> = Arc::from(user_id);
+        self.unpark(&key);
+        if let Some(Slot::Live(actor)) = self.slots.remove(user_id) {
+            self.users_by_actor.remove(&actor.get_id());
+            actor.stop(Some("disconnected".into()));
+        }
+        self.restarts.remove(user_id);
         self.sync_gauge();
     }
 
@@ -226,8 +428,7 @@ impl SupervisorState {
         let Some(user_id) = self.users_by_actor.remove(&cell.get_id()) else {
             return;
         };
-        self.actors.remove(&user_id);
-        self.sync_gauge();
+        self.slots.insert(user_id.clone(), Slot::Restarting);
         self.ctx.metrics.actor_restarts.inc();
         let record = self.restarts.entry(user_id.clone()).or_default();
         let now = Instant::now();
@@ -237,7 +438,6 @@ impl SupervisorState {
         };
         record.last = Some(now);
         record.total += 1;
-        record.waiting = true;
         let delay = RESTART_BASE
             .saturating_mul(1 << record.streak.saturating_sub(1).min(16))
             .min(RESTART_MAX);
@@ -248,73 +448,55 @@ impl SupervisorState {
             restartInMs = delay.as_millis() as u64,
             "user actor failed, restarting"
         );
+        let user_id = user_id.to_string();
         myself.send_after(delay, move || SupervisorMsg::Respawn { user_id });
     }
 
     fn on_terminated(&mut self, cell: &ActorCell) {
+        // A hibernated or disconnected actor was already unregistered; this is one that
+        // stopped by itself (no longer connected).
         if let Some(user_id) = self.users_by_actor.remove(&cell.get_id()) {
-            self.actors.remove(&user_id);
+            self.slots.remove(&user_id);
             self.sync_gauge();
         }
     }
 
-    fn entry(&self, user_id: &str) -> Option<ActorEntry> {
-        if let Some(actor) = self.actors.get(user_id) {
-            return Some(ActorEntry::Live(actor.clone()));
-        }
-        self.restarts
-            .get(user_id)
-            .filter(|r| r.waiting)
-            .map(|r| ActorEntry::Restarting {
+    fn entry_of(&self, user_id: &Arc<str>, slot: &Slot) -> ActorEntry {
+        match slot {
+            Slot::Live(actor) => ActorEntry::Live(actor.clone()),
+            Slot::Parked(parked) => ActorEntry::Parked {
                 user_id: user_id.to_string(),
-                restarts: r.total,
-            })
+                parked: parked.clone(),
+            },
+            Slot::Restarting => ActorEntry::Restarting {
+                user_id: user_id.to_string(),
+                restarts: self.restarts.get(user_id).map_or(0, |r| r.total),
+            },
+        }
+    }
+
+    fn entry(&self, user_id: &str) -> Option<ActorEntry> {
+        let (key, slot) = self.slots.get_key_value(user_id)?;
+        Some(self.entry_of(key, slot))
     }
 
     fn page(&self, after: Option<String>, limit: usize) -> ActorPage {
         use std::ops::Bound::{Excluded, Unbounded};
-        let waiting: BTreeMap<&String, u32> = self
-            .restarts
-            .iter()
-            .filter(|(_, r)| r.waiting)
-            .map(|(user, r)| (user, r.total))
+        let lower = after.map_or(Unbounded, |a| Excluded(Arc::<str>::from(a)));
+        let entries = self
+            .slots
+            .range((lower, Unbounded))
+            .take(limit)
+            .map(|(user_id, slot)| self.entry_of(user_id, slot))
             .collect();
-        let lower = after.map_or(Unbounded, Excluded);
-        let mut live = self.actors.range((lower.clone(), Unbounded)).peekable();
-        let mut restarting = waiting
-            .iter()
-            .filter(|(user, _)| match &lower {
-                Excluded(after) => user.as_str() > after.as_str(),
-                _ => true,
-            })
-            .peekable();
-        let mut entries = Vec::with_capacity(limit.min(1000));
-        while entries.len() < limit {
-            let take_live = match (live.peek(), restarting.peek()) {
-                (Some((a, _)), Some((b, _))) => a.as_str() < b.as_str(),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            if take_live {
-                let (_, actor) = live.next().expect("peeked");
-                entries.push(ActorEntry::Live(actor.clone()));
-            } else {
-                let (user, restarts) = restarting.next().expect("peeked");
-                entries.push(ActorEntry::Restarting {
-                    user_id: (*user).clone(),
-                    restarts: *restarts,
-                });
-            }
-        }
         ActorPage {
             entries,
-            total: self.actors.len() + waiting.len(),
+            total: self.slots.len(),
         }
     }
 
     fn sync_gauge(&self) {
-        self.ctx.metrics.actors.set(self.actors.len() as i64);
+        self.ctx.metrics.actors.set(self.slots.len() as i64);
     }
 }
 

@@ -14,13 +14,32 @@ use tracing::Instrument;
 
 use super::{
     context::ActorContext,
-    messages::{ActorInfo, ActorStatus, RefreshOutcome, RefreshReason, UserTokenMsg},
+    messages::{
+        ActorInfo, ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg,
+    },
 };
-use crate::{store::ActorSeed, sync::backoff};
+use crate::{config::RefreshConfig, store::ActorSeed, sync::backoff};
 
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
 const REJECTED_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// When a token expiring at `expiry` should be refreshed: `lead` before it, minus a random
+/// jitter (at most `jitter_max`, and at most half the lead) so that users connected together
+/// do not refresh together.
+pub fn planned_at(config: &RefreshConfig, expiry: DateTime<Utc>) -> DateTime<Utc> {
+    let jitter_cap = config.jitter_max.min(config.lead / 2);
+    let jitter = rand::thread_rng().gen_range(Duration::ZERO..=jitter_cap);
+    expiry - chrono::Duration::from_std(config.lead + jitter).unwrap_or_default()
+}
+
+/// [`planned_at`] for an optional expiry.
+pub fn planned_refresh(
+    config: &RefreshConfig,
+    expiry: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    expiry.map(|e| planned_at(config, e))
+}
 
 /// The actor type; all state lives in [`UserTokenState`].
 pub struct UserTokenActor;
@@ -28,6 +47,8 @@ pub struct UserTokenActor;
 /// What the actor starts from.
 pub struct UserTokenArgs {
     pub seed: ActorSeed,
+    /// The refresh time planned before the actor hibernated, kept so waking does not move it.
+    pub planned: Option<DateTime<Utc>>,
     pub restarts: u32,
     pub ctx: Arc<ActorContext>,
 }
@@ -46,6 +67,10 @@ pub struct UserTokenState {
     failures: u32,
     /// The reason of the refresh in flight, if one is.
     in_flight: Option<RefreshReason>,
+    /// Used by the first schedule only.
+    planned: Option<DateTime<Utc>>,
+    /// Set once the actor has offered to hibernate; the supervisor stops it soon after.
+    hibernation_offered: bool,
     ctx: Arc<ActorContext>,
 }
 
@@ -76,6 +101,8 @@ impl Actor for UserTokenActor {
             restarts: args.restarts,
             failures: 0,
             in_flight: None,
+            planned: args.planned,
+            hibernation_offered: false,
             ctx: args.ctx,
         })
     }
@@ -87,6 +114,7 @@ impl Actor for UserTokenActor {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.metrics.actor_status(state.status.as_str(), 1);
         state.schedule(&myself);
+        state.maybe_hibernate(&myself);
         Ok(())
     }
 
@@ -120,7 +148,17 @@ impl Actor for UserTokenActor {
                 let _ = reply.send(state.info());
             }
             UserTokenMsg::Crash => panic!("fault injected into user token actor"),
+            UserTokenMsg::ConfirmPark(reply) => {
+                let parked = state.confirm_park();
+                let parking = parked.is_some();
+                let _ = reply.send(parked);
+                if parking {
+                    // The supervisor stops us next; nothing more to offer.
+                    return Ok(());
+                }
+            }
         }
+        state.maybe_hibernate(&myself);
         Ok(())
     }
 }
@@ -163,11 +201,51 @@ impl UserTokenState {
             self.next_refresh_at = None;
             return;
         };
-        let config = &self.ctx.refresh;
-        let jitter_cap = config.jitter_max.min(config.lead / 2);
-        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=jitter_cap);
-        let at = expiry - chrono::Duration::from_std(config.lead + jitter).unwrap_or_default();
+        let at = self
+            .planned
+            .take()
+            .unwrap_or_else(|| planned_at(&self.ctx.refresh, expiry));
         self.arm(myself, at, RefreshReason::Scheduled);
+    }
+
+    /// Offers the supervisor to park this actor when nothing is due soon: a refresh far away,
+    /// or none at all while waiting for a reconnect.
+    fn maybe_hibernate(&mut self, myself: &ActorRef<UserTokenMsg>) {
+        if self.hibernation_offered || self.in_flight.is_some() {
+            return;
+        }
+        let idle = match self.status {
+            ActorStatus::NeedsReconnect => true,
+            ActorStatus::Active => self.next_refresh_at.is_some_and(|at| {
+                (at - Utc::now()).to_std().unwrap_or_default() > self.ctx.refresh.hibernate_after
+            }),
+            _ => false,
+        };
+        let Some(supervisor) = myself.try_get_supervisor().filter(|_| idle) else {
+            return;
+        };
+        let offer = SupervisorMsg::Hibernate {
+            actor: myself.get_id(),
+        };
+        self.hibernation_offered = supervisor.send_message(offer).is_ok();
+    }
+
+    /// The parked form of this actor's state, if it is still idle.
+    fn confirm_park(&mut self) -> Option<Parked> {
+        let offered = std::mem::take(&mut self.hibernation_offered);
+        if !offered || self.in_flight.is_some() {
+            return None;
+        }
+        self.cancel_timer();
+        Some(Parked {
+            token_expiry: self.token_expiry,
+            next_refresh_at: self.next_refresh_at,
+            last_refresh_at: self.last_refresh_at,
+            version: self.version,
+            refresh_count: self.refresh_count,
+            restarts: self.restarts,
+            needs_reconnect: self.status == ActorStatus::NeedsReconnect,
+        })
     }
 
     fn arm(&mut self, myself: &ActorRef<UserTokenMsg>, at: DateTime<Utc>, reason: RefreshReason) {

@@ -221,10 +221,20 @@ fn token_set(response: &oauth2::basic::BasicTokenResponse) -> TokenSet {
         refresh_token: response
             .refresh_token()
             .map(|t| SecretString::from(t.secret().clone())),
-        expires_at: Utc::now()
-            + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1)),
+        expires_at: expiry_after(lifetime),
         scope,
     }
+}
+
+/// When a token living `lifetime` from now expires. A lifetime past the calendar's end (a
+/// broken or hostile `expires_in`) would overflow the addition and panic the refresh task:
+/// it counts as [`DEFAULT_LIFETIME`] instead, like a missing one.
+fn expiry_after(lifetime: Duration) -> DateTime<Utc> {
+    let now = Utc::now();
+    chrono::Duration::from_std(lifetime)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or_else(|| now + chrono::Duration::hours(1))
 }
 
 /// Maps the oauth2 crate's error to what the caller should do. The crate's `Parse` variant

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -23,9 +23,9 @@ pub enum Error {
     /// 413: the body is larger than any route accepts.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// 429: too many requests from this caller.
-    #[error("too many requests, retry later")]
-    TooManyRequests,
+    /// 429: too many requests from this caller; answered with `Retry-After` (whole seconds).
+    #[error("too many requests, retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     /// 503: a dependency is not available yet.
     #[error("{0}")]
     Unavailable(String),
@@ -50,7 +50,7 @@ impl Error {
             Self::NotFound(code, _) => (StatusCode::NOT_FOUND, code),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -68,6 +68,13 @@ impl IntoResponse for Error {
             }
             other => other.to_string(),
         };
-        (status, Json(json!({"error": code, "message": message}))).into_response()
+        let mut response =
+            (status, Json(json!({"error": code, "message": message}))).into_response();
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
     }
 }

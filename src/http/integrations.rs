@@ -32,6 +32,12 @@ pub fn router() -> Router<AppState> {
 
 #[tracing::instrument(skip_all, fields(userId = %user.user_id))]
 async fn connect(State(app): State<AppState>, user: AuthUser) -> Result<Json<Value>, Error> {
+    if let Err(wait) = app.connect_limiter.check(&user.user_id) {
+        tracing::warn!(userId = %user.user_id, "connect rate limit reached");
+        return Err(Error::TooManyRequests {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        });
+    }
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod integrations;
+mod rate_limit;
 
 use std::{
     sync::Arc,
@@ -24,6 +25,7 @@ use tower_http::cors::CorsLayer;
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
 pub use error::Error;
+pub use rate_limit::{CONNECTS_PER_MINUTE, RateLimiter};
 
 use crate::{
     actors::Supervisor, config::Config, google::GoogleClient, metrics::Metrics, store::Store,
@@ -44,6 +46,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
+    /// Per-user limit on starting consents.
+    pub connect_limiter: Arc<RateLimiter>,
 }
 
 /// The whole front door.

@@ -156,6 +156,19 @@ pub struct SandboxStats {
     pub grants: u64,
     /// Grants not revoked.
     pub active_grants: u64,
+    /// Refreshes that came after the grant's latest access token had already expired: each
+    /// is a user whose calendar access lapsed for a while.
+    #[serde(default)]
+    pub expired_before_refresh: u64,
+}
+
+/// A grant created directly by [`SandboxGoogle::seed_grants`], as a code exchange would.
+#[derive(Clone)]
+pub struct SeededGrant {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub scope: String,
 }
 
 /// Handle on a running sandbox provider; clones share the same server.
@@ -236,6 +249,8 @@ struct Grant {
     client_id: Arc<str>,
     /// The refresh token currently handed out, if the grant has one; shares the map's key.
     refresh_token: Option<Arc<str>>,
+    /// When the latest access token issued for this grant expires.
+    access_expires_at: DateTime<Utc>,
     revoked: bool,
 }
 
@@ -450,6 +465,44 @@ impl SandboxGoogle {
             .access_tokens
             .get(t)
             .map(|a| a.expires_at)
+    }
+
+    /// Creates `count` grants directly, as if each user had consented, with the access
+    /// token of grant `i` expiring at `expires_at(i)`: load tests seed users this way instead
+    /// of walking a million consents.
+    pub fn seed_grants(
+        &self,
+        count: usize,
+        scope: &str,
+        expires_at: impl Fn(usize) -> DateTime<Utc>,
+    ) -> Vec<SeededGrant> {
+        let mut state = self.inner.state();
+        (0..count)
+            .map(|i| {
+                let code = PendingCode {
+                    client_id: self.inner.client_id.clone().unwrap_or_default(),
+                    redirect_uri: String::new(),
+                    scope: scope.to_string(),
+                    challenge: String::new(),
+                    email: format!("seeded-{i}@sandbox.test"),
+                    expires_at: Utc::now(),
+                };
+                let grant = state.create_grant(&code);
+                let refresh_token = state.issue_refresh(grant);
+                let (access_token, _) = state.issue_access(grant, Utc::now());
+                let expires_at = expires_at(i);
+                if let Some(entry) = state.access_tokens.get_mut(&access_token) {
+                    entry.expires_at = expires_at;
+                }
+                state.grants[grant].access_expires_at = expires_at;
+                SeededGrant {
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                    scope: scope.to_string(),
+                }
+            })
+            .collect()
     }
 
     /// Revokes the grant this token belongs to, as a user removing access in their Google
@@ -721,6 +774,7 @@ impl ProviderState {
             scope: self.intern(&code.scope),
             client_id: self.intern(&code.client_id),
             refresh_token: None,
+            access_expires_at: DateTime::<Utc>::MIN_UTC,
             revoked: false,
         };
         self.grants.push(grant);
@@ -763,6 +817,9 @@ impl ProviderState {
             None => None,
         };
         self.stats.refreshes += 1;
+        if now >= self.grants[entry.grant].access_expires_at {
+            self.stats.expired_before_refresh += 1;
+        }
         let (access_token, expires_in) = self.issue_access(entry.grant, now);
         Ok(TokenResponse {
             access_token,
@@ -806,6 +863,7 @@ impl ProviderState {
         };
         self.access_tokens.insert(token.clone(), entry);
         self.record_issued(&token);
+        self.grants[grant].access_expires_at = entry.expires_at;
         (token, lifetime.as_secs())
     }
 

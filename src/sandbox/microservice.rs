@@ -29,7 +29,8 @@ use axum::{
 };
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement,
+    TransactionTrait, Value,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -225,6 +226,16 @@ impl ReferenceMicroservice {
     /// How many users the table holds tokens for.
     pub async fn stored_count(&self) -> anyhow::Result<u64> {
         Ok(self.inner.store.count().await?)
+    }
+
+    /// Stores tokens for many users at once, as if each had been pushed (load-test seeding).
+    pub async fn seed(&self, rows: &[(String, StoredTokens)]) -> anyhow::Result<()> {
+        Ok(self.inner.store.seed(rows).await?)
+    }
+
+    /// Every stored user's access token, for end-of-run consistency checks.
+    pub async fn access_tokens(&self) -> anyhow::Result<HashMap<String, String>> {
+        Ok(self.inner.store.access_tokens().await?)
     }
 
     /// Stops listening, so connections are refused; the store is kept for [`Self::restart`].
@@ -718,6 +729,36 @@ impl Store {
             .execute_raw(self.statement(sql, [user_id.into()]))
             .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn seed(&self, rows: &[(String, StoredTokens)]) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        for (user_id, tokens) in rows {
+            let expiry = DateTime::parse_from_rfc3339(&tokens.token_expiry)
+                .map(|t| t.naive_utc())
+                .map_err(|e| DbErr::Custom(format!("token_expiry: {e}")))?;
+            let sql = "INSERT INTO google_calendar_tokens \
+                (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
+                VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
+                ON CONFLICT (user_id) DO NOTHING";
+            let values = [
+                user_id.as_str().into(),
+                tokens.access_token.as_str().into(),
+                tokens.refresh_token.as_str().into(),
+                expiry.into(),
+                tokens.scope.as_str().into(),
+            ];
+            txn.execute_raw(self.statement(sql, values)).await?;
+        }
+        txn.commit().await
+    }
+
+    async fn access_tokens(&self) -> Result<HashMap<String, String>, DbErr> {
+        let sql = "SELECT user_id, access_token FROM google_calendar_tokens";
+        let rows = self.db.query_all_raw(self.statement(sql, [])).await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("", "user_id")?, r.try_get("", "access_token")?)))
+            .collect()
     }
 
     async fn count(&self) -> Result<u64, DbErr> {

@@ -15,7 +15,7 @@ pub mod microservice;
 
 pub use google::{
     RefreshMode, SandboxControls, SandboxGoogle, SandboxGoogleArgs, SandboxGoogleConfig,
-    SandboxStats,
+    SandboxStats, SeededGrant,
 };
 pub use microservice::{
     FaultMode, MicroserviceArgs, MicroserviceConfig, ReceivedRequest, ReferenceMicroservice,

@@ -3,21 +3,32 @@
 //! (this module encrypts on write and decrypts on read). It knows nothing of HTTP, actors or
 //! Google.
 
+mod bulk;
 pub mod entity;
+mod rotation;
 mod states;
 mod users;
 
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
 
 use crate::crypto::{CryptoError, TokenCipher};
 
+pub use bulk::{AuditRow, SeedUser};
+pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
 pub use users::{
     ActorSeed, NewTokens, RefreshCredentials, StoredTokens, SyncInfo, SyncSnapshot, TokenChange,
 };
+
+/// Longest a readiness read may take before the database counts as not answering.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What can go wrong in storage.
 #[derive(Debug, thiserror::Error)]
@@ -70,9 +81,32 @@ impl Store {
         Ok(())
     }
 
-    /// True when the database answers a trivial query.
+    /// True when the database can serve the service's work within [`PING_TIMEOUT`]: a real
+    /// read of `users` and the write lock of `users` (taken by an update of no row, then
+    /// rolled back). `SELECT 1` would not do: SQLite answers it without touching the file, and
+    /// in WAL mode reads go on while another process holds the write lock that every token
+    /// save needs.
     pub async fn ping(&self) -> bool {
-        self.db.execute_unprepared("SELECT 1").await.is_ok()
+        let probe = async {
+            let txn = self.db.begin().await?;
+            entity::user::Entity::find()
+                .select_only()
+                .column(entity::user::Column::UserId)
+                .limit(1)
+                .into_tuple::<String>()
+                .one(&txn)
+                .await?;
+            entity::user::Entity::update_many()
+                .col_expr(
+                    entity::user::Column::UpdatedAt,
+                    Expr::col(entity::user::Column::UpdatedAt),
+                )
+                .filter(Expr::val(1).eq(0))
+                .exec(&txn)
+                .await?;
+            txn.rollback().await
+        };
+        matches!(tokio::time::timeout(PING_TIMEOUT, probe).await, Ok(Ok(())))
     }
 
     /// The raw connection, for tests and tools that inspect rows.

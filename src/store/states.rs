@@ -14,7 +14,7 @@ pub struct TakenState {
     pub expires_at: DateTime<Utc>,
 }
 
-fn verifier_context(state: &str) -> String {
+pub(super) fn verifier_context(state: &str) -> String {
     format!("pkce_verifier:{state}")
 }
 

@@ -106,11 +106,11 @@ const PENDING: &str = "pending";
 /// Bounded retries of an optimistic write that lost a race.
 const WRITE_ATTEMPTS: usize = 5;
 
-fn access_context(user_id: &str) -> String {
+pub(super) fn access_context(user_id: &str) -> String {
     format!("google_access_token:{user_id}")
 }
 
-fn refresh_context(user_id: &str) -> String {
+pub(super) fn refresh_context(user_id: &str) -> String {
     format!("google_refresh_token:{user_id}")
 }
 

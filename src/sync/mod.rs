@@ -10,7 +10,11 @@
 
 mod client;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::Context;
 use tokio::sync::{Semaphore, mpsc};
@@ -40,6 +44,10 @@ struct Lane {
     /// A change arrived while a call was in flight.
     dirty: bool,
     failures: u32,
+    /// When the oldest change not yet in a call was queued.
+    pending_since: Option<Instant>,
+    /// When the oldest change the call in flight carries was queued.
+    in_flight_since: Option<Instant>,
     /// Bumped whenever a call starts, so a retry timer from before it is ignored.
     generation: u64,
 }
@@ -121,6 +129,7 @@ impl Worker {
     fn on_changed(&mut self, user_id: String, cx: Context) {
         let lane = self.lanes.entry(user_id.clone()).or_default();
         lane.cx = cx;
+        lane.pending_since.get_or_insert_with(Instant::now);
         if lane.in_flight {
             lane.dirty = true;
         } else {
@@ -134,6 +143,9 @@ impl Worker {
             return;
         };
         lane.in_flight = false;
+        if delivered && let Some(since) = lane.in_flight_since.take() {
+            self.metrics.sync_lag.observe(since.elapsed().as_secs_f64());
+        }
         if lane.dirty {
             self.start(user_id);
         } else if delivered {
@@ -169,6 +181,10 @@ impl Worker {
         let lane = self.lanes.entry(user_id.clone()).or_default();
         lane.in_flight = true;
         lane.dirty = false;
+        // A retry keeps the age of the change it still carries.
+        if let Some(since) = lane.pending_since.take() {
+            lane.in_flight_since = Some(lane.in_flight_since.map_or(since, |s| s.min(since)));
+        }
         lane.generation += 1;
         let cx = lane.cx.clone();
         let attempt = lane.failures + 1;

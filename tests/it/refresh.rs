@@ -218,3 +218,87 @@ async fn forced_refresh_is_accepted_and_happens() {
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
     t.shutdown().await;
 }
+
+/// An actor whose refresh is far away hibernates, is woken before its refresh, refreshes on
+/// time, and hibernates again; a message wakes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_hibernate_and_wake_for_their_refresh() {
+    let t = TestApp::spawn_with(Options {
+        token_lifetime: Duration::from_secs(6),
+        refresh_lead_secs: 2,
+        hibernate_after_secs: 2,
+        ..Options::default()
+    })
+    .await;
+    t.connect("hugo").await;
+    let parked = eventually(Duration::from_secs(2), || async {
+        t.actor("hugo")
+            .await
+            .is_some_and(|a| a["status"] == "hibernating")
+    })
+    .await;
+    assert!(parked, "idle actor hibernates");
+    let actor = t.actor("hugo").await.unwrap();
+    assert!(
+        actor["next_refresh_at"].is_string(),
+        "the plan is kept while parked"
+    );
+    let metrics = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tokenwarden_actors_by_status{status=\"hibernating\"} 1"),
+        "{metrics}"
+    );
+
+    let first = t
+        .microservice
+        .stored("hugo")
+        .await
+        .unwrap()
+        .unwrap()
+        .access_token;
+    let first_expiry = t.google.access_token_expires_at(&first).unwrap();
+    let refreshed = eventually(Duration::from_secs(8), || async {
+        t.microservice
+            .stored("hugo")
+            .await
+            .unwrap()
+            .is_some_and(|s| s.access_token != first)
+    })
+    .await;
+    assert!(refreshed, "woken and refreshed");
+    assert!(
+        chrono::Utc::now() < first_expiry,
+        "before the old token expired"
+    );
+    assert_eq!(t.google.stats().expired_before_refresh, 0);
+    let parked_again = eventually(Duration::from_secs(3), || async {
+        t.actor("hugo")
+            .await
+            .is_some_and(|a| a["status"] == "hibernating" && a["refresh_count"] == 1)
+    })
+    .await;
+    assert!(parked_again, "hibernates again after the refresh");
+
+    let before = t.google.stats().refreshes;
+    let (status, _) = t.admin(Method::POST, "/admin/actors/hugo/refresh").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::ACCEPTED,
+        "a message wakes a hibernating actor"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            t.google.stats().refreshes > before
+        })
+        .await
+    );
+    t.shutdown().await;
+}

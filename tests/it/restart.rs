@@ -47,7 +47,11 @@ async fn actors_and_unfinished_syncs_come_back(backend: Backend) {
     assert_eq!(list["total"], 4);
     for (user, was) in ["u1", "u2", "u3", "u4"].iter().zip(before) {
         let actor = t.actor(user).await.expect("actor back");
-        assert_eq!(actor["status"], "active");
+        // Far from its refresh, the actor hibernates; either way it is there, scheduled.
+        assert!(
+            ["active", "hibernating"].contains(&actor["status"].as_str().unwrap()),
+            "{actor}"
+        );
         assert!(actor["next_refresh_at"].is_string());
         // Same expiry, same lead: the schedule is the one from before (jitter is 0 in tests).
         assert_eq!(actor["next_refresh_at"], was);

@@ -160,6 +160,10 @@ pub struct Options {
     pub refresh_lead_secs: u64,
     pub microservice_timeout_ms: u64,
     pub microservice_token: Option<String>,
+    /// `TOKEN_ENCRYPTION_KEY`: one base64 key, or a rotation's comma-separated list.
+    pub encryption_key: String,
+    /// `ACTOR_HIBERNATE_AFTER_SECS`.
+    pub hibernate_after_secs: u64,
 }
 
 impl Default for Options {
@@ -171,6 +175,8 @@ impl Default for Options {
             refresh_lead_secs: 300,
             microservice_timeout_ms: 2000,
             microservice_token: None,
+            encryption_key: ENCRYPTION_KEY.into(),
+            hibernate_after_secs: 60,
         }
     }
 }
@@ -253,6 +259,7 @@ impl TestApp {
             microservice_timeout_ms: o.microservice_timeout_ms.to_string(),
             refresh_lead_secs: o.refresh_lead_secs.to_string(),
             refresh_jitter_secs: "0".into(),
+            actor_hibernate_after_secs: o.hibernate_after_secs.to_string(),
             refresh_retry_base_ms: "100".into(),
             refresh_retry_max_ms: "1000".into(),
             sync_retry_base_ms: "100".into(),
@@ -261,7 +268,7 @@ impl TestApp {
             frontend_url: "http://frontend.test".into(),
             auth_jwt_secret: Some(JWT_SECRET.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
-            token_encryption_key: Some(ENCRYPTION_KEY.into()),
+            token_encryption_key: Some(o.encryption_key.clone()),
             ..Default::default()
         }
         .into_config()
@@ -487,4 +494,17 @@ pub fn log_lines_with(needles: &[&str]) -> Vec<String> {
         .filter(|line| needles.iter().all(|n| line.contains(n)))
         .map(str::to_string)
         .collect()
+}
+
+/// Users whose microservice copy differs from the database (access token, or presence).
+pub async fn inconsistent_users(t: &TestApp, users: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for user in users {
+        let stored = t.microservice.stored(user).await.unwrap();
+        let db = t.stored_access_token(user).await;
+        if stored.map(|s| s.access_token) != db {
+            out.push(user.clone());
+        }
+    }
+    out
 }

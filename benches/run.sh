@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Runs the load tests of BENCHMARKS.md and this machine's ceilings, writing every report to
+# benches/results/. Usage: bash benches/run.sh [100k|1m|ceilings|all]  (release build needed:
+# cargo build --release). Every request goes to loopback; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=target/release/tokenwarden
+OUT=benches/results
+PG=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+mkdir -p "$OUT"
+what=${1:-all}
+
+fresh_pg() {
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS tw_loadtest WITH (FORCE)"
+    psql "$PG/postgres" -qc "CREATE DATABASE tw_loadtest"
+    echo "$PG/tw_loadtest"
+}
+
+# run NAME USERS LIFETIME LEAD DURATION DATABASE_URL|sqlite [extra flags...]
+run() {
+    local name=$1 users=$2 lifetime=$3 lead=$4 duration=$5 db=$6
+    shift 6
+    local dbflag=()
+    [ "$db" != sqlite ] && dbflag=(--database-url "$db")
+    echo "=== $name"
+    timeout 3600 "$BIN" loadtest --users "$users" --token-lifetime-secs "$lifetime" \
+        --refresh-lead-secs "$lead" --duration-secs "$duration" "${dbflag[@]}" \
+        --report "$OUT/$name.json" --chart "$OUT/$name.svg" --quiet "$@" | tee "$OUT/$name.txt"
+}
+
+ceilings() {
+    echo "=== pgbench: single-row updates per second on the same PostgreSQL"
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS tw_pgbench WITH (FORCE)"
+    psql "$PG/postgres" -qc "CREATE DATABASE tw_pgbench"
+    pgbench -q -i -s 10 "$PG/tw_pgbench" >/dev/null 2>&1
+    printf '\\set aid random(1, 1000000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' > /tmp/tw-update.sql
+    pgbench -n -c 16 -j 2 -T 20 -f /tmp/tw-update.sql "$PG/tw_pgbench" | tee "$OUT/pgbench.txt"
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS tw_pgbench WITH (FORCE)"
+    echo "=== wrk: loopback HTTP requests per second against the sandbox"
+    "$BIN" sandbox-google --listen 127.0.0.1:4199 >/dev/null 2>&1 &
+    local pid=$!
+    sleep 1
+    timeout 60 wrk -t 2 -c 64 -d 15s http://127.0.0.1:4199/sandbox/stats | tee "$OUT/wrk.txt"
+    kill "$pid"
+}
+
+case "$what" in
+    100k)
+        run sqlite-100k 100000 80 60 60 sqlite
+        run postgres-100k 100000 80 60 60 "$(fresh_pg)"
+        ;;
+    1m)
+        run sqlite-1m 1000000 260 60 120 sqlite
+        run postgres-1m 1000000 260 60 120 "$(fresh_pg)"
+        ;;
+    callback)
+        run callback-100k 100000 3600 300 60 sqlite --connect-users 12000 --connect-rate 200 --microservice-latency-ms 5000
+        ;;
+    ceilings) ceilings ;;
+    all)
+        ceilings
+        "$0" 100k
+        "$0" callback
+        "$0" 1m
+        ;;
+esac

@@ -1,0 +1,193 @@
+//! The load test's results: the figures of the table, the time series sampled while
+//! it ran, a printed table, `loadtest-report.json`, and an SVG chart.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+/// Picks one plotted value out of a sample.
+type Pick = Box<dyn Fn(&Sample) -> Option<f64>>;
+
+/// One sample, taken about every second.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the run phase started.
+    pub t: f64,
+    pub refreshes_per_sec: f64,
+    /// p99 refresh lateness over the window since the previous sample, in seconds.
+    pub lateness_p99: Option<f64>,
+    pub rss_mib: f64,
+    pub actors: u64,
+    pub sync_queue_depth: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+    pub database: String,
+    pub users: u64,
+    pub connected_through_callback: u64,
+    pub duration_secs: u64,
+    pub token_lifetime_secs: u64,
+    pub refresh_lead_secs: u64,
+    /// From service start to `/readyz` answering 200 (every user loaded).
+    pub load_secs: f64,
+    pub rss_after_load_kib: u64,
+    pub rss_end_kib: u64,
+    /// RSS at the end divided by the users held.
+    pub rss_per_user_bytes: f64,
+    pub actors_listed: u64,
+    pub refreshes: f64,
+    pub refreshes_per_sec_avg: f64,
+    pub refreshes_per_sec_peak_10s: f64,
+    pub refresh_failures: f64,
+    pub refresh_lateness_p50_secs: Option<f64>,
+    pub refresh_lateness_p99_secs: Option<f64>,
+    pub sync_lag_p99_secs: Option<f64>,
+    pub sync_failures: f64,
+    pub callback_p50_ms: Option<f64>,
+    pub callback_p99_ms: Option<f64>,
+    /// Refreshes that came after the previous access token had expired (sandbox count).
+    pub expired_before_refresh: u64,
+    /// Users whose database token is expired at the end.
+    pub expired_at_end: u64,
+    /// Users for whom the microservice holds a different (older) token than the database.
+    pub stale_at_microservice: u64,
+    /// Of those, users whose latest change was still queued when the run stopped.
+    pub stale_still_pending: u64,
+    /// Users never refreshed during the run.
+    pub never_refreshed: u64,
+    pub samples: Vec<Sample>,
+}
+
+fn opt(v: Option<f64>, scale: f64, unit: &str) -> String {
+    v.map_or("-".into(), |v| format!("{:.1} {unit}", v * scale))
+}
+
+impl Report {
+    /// The table, with this run's figures.
+    pub fn table(&self) -> String {
+        let rows = [
+            (
+                "connected users held, one process",
+                format!("{}", self.actors_listed),
+            ),
+            (
+                "service RSS per connected user",
+                format!("{:.0} B", self.rss_per_user_bytes),
+            ),
+            (
+                "time to load all actors at start",
+                format!("{:.1} s", self.load_secs),
+            ),
+            (
+                "refreshes end to end, average / peak 10 s",
+                format!(
+                    "{:.0} /s / {:.0} /s",
+                    self.refreshes_per_sec_avg, self.refreshes_per_sec_peak_10s
+                ),
+            ),
+            (
+                "refresh lateness p50 / p99",
+                format!(
+                    "{} / {}",
+                    opt(self.refresh_lateness_p50_secs, 1000.0, "ms"),
+                    opt(self.refresh_lateness_p99_secs, 1000.0, "ms")
+                ),
+            ),
+            (
+                "tokens expired before refresh (sandbox)",
+                format!("{}", self.expired_before_refresh),
+            ),
+            (
+                "microservice older than database (of which still queued)",
+                format!(
+                    "{} ({})",
+                    self.stale_at_microservice, self.stale_still_pending
+                ),
+            ),
+            (
+                "OAuth callback latency p50 / p99",
+                format!(
+                    "{} / {}",
+                    opt(self.callback_p50_ms, 1.0, "ms"),
+                    opt(self.callback_p99_ms, 1.0, "ms")
+                ),
+            ),
+            ("sync lag p99", opt(self.sync_lag_p99_secs, 1000.0, "ms")),
+            (
+                "refreshes / failures / never refreshed",
+                format!(
+                    "{:.0} / {:.0} / {}",
+                    self.refreshes, self.refresh_failures, self.never_refreshed
+                ),
+            ),
+            (
+                "RSS after load / at end",
+                format!(
+                    "{} MiB / {} MiB",
+                    self.rss_after_load_kib / 1024,
+                    self.rss_end_kib / 1024
+                ),
+            ),
+        ];
+        let mut out = format!(
+            "tokenwarden loadtest: {} users, {}, {} s, lifetime {} s, lead {} s\n",
+            self.users,
+            self.database,
+            self.duration_secs,
+            self.token_lifetime_secs,
+            self.refresh_lead_secs
+        );
+        for (name, value) in rows {
+            out.push_str(&format!("  {name:<58} {value}\n"));
+        }
+        out
+    }
+
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// Three stacked charts over time: refreshes per second, p99 lateness, RSS.
+    pub fn write_chart(&self, path: &Path) -> anyhow::Result<()> {
+        let root = SVGBackend::new(path, (900, 900)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((3, 1));
+        let end = self.samples.last().map_or(1.0, |s| s.t.max(1.0));
+        let series: [(&str, Pick); 3] = [
+            (
+                "refreshes per second",
+                Box::new(|s| Some(s.refreshes_per_sec)),
+            ),
+            (
+                "refresh lateness p99 (ms)",
+                Box::new(|s| s.lateness_p99.filter(|v| v.is_finite()).map(|v| v * 1000.0)),
+            ),
+            ("service RSS (MiB)", Box::new(|s| Some(s.rss_mib))),
+        ];
+        for (panel, (title, value)) in panels.iter().zip(series) {
+            let points: Vec<(f64, f64)> = self
+                .samples
+                .iter()
+                .filter_map(|s| value(s).map(|v| (s.t, v)))
+                .collect();
+            let top = points.iter().map(|p| p.1).fold(1.0_f64, f64::max) * 1.1;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..end, 0.0..top)?;
+            chart.configure_mesh().x_desc("seconds").draw()?;
+            chart.draw_series(LineSeries::new(points, &BLUE))?;
+        }
+        root.present()?;
+        Ok(())
+    }
+}

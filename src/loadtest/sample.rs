@@ -1,0 +1,140 @@
+//! Reading the service under load from the outside: RSS from `/proc`, counters and histograms
+//! from `/metrics` (OpenMetrics text), percentiles from cumulative histogram buckets.
+
+use std::collections::BTreeMap;
+
+/// The series of one `/metrics` scrape that the report uses.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub refreshes_ok: f64,
+    pub refresh_failures: f64,
+    pub syncs_ok: f64,
+    pub sync_failures: f64,
+    pub sync_queue_depth: f64,
+    /// Cumulative buckets (`le` upper bound, count) by histogram name.
+    pub histograms: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+/// Parses the metrics the load test needs out of the service's `/metrics` text.
+pub fn parse_metrics(text: &str) -> Scrape {
+    let mut scrape = Scrape::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        match name {
+            "tokenwarden_refreshes_total" if labels.contains("result=\"ok\"") => {
+                scrape.refreshes_ok += value
+            }
+            "tokenwarden_refreshes_total" if !labels.contains("result=\"superseded\"") => {
+                scrape.refresh_failures += value
+            }
+            "tokenwarden_syncs_total" if labels.contains("result=\"ok\"") => {
+                scrape.syncs_ok += value
+            }
+            "tokenwarden_syncs_total" if labels.contains("result=\"failed\"") => {
+                scrape.sync_failures += value
+            }
+            "tokenwarden_sync_queue_depth" => scrape.sync_queue_depth = value,
+            _ if name.ends_with("_bucket") => {
+                let le = labels
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .map(|le| {
+                        if le == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            le.parse().unwrap_or(f64::NAN)
+                        }
+                    });
+                if let Some(le) = le {
+                    let family = name.trim_end_matches("_bucket").to_string();
+                    scrape
+                        .histograms
+                        .entry(family)
+                        .or_default()
+                        .push((le, value));
+                }
+            }
+            _ => {}
+        }
+    }
+    scrape
+}
+
+/// The `q` quantile (0..1) of a cumulative histogram, as the upper bound of the bucket it
+/// falls in; `None` when empty. Bucket resolution bounds its precision.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let target = total * q;
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= target)
+        .map(|(le, _)| *le)
+}
+
+/// Bucket-by-bucket difference of two scrapes of one histogram (the window between them).
+pub fn window(later: &[(f64, f64)], earlier: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    later
+        .iter()
+        .map(|(le, count)| {
+            let before = earlier
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, count - before)
+        })
+        .collect()
+}
+
+/// Resident set size of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters_and_quantiles() {
+        let text = "# TYPE tokenwarden_refreshes counter\n\
+            tokenwarden_refreshes_total{reason=\"scheduled\",result=\"ok\"} 7\n\
+            tokenwarden_refreshes_total{reason=\"forced\",result=\"ok\"} 3\n\
+            tokenwarden_refreshes_total{reason=\"retry\",result=\"transient\"} 2\n\
+            tokenwarden_sync_queue_depth 4\n\
+            tokenwarden_refresh_lateness_seconds_bucket{le=\"0.001\"} 50\n\
+            tokenwarden_refresh_lateness_seconds_bucket{le=\"0.01\"} 99\n\
+            tokenwarden_refresh_lateness_seconds_bucket{le=\"+Inf\"} 100\n# EOF\n";
+        let s = parse_metrics(text);
+        assert_eq!(
+            (s.refreshes_ok, s.refresh_failures, s.sync_queue_depth),
+            (10.0, 2.0, 4.0)
+        );
+        let buckets = &s.histograms["tokenwarden_refresh_lateness_seconds"];
+        assert_eq!(quantile(buckets, 0.5), Some(0.001));
+        assert_eq!(quantile(buckets, 0.99), Some(0.01));
+        assert_eq!(quantile(buckets, 1.0), Some(f64::INFINITY));
+        assert_eq!(quantile(&[], 0.5), None);
+        let w = window(
+            buckets,
+            &[(0.001, 50.0), (0.01, 50.0), (f64::INFINITY, 50.0)],
+        );
+        assert_eq!(w, vec![(0.001, 0.0), (0.01, 49.0), (f64::INFINITY, 50.0)]);
+    }
+}

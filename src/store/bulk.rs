@@ -1,0 +1,106 @@
+//! Bulk operations for load tests and audits: seeding many connected users in one statement
+//! per page, and reading every user's current state back for end-of-run checks. Not used by
+//! the service's request paths.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use secrecy::ExposeSecret;
+
+use super::{Store, StoreError, entity::user};
+
+/// One user to seed, as a completed consent would have left it.
+pub struct SeedUser {
+    pub user_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at: DateTime<Utc>,
+    pub scope: String,
+}
+
+/// One user's state, decrypted, for audits.
+pub struct AuditRow {
+    pub user_id: String,
+    pub access_token: Option<String>,
+    pub token_expiry: Option<DateTime<Utc>>,
+    pub sync_state: String,
+    pub token_version: i64,
+    pub synced_version: i64,
+    pub refresh_count: i64,
+}
+
+impl Store {
+    /// Inserts connected users in one statement, marked as already pushed at version 1 (the
+    /// caller seeds the microservice with the same tokens).
+    pub async fn seed_users(&self, users: &[SeedUser]) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let models = users.iter().map(|u| user::ActiveModel {
+            user_id: Set(u.user_id.clone()),
+            google_access_token: Set(Some(
+                self.cipher
+                    .encrypt(&u.access_token, &super::users::access_context(&u.user_id)),
+            )),
+            google_refresh_token: Set(Some(
+                self.cipher
+                    .encrypt(&u.refresh_token, &super::users::refresh_context(&u.user_id)),
+            )),
+            google_token_expiry: Set(Some(u.expires_at)),
+            google_calendar_connected: Set(true),
+            google_calendar_id: Set("primary".into()),
+            google_email: Set(None),
+            google_scope: Set(Some(u.scope.clone())),
+            needs_reconnect: Set(false),
+            token_version: Set(1),
+            sync_state: Set("synced".into()),
+            sync_attempts: Set(0),
+            sync_last_error: Set(None),
+            synced_version: Set(1),
+            synced_at: Set(Some(now)),
+            last_refresh_at: Set(None),
+            refresh_count: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+        user::Entity::insert_many(models).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// A page of every user's state, ordered by user id, after `after`.
+    pub async fn audit_page(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut query = user::Entity::find()
+            .order_by_asc(user::Column::UserId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(user::Column::UserId.gt(after));
+        }
+        let rows = query.all(&self.db).await?;
+        rows.into_iter()
+            .map(|row| {
+                let access_token = match &row.google_access_token {
+                    Some(sealed) => Some(
+                        self.cipher
+                            .decrypt(sealed, &super::users::access_context(&row.user_id))?
+                            .expose_secret()
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                Ok(AuditRow {
+                    access_token,
+                    token_expiry: row.google_token_expiry,
+                    sync_state: row.sync_state,
+                    token_version: row.token_version,
+                    synced_version: row.synced_version,
+                    refresh_count: row.refresh_count,
+                    user_id: row.user_id,
+                })
+            })
+            .collect()
+    }
+}

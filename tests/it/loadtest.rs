@@ -1,0 +1,51 @@
+//! A small load test in the suite: about a thousand users for thirty seconds with short
+//! lifetimes, against the real binary. Only correctness figures are asserted; speed is for
+//! BENCHMARKS.md.
+
+use std::path::PathBuf;
+
+use tokenwarden::loadtest::{LoadtestArgs, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = LoadtestArgs {
+        users: 1000,
+        connect_users: 20,
+        connect_rate: 10,
+        duration_secs: 30,
+        token_lifetime_secs: 20,
+        refresh_lead_secs: 10,
+        refresh_jitter_secs: 1,
+        database_url: None,
+        microservice_latency_ms: 0,
+        google_latency_ms: 0,
+        google_error_rate: 0.0,
+        rotate: true,
+        refresh_concurrency: 64,
+        sync_concurrency: 64,
+        hibernate_after_secs: 5,
+        report: dir.path().join("report.json"),
+        chart: dir.path().join("chart.svg"),
+        service_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tokenwarden"))),
+        quiet: true,
+    };
+    let report = run(args).await.expect("load test runs");
+    assert_eq!(report.actors_listed, 1020, "every user has its actor");
+    assert_eq!(report.connected_through_callback, 20);
+    assert_eq!(
+        report.expired_before_refresh, 0,
+        "no token expired before its refresh"
+    );
+    assert_eq!(report.expired_at_end, 0);
+    assert_eq!(
+        report.stale_at_microservice, 0,
+        "the microservice holds every latest token"
+    );
+    assert_eq!(
+        report.never_refreshed, 0,
+        "every seeded user refreshed at least once"
+    );
+    assert!(report.refreshes >= 2000.0, "{} refreshes", report.refreshes);
+    assert!(dir.path().join("report.json").exists() && dir.path().join("chart.svg").exists());
+}

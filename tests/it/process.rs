@@ -1,0 +1,177 @@
+//! The real `tokenwarden` binary as a child process: a clean environment (only PATH), the
+//! in-process sandbox Google provider and reference microservice, and its output kept in a
+//! file that failing tests print.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use reqwest::{Client, StatusCode};
+use tokenwarden::sandbox::{ReferenceMicroservice, SandboxGoogle};
+
+use crate::support::{
+    ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, eventually, jwt_for, location,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
+
+/// The binary with a clean environment, run in `dir` (so no `.env` of the host is read).
+pub fn tokenwarden(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir);
+    command
+}
+
+/// `tokenwarden serve` running as a child process.
+pub struct Served {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Starts `serve` on `port` against the sandbox servers, with the test's settings plus
+    /// `extra` variables, and waits until `/readyz` answers 200.
+    pub async fn start(
+        dir: &Path,
+        port: u16,
+        database_url: &str,
+        key: &str,
+        google: &SandboxGoogle,
+        microservice: &ReferenceMicroservice,
+        extra: &[(&str, String)],
+    ) -> Self {
+        let url = format!("http://127.0.0.1:{port}");
+        let log = dir.join(format!("serve-{}.log", rand::random::<u32>()));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut command = tokenwarden(dir);
+        command
+            .arg("serve")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", database_url)
+            .env("TOKEN_ENCRYPTION_KEY", key)
+            .env("GOOGLE_CALENDAR_CLIENT_ID", CLIENT_ID)
+            .env("GOOGLE_CALENDAR_CLIENT_SECRET", CLIENT_SECRET)
+            .env("AUTH_JWT_SECRET", JWT_SECRET)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(
+                "GOOGLE_CALENDAR_REDIRECT_URI",
+                format!("{url}/api/integrations/google/callback"),
+            )
+            .env("GOOGLE_OAUTH_AUTH_URL", google.auth_url())
+            .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
+            .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
+            .env("GOOGLE_USERINFO_URL", google.userinfo_url())
+            .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
+            .env("FRONTEND_URL", "http://frontend.test")
+            .env("REFRESH_JITTER_SECS", "0")
+            .env("REFRESH_RETRY_BASE_MS", "100")
+            .env("REFRESH_RETRY_MAX_MS", "1000")
+            .env("SYNC_RETRY_BASE_MS", "100")
+            .env("SYNC_RETRY_MAX_MS", "1000")
+            .env("GOOGLE_HTTP_TIMEOUT_MS", "2000")
+            .env("GOOGLE_CALENDAR_MICROSERVICE_TIMEOUT_MS", "2000")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out));
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let child = command.spawn().unwrap();
+        let mut served = Self { child, url, log };
+        let http = client();
+        let ready = eventually(Duration::from_secs(20), || async {
+            matches!(http.get(format!("{}/readyz", served.url)).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        if !ready {
+            let _ = served.child.kill();
+            panic!("serve did not become ready:\n{}", served.output());
+        }
+        served
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits (polling, bounded) for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTP client that does not follow redirects.
+pub fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A full consent through the service at `url`, as `user`; asserts it ends connected.
+pub async fn connect_at(http: &Client, url: &str, user: &str) {
+    let response = http
+        .post(format!("{url}/api/integrations/google/connect"))
+        .bearer_auth(jwt_for(user, JWT_SECRET, 600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let consent = http
+        .get(body["auth_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let callback = http.get(location(&consent)).send().await.unwrap();
+    assert_eq!(
+        location(&callback),
+        "http://frontend.test/dashboard/integrations?google=connected"
+    );
+}
+
+/// A loopback port that was free a moment ago.
+pub async fn free_port() -> u16 {
+    tokenwarden::sandbox::bind_loopback()
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
