@@ -47,6 +47,11 @@ enum Command {
     },
 }
 
+/// glibc's allocator spent about a quarter of the service's CPU under load (perf); mimalloc's
+/// thread-local free lists cut that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // A missing .env is normal; a broken one would make later variables look unset.

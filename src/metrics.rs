@@ -40,7 +40,7 @@ pub struct Metrics {
     pub actors_by_status: Family<Labels, Gauge>,
     /// Microservice calls by `op` (`connect`, `delete`) and `result` (`ok`, `failed`, `skipped`).
     pub syncs: Family<Labels, Counter>,
-    /// Seconds between a refresh's scheduled time and its start.
+    /// Seconds between a refresh's scheduled time and its completion (new token saved).
     pub refresh_lateness: Histogram,
     /// Seconds from a change being queued (saved) to the microservice acknowledging it.
     pub sync_lag: Histogram,
@@ -85,7 +85,7 @@ impl Default for Metrics {
         );
         registry.register(
             "refresh_lateness_seconds",
-            "Start of a refresh minus its scheduled time",
+            "Completion of a scheduled refresh minus its scheduled time",
             refresh_lateness.clone(),
         );
         registry.register(

@@ -67,6 +67,8 @@ pub struct UserTokenState {
     failures: u32,
     /// The reason of the refresh in flight, if one is.
     in_flight: Option<RefreshReason>,
+    /// The planned time of the scheduled refresh in flight, for its lateness.
+    planned_for_in_flight: Option<DateTime<Utc>>,
     /// Used by the first schedule only.
     planned: Option<DateTime<Utc>>,
     /// Set once the actor has offered to hibernate; the supervisor stops it soon after.
@@ -102,6 +104,7 @@ impl Actor for UserTokenActor {
             failures: 0,
             in_flight: None,
             planned: args.planned,
+            planned_for_in_flight: None,
             hibernation_offered: false,
             ctx: args.ctx,
         })
@@ -260,15 +263,10 @@ impl UserTokenState {
         if self.in_flight.is_some() || self.status == ActorStatus::NeedsReconnect {
             return;
         }
-        if reason == RefreshReason::Scheduled
-            && let Some(planned) = self.next_refresh_at
-        {
-            let late = (Utc::now() - planned).to_std().unwrap_or(Duration::ZERO);
-            self.ctx
-                .metrics
-                .refresh_lateness
-                .observe(late.as_secs_f64());
-        }
+        // Lateness is measured when the refresh is done (saved), against this plan.
+        self.planned_for_in_flight = self
+            .next_refresh_at
+            .filter(|_| reason == RefreshReason::Scheduled);
         if let Some(expiry) = self.token_expiry {
             let left = (expiry - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
             self.ctx.metrics.remaining_lifetime.observe(left);
@@ -300,6 +298,15 @@ impl UserTokenState {
     fn finish_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, outcome: RefreshOutcome) {
         let reason = self.in_flight.take().unwrap_or(RefreshReason::Scheduled);
         self.ctx.metrics.refresh(reason.as_str(), outcome.label());
+        if let (Some(planned), RefreshOutcome::Refreshed(_)) =
+            (self.planned_for_in_flight.take(), &outcome)
+        {
+            let late = (Utc::now() - planned).to_std().unwrap_or(Duration::ZERO);
+            self.ctx
+                .metrics
+                .refresh_lateness
+                .observe(late.as_secs_f64());
+        }
         match outcome {
             RefreshOutcome::Refreshed(change) => {
                 self.version = change.version;

@@ -34,6 +34,8 @@ pub struct Report {
     pub duration_secs: u64,
     pub token_lifetime_secs: u64,
     pub refresh_lead_secs: u64,
+    /// Seeding the database, the sandbox and the microservice (not the service's work).
+    pub seed_secs: f64,
     /// From service start to `/readyz` answering 200 (every user loaded).
     pub load_secs: f64,
     pub rss_after_load_kib: u64,

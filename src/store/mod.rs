@@ -27,6 +27,9 @@ pub use users::{
     ActorSeed, NewTokens, RefreshCredentials, StoredTokens, SyncInfo, SyncSnapshot, TokenChange,
 };
 
+/// Connections to a SQLite database (see `Store::connect`).
+const SQLITE_CONNECTIONS: u32 = 2;
+
 /// Longest a readiness read may take before the database counts as not answering.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -61,6 +64,10 @@ impl Store {
         if url.starts_with("sqlite:") {
             // WAL lets readers go on during a write; the busy timeout makes concurrent writers
             // wait for the lock instead of failing with "database is locked".
+            // SQLite takes one writer at a time; writers on several connections only wait on
+            // each other's lock (the busy handler sleeps in steps of milliseconds), so a small
+            // pool that queues in memory is faster than a large one that sleeps.
+            options.max_connections(SQLITE_CONNECTIONS);
             options.map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -151,8 +151,10 @@ impl Store {
             self.cipher
                 .encrypt(t.expose_secret(), &refresh_context(user_id))
         });
-        let txn = self.db.begin().await?;
-        let existing = user::Entity::find_by_id(user_id).one(&txn).await?;
+        // No transaction on purpose: the write below is conditional on the version read, which
+        // already makes read-then-write safe, and a read transaction that upgrades to a write
+        // fails at once on SQLite (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
+        let existing = user::Entity::find_by_id(user_id).one(&self.db).await?;
         let Some(row) = existing else {
             let Some(refresh) = new_refresh else {
                 return Err(StoreError::NoRefreshToken);
@@ -178,18 +180,15 @@ impl Store {
                 created_at: Set(now),
                 updated_at: Set(now),
             };
-            return match user::Entity::insert(model).exec(&txn).await {
-                Ok(_) => {
-                    txn.commit().await?;
-                    Ok(Some(ActorSeed {
-                        user_id: user_id.to_string(),
-                        token_expiry: Some(tokens.expires_at),
-                        needs_reconnect: false,
-                        version: 1,
-                        refresh_count: 0,
-                        last_refresh_at: None,
-                    }))
-                }
+            return match user::Entity::insert(model).exec(&self.db).await {
+                Ok(_) => Ok(Some(ActorSeed {
+                    user_id: user_id.to_string(),
+                    token_expiry: Some(tokens.expires_at),
+                    needs_reconnect: false,
+                    version: 1,
+                    refresh_count: 0,
+                    last_refresh_at: None,
+                })),
                 // Another request inserted the row first: go round again as an update.
                 Err(e) if e.sql_err().is_some() => Ok(None),
                 Err(e) => Err(e.into()),
@@ -217,12 +216,11 @@ impl Store {
         let result = with_pending_sync(update, version, now)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(row.token_version))
-            .exec(&txn)
+            .exec(&self.db)
             .await?;
         if result.rows_affected == 0 {
             return Ok(None);
         }
-        txn.commit().await?;
         Ok(Some(ActorSeed {
             user_id: user_id.to_string(),
             token_expiry: Some(tokens.expires_at),

@@ -31,6 +31,7 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         quiet: true,
     };
     let report = run(args).await.expect("load test runs");
+    eprintln!("{}", report.table());
     assert_eq!(report.actors_listed, 1020, "every user has its actor");
     assert_eq!(report.connected_through_callback, 20);
     assert_eq!(
