@@ -617,12 +617,19 @@ async fn connect_one(
         .to_string();
     let started = Instant::now();
     let answer = http.get(callback).send().await?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let location = answer
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // An error redirect is a 302 too: only a completed connection counts.
     anyhow::ensure!(
-        answer.status() == 302,
-        "callback answered {}",
+        answer.status() == 302 && location.ends_with("google=connected"),
+        "callback answered {} to {location}",
         answer.status()
     );
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
+    Ok(elapsed)
 }
 
 /// Compares every user's database state with the microservice's copy.

@@ -296,6 +296,13 @@ impl TestApp {
             .await
             .expect("app restarts");
         self.url = app.url();
+        // Actors load in the background after a start; tests that talk to them wait for it,
+        // as an operator's deployment waits for `/readyz`.
+        let loaded = eventually(Duration::from_secs(10), || async {
+            app.supervisor.is_loaded()
+        })
+        .await;
+        assert!(loaded, "every user loaded after the restart");
         self.app = Some(app);
     }
 
