@@ -1,31 +1,17 @@
 //! The real binary: configuration errors name their variable on one line, `migrate` works,
 //! and `serve` runs the whole path against the sandbox servers.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use tokenwarden::sandbox::{
     MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
 };
 
+use crate::process::{Served, tokenwarden};
 use crate::support::{
     ADMIN_TOKEN, Backend, CLIENT_ID, CLIENT_SECRET, ENCRYPTION_KEY, JWT_SECRET, TestDatabase,
     eventually, jwt_for, location,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
-
-/// A command with a clean environment (only PATH), so the host's variables cannot leak in.
-fn tokenwarden(dir: &std::path::Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(dir);
-    command
-}
 
 fn required_env(command: &mut Command) -> &mut Command {
     command
@@ -111,35 +97,23 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
     .unwrap();
     let db = TestDatabase::create(Backend::Sqlite).await;
     let port = bind_loopback().await.unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = required_env(&mut tokenwarden(dir.path()))
-        .arg("serve")
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &db.url)
-        .env(
-            "GOOGLE_CALENDAR_REDIRECT_URI",
-            format!("{url}/api/integrations/google/callback"),
-        )
-        .env("GOOGLE_OAUTH_AUTH_URL", google.auth_url())
-        .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
-        .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
-        .env("GOOGLE_USERINFO_URL", google.userinfo_url())
-        .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
-        .env("FRONTEND_URL", "http://frontend.test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Starts `serve` and waits for `/readyz` 200.
+    let mut served = Served::start(
+        dir.path(),
+        port,
+        &db.url,
+        ENCRYPTION_KEY,
+        &google,
+        &microservice,
+        &[],
+    )
+    .await;
+    let url = served.url.clone();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        matches!(http.get(format!("{url}/readyz")).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
-    assert!(up, "serve became ready");
     let body: serde_json::Value = http
         .post(format!("{url}/api/integrations/google/connect"))
         .bearer_auth(jwt_for("cli-user", JWT_SECRET, 600))
@@ -166,22 +140,7 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
     assert!(synced);
 
     // SIGTERM: a clean exit with status 0.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
+    served.signal("TERM");
+    let exited = served.wait_exit(Duration::from_secs(10)).await;
     assert!(exited.expect("exited within 10 s").success());
 }
