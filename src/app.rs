@@ -79,6 +79,8 @@ impl App {
             metrics: metrics.clone(),
             refresh: config.refresh.clone(),
             permits: refresh_permits.clone(),
+            refreshing: Default::default(),
+            backlog: Default::default(),
         });
         let supervisor = Supervisor::start(ctx, UserScope::All).await?;
         // Queued before the front door opens, so a change made through it is never

@@ -1,8 +1,11 @@
 //! What every user actor shares: the store, the Google client, the sync dispatcher, metrics,
-//! refresh settings and the global limit on concurrent refreshes. Also the refresh job itself,
-//! which runs outside the actor's mailbox.
+//! refresh settings, the global limit on concurrent refreshes and the count of refreshes in
+//! progress. Also the refresh job itself, which runs outside the actor's mailbox.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 
 use tokio::sync::Semaphore;
 
@@ -25,6 +28,15 @@ pub struct ActorContext {
     /// Bounds refreshes in flight towards Google, so a crowd of users due at the same time
     /// does not open a crowd of connections.
     pub permits: Arc<Semaphore>,
+    /// Refreshes started and not yet returned, those still waiting for a permit included: the
+    /// supervisor wakes parked users only while this leaves room, so a backlog waits parked
+    /// (a few hundred bytes each) rather than as live actors queued at the semaphore.
+    pub refreshing: AtomicUsize,
+    /// Set by the supervisor while overdue users wait parked for lack of wake budget. A user
+    /// that has just refreshed then parks too instead of staying live, so that every next
+    /// refresh queues in the one wake schedule, ordered by due time: a live user with a short
+    /// period would otherwise refresh again and again ahead of the parked ones.
+    pub backlog: AtomicBool,
 }
 
 impl ActorContext {
@@ -32,6 +44,7 @@ impl ActorContext {
     /// push. Every write is conditional on the version read, so a reconnect or disconnect that
     /// happens meanwhile wins and this answer is dropped.
     pub async fn refresh(&self, user_id: &str) -> RefreshOutcome {
+        let _counted = Refreshing::enter(&self.refreshing);
         let Ok(_permit) = self.permits.acquire().await else {
             return RefreshOutcome::Transient("shutting down".into());
         };
@@ -81,5 +94,23 @@ impl ActorContext {
             Ok(seed) => RefreshOutcome::Superseded(seed),
             Err(e) => RefreshOutcome::Transient(format!("database: {e}")),
         }
+    }
+}
+
+/// Keeps one refresh counted in [`ActorContext::refreshing`] while it lives, so that every way
+/// out of a refresh (early returns, or its future dropped unfinished) uncounts it.
+struct Refreshing<'a>(&'a AtomicUsize);
+
+impl<'a> Refreshing<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        // Relaxed: the count only paces wake-ups, it guards no other memory.
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

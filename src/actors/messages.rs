@@ -172,7 +172,8 @@ pub enum SupervisorMsg {
     UserConnected { seed: ActorSeed },
     /// The user disconnected: stop the actor.
     UserDisconnected { user_id: String },
-    /// Start actors for a page of users loaded from the database; replies when done.
+    /// Park a page of users loaded from the database, for the wake schedule to start their
+    /// actors; replies when done.
     Adopt(Vec<ActorSeed>, RpcReplyPort<()>),
     /// Start (or restart) one user's actor from a freshly loaded row.
     AdoptOne { seed: ActorSeed },

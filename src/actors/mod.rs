@@ -64,7 +64,7 @@ impl Supervisor {
             .await;
     }
 
-    /// True once every actor of the initial load runs.
+    /// True once every user of the initial load has its slot (most of them parked).
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::SeqCst)
     }

@@ -2,10 +2,12 @@
 //! token actor or, while the user's next refresh is far away, a compact parked state
 //! ("hibernating", as Erlang hibernates processes and Orleans deactivates idle grains). One
 //! wake schedule brings a parked user back to life shortly before its refresh, or at once when
-//! a message for it arrives. The supervisor restarts a failed actor from its database row
-//! (with a backoff that grows while it keeps failing) and drops a user on disconnect. Which
-//! users this process runs is decided by [`UserScope`] alone, so that several nodes can later
-//! share one database by lease.
+//! a message for it arrives. Scheduled wake-ups are budgeted by the refreshes in progress, so a
+//! backlog of overdue users (a slow Google, the initial load) waits parked rather than as a
+//! crowd of live actors queued for a refresh permit. The supervisor restarts a failed actor
+//! from its database row (with a backoff that grows while it keeps failing) and drops a user
+//! on disconnect. Which users this process runs is decided by [`UserScope`] alone, so that
+//! several nodes can later share one database by lease.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -33,6 +35,15 @@ const LOAD_PAGE: u64 = 1000;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
 const RESTART_BASE: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+/// The wake budget's floor, so that a small `REFRESH_CONCURRENCY` still wakes users in
+/// batches worth a tick.
+const WAKE_HIGH_WATER_MIN: usize = 256;
+/// Users woken per refresh permit: enough queued at the semaphore to keep every permit busy
+/// until the next tick, few enough that a backlog costs a few thousand live actors at most.
+const WAKE_PER_PERMIT: usize = 4;
+/// The pause between wake ticks while a backlog drains: long enough for the users just woken
+/// to start their refreshes and show in the count, short enough not to leave permits idle.
+const WAKE_BACKLOG_TICK: Duration = Duration::from_millis(20);
 
 /// Which users this process runs actors for. Today every user; a multi-node deployment will
 /// answer from its leases instead.
@@ -93,6 +104,9 @@ pub struct SupervisorState {
     wake_schedule: BTreeSet<(i64, Arc<str>)>,
     /// The one timer of the wake schedule, and when it fires.
     wake_timer: Option<(i64, WakeTimer)>,
+    /// While a backlog drains, no wake tick before this (ms since the epoch): without it every
+    /// overdue user parked meanwhile would pull the next tick in to "now".
+    wake_not_before: i64,
     parked_count: i64,
 }
 
@@ -115,6 +129,7 @@ impl Actor for TokenSupervisor {
             restarts: HashMap::new(),
             wake_schedule: BTreeSet::new(),
             wake_timer: None,
+            wake_not_before: 0,
             parked_count: 0,
         })
     }
@@ -222,9 +237,10 @@ fn millis(at: DateTime<Utc>) -> i64 {
 }
 
 impl SupervisorState {
-    /// Takes a user in: a running actor is brought up to date; otherwise the user is parked
-    /// when its next refresh is far away, or started. `eager` starts it regardless (a fresh
-    /// connect: the actor decides for itself whether to hibernate).
+    /// Takes a user in: a running actor is brought up to date. Otherwise `eager` (a connect, a
+    /// restart after a crash) starts the actor, which decides for itself whether to hibernate;
+    /// the initial load parks every user, overdue ones included, and leaves the wake schedule
+    /// to bring them up within its budget, since a million live actors would not fit.
     async fn adopt(&mut self, myself: &ActorRef<SupervisorMsg>, seed: ActorSeed, eager: bool) {
         if !self.scope.owns(&seed.user_id) {
             return;
@@ -246,14 +262,11 @@ impl SupervisorState {
             restarts,
             planned_refresh(&self.ctx.refresh, seed.token_expiry),
         );
-        let far = parked
-            .next_refresh_at
-            .is_none_or(|at| at - Utc::now() > self.hibernate_after());
-        if far && !eager {
-            self.set_parked(myself, user_id, parked);
-        } else {
+        if eager {
             self.spawn(myself, user_id, seed, parked.next_refresh_at)
                 .await;
+        } else {
+            self.set_parked(myself, user_id, parked);
         }
     }
 
@@ -361,51 +374,68 @@ impl SupervisorState {
         }
     }
 
-    /// Wakes every parked user whose wake time has come, then re-arms the timer.
+    /// How many woken users may be on their way to Google at once (see [`WAKE_PER_PERMIT`]).
+    fn wake_high_water(&self) -> usize {
+        WAKE_HIGH_WATER_MIN.max(WAKE_PER_PERMIT.saturating_mul(self.ctx.refresh.concurrency))
+    }
+
+    /// Wakes parked users whose wake time has come, most overdue first, as many as the
+    /// refreshes in progress leave room for; the rest stay parked until a later tick.
     async fn wake_due(&mut self, myself: &ActorRef<SupervisorMsg>) {
         self.wake_timer = None;
         let now = millis(Utc::now());
-        let mut due = Vec::new();
-        while let Some(first) = self.wake_schedule.first() {
-            if first.0 > now {
+        let refreshing = self.ctx.refreshing.load(Ordering::Relaxed);
+        let mut budget = self.wake_high_water().saturating_sub(refreshing);
+        let mut backlog = false;
+        while let Some((wake_at, user_id)) = self.wake_schedule.first().cloned() {
+            if wake_at > now {
                 break;
             }
-            due.push(self.wake_schedule.pop_first().expect("peeked").1);
-        }
-        for user_id in due {
-            if let Some(Slot::Parked(parked)) = self.slots.get(&user_id) {
-                let parked = parked.clone();
-                // Its wake entry is gone already; put it back so unpark finds it consistent.
-                if let Some(at) = parked.next_refresh_at {
-                    self.wake_schedule
-                        .insert((millis(at - self.wake_ahead()), user_id.clone()));
+            if budget == 0 {
+                self.wake_not_before = now + WAKE_BACKLOG_TICK.as_millis() as i64;
+                backlog = true;
+                break;
+            }
+            match self.slots.get(&user_id) {
+                Some(Slot::Parked(parked)) => {
+                    let parked = parked.clone();
+                    let seed = parked.seed(&user_id);
+                    // spawn unparks, which removes the wake entry with the slot.
+                    self.spawn(myself, user_id, seed, parked.next_refresh_at)
+                        .await;
+                    budget -= 1;
                 }
-                let seed = parked.seed(&user_id);
-                self.spawn(myself, user_id, seed, parked.next_refresh_at)
-                    .await;
+                // Not parked any more, so nothing to wake; dropped so it cannot stall the
+                // schedule.
+                _ => {
+                    self.wake_schedule.remove(&(wake_at, user_id));
+                }
             }
         }
+        self.ctx.backlog.store(backlog, Ordering::Relaxed);
         self.arm_wake_timer(myself);
     }
 
-    /// Keeps one timer set for the earliest wake time.
+    /// Keeps one timer set for the earliest wake time, or for the next tick while a backlog
+    /// drains.
     fn arm_wake_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let Some((earliest, _)) = self.wake_schedule.first() else {
+        let Some(&(earliest, _)) = self.wake_schedule.first() else {
             return;
         };
+        let fire_at = earliest.max(self.wake_not_before);
         if self
             .wake_timer
             .as_ref()
-            .is_some_and(|(at, _)| *at <= *earliest)
+            .is_some_and(|(at, _)| *at <= fire_at)
         {
             return;
         }
         if let Some((_, timer)) = self.wake_timer.take() {
             timer.abort();
         }
-        let delay = Duration::from_millis((earliest - millis(Utc::now())).max(0) as u64);
+        let delay = Duration::from_millis((fire_at - millis(Utc::now())).max(0) as u64);
         let timer = myself.send_after(delay, || SupervisorMsg::WakeDue);
-        self.wake_timer = Some((*earliest, timer));
+        self.wake_timer = Some((fire_at, timer));
     }
 
     fn forget(&mut self, user_id: &str) {

@@ -224,7 +224,13 @@ impl UserTokenState {
             }),
             _ => false,
         };
-        let Some(supervisor) = myself.try_get_supervisor().filter(|_| idle) else {
+        if idle {
+            self.offer_hibernation(myself);
+        }
+    }
+
+    fn offer_hibernation(&mut self, myself: &ActorRef<UserTokenMsg>) {
+        let Some(supervisor) = myself.try_get_supervisor() else {
             return;
         };
         let offer = SupervisorMsg::Hibernate {
@@ -317,6 +323,9 @@ impl UserTokenState {
                 self.set_status(ActorStatus::Active);
                 tracing::info!(userId = %self.user_id, tokenExpiry = ?self.token_expiry, "access token refreshed");
                 self.schedule(myself);
+                if self.ctx.backlog.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.offer_hibernation(myself);
+                }
             }
             RefreshOutcome::Transient(error) => {
                 self.retry_later(myself, &error, self.ctx.refresh.retry_max);

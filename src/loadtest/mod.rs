@@ -84,14 +84,14 @@ pub struct LoadtestArgs {
     #[arg(long)]
     pub rotate: bool,
     /// `REFRESH_CONCURRENCY` of the service.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub refresh_concurrency: u64,
     /// `ACTOR_HIBERNATE_AFTER_SECS` of the service: short, so that only the users due soon
     /// hold a live actor.
     #[arg(long, default_value_t = 10)]
     pub hibernate_after_secs: u64,
     /// `SYNC_CONCURRENCY` of the service.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub sync_concurrency: u64,
     /// Where the JSON report goes.
     #[arg(long, default_value = "loadtest-report.json")]

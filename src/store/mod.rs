@@ -3,6 +3,7 @@
 //! (this module encrypts on write and decrypts on read). It knows nothing of HTTP, actors or
 //! Google.
 
+mod batch;
 mod bulk;
 pub mod entity;
 mod rotation;
@@ -51,6 +52,10 @@ pub enum StoreError {
 pub struct Store {
     db: DatabaseConnection,
     cipher: TokenCipher,
+    /// Row reads by user id, batched (see `batch`).
+    reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
+    /// The hot writes of a refresh, batched into one transaction at a time.
+    writes: batch::Batcher<batch::Write, Result<bool, StoreError>>,
 }
 
 impl Store {
@@ -78,7 +83,32 @@ impl Store {
         }
         let db = Database::connect(options).await?;
         Migrator::up(&db, None).await?;
-        Ok(Self { db, cipher })
+        Ok(Self::batched(db, cipher))
+    }
+
+    fn batched(db: DatabaseConnection, cipher: TokenCipher) -> Self {
+        // SQLite serves one reader per connection and the pool is small; PostgreSQL can take
+        // two read batches at once.
+        let read_parallel = match db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => 2,
+            _ => 1,
+        };
+        let reader = db.clone();
+        let reads = batch::Batcher::spawn(read_parallel, move |ids| {
+            let db = reader.clone();
+            async move { batch::read_rows(&db, ids).await }
+        });
+        let writer = db.clone();
+        let writes = batch::Batcher::spawn(1, move |rows| {
+            let db = writer.clone();
+            async move { batch::write_rows(&db, rows).await }
+        });
+        Self {
+            db,
+            cipher,
+            reads,
+            writes,
+        }
     }
 
     /// Applies pending migrations to the database at `url` and returns.

@@ -11,7 +11,11 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Store, StoreError, entity::user};
+use super::{
+    Store, StoreError,
+    batch::{self, RefreshedRow, Write},
+    entity::user,
+};
 
 /// Tokens from a code exchange, ready to be saved.
 pub struct NewTokens {
@@ -117,7 +121,10 @@ pub(super) fn refresh_context(user_id: &str) -> String {
 impl Store {
     /// One user's row, if any.
     pub async fn user(&self, user_id: &str) -> Result<Option<user::Model>, StoreError> {
-        Ok(user::Entity::find_by_id(user_id).one(&self.db).await?)
+        self.reads
+            .call(user_id.to_string())
+            .await
+            .unwrap_or_else(|| Err(batch::lost()))
     }
 
     /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
@@ -265,35 +272,27 @@ impl Store {
         scope: Option<&str>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let now = Utc::now();
-        let version = expected_version + 1;
-        let access = self
-            .cipher
-            .encrypt(access_token.expose_secret(), &access_context(user_id));
-        let mut update = user::Entity::update_many()
-            .col_expr(user::Column::GoogleAccessToken, Expr::value(access))
-            .col_expr(user::Column::GoogleTokenExpiry, Expr::value(expires_at))
-            .col_expr(user::Column::LastRefreshAt, Expr::value(now))
-            .col_expr(
-                user::Column::RefreshCount,
-                Expr::col(user::Column::RefreshCount).add(1),
-            );
-        if let Some(rotated) = rotated_refresh_token {
-            let sealed = self
+        let row = RefreshedRow {
+            user_id: user_id.to_string(),
+            expected_version,
+            access: self
                 .cipher
-                .encrypt(rotated.expose_secret(), &refresh_context(user_id));
-            update = update.col_expr(user::Column::GoogleRefreshToken, Expr::value(sealed));
-        }
-        if let Some(scope) = scope {
-            update = update.col_expr(user::Column::GoogleScope, Expr::value(scope.to_string()));
-        }
-        let result = with_pending_sync(update, version, now)
-            .filter(user::Column::UserId.eq(user_id))
-            .filter(user::Column::TokenVersion.eq(expected_version))
-            .filter(user::Column::GoogleCalendarConnected.eq(true))
-            .exec(&self.db)
-            .await?;
-        Ok((result.rows_affected == 1).then_some(TokenChange {
-            version,
+                .encrypt(access_token.expose_secret(), &access_context(user_id)),
+            rotated_refresh: rotated_refresh_token.map(|rotated| {
+                self.cipher
+                    .encrypt(rotated.expose_secret(), &refresh_context(user_id))
+            }),
+            expires_at,
+            scope: scope.map(str::to_string),
+            now,
+        };
+        let saved = self
+            .writes
+            .call(Write::Refreshed(row))
+            .await
+            .unwrap_or_else(|| Err(batch::lost()))?;
+        Ok(saved.then_some(TokenChange {
+            version: expected_version + 1,
             token_expiry: Some(expires_at),
         }))
     }
@@ -378,9 +377,18 @@ impl Store {
     }
 
     /// Records the microservice's acknowledgement of `version` (ignored if already stale).
+    #[tracing::instrument(name = "db.record_sync", skip_all, fields(user.id = %user_id))]
     pub async fn mark_synced(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, "synced", None)
+        let ack = Write::Synced {
+            user_id: user_id.to_string(),
+            version,
+            now: Utc::now(),
+        };
+        self.writes
+            .call(ack)
             .await
+            .unwrap_or_else(|| Err(batch::lost()))
+            .map(|_| ())
     }
 
     /// Records that sync is skipped (no microservice configured) for `version`.
@@ -442,7 +450,18 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<ActorSeed>, StoreError> {
+        // Only the schedule columns: at a million users, decoding the token ciphertexts too
+        // would double the load time for data the actors never hold.
         let mut query = user::Entity::find()
+            .select_only()
+            .columns([
+                user::Column::UserId,
+                user::Column::GoogleTokenExpiry,
+                user::Column::NeedsReconnect,
+                user::Column::TokenVersion,
+                user::Column::RefreshCount,
+                user::Column::LastRefreshAt,
+            ])
             .filter(
                 user::Column::GoogleCalendarConnected
                     .eq(true)
@@ -453,11 +472,36 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(user::Column::UserId.gt(after));
         }
-        Ok(query
-            .all(&self.db)
-            .await?
+        type SeedRow = (
+            String,
+            Option<DateTime<Utc>>,
+            bool,
+            i64,
+            i64,
+            Option<DateTime<Utc>>,
+        );
+        let rows: Vec<SeedRow> = query.into_tuple().all(&self.db).await?;
+        Ok(rows
             .into_iter()
-            .map(ActorSeed::from)
+            .map(
+                |(
+                    user_id,
+                    token_expiry,
+                    needs_reconnect,
+                    version,
+                    refresh_count,
+                    last_refresh_at,
+                )| {
+                    ActorSeed {
+                        user_id,
+                        token_expiry,
+                        needs_reconnect,
+                        version,
+                        refresh_count,
+                        last_refresh_at,
+                    }
+                },
+            )
             .collect())
     }
 

@@ -16,6 +16,7 @@ mod refresh;
 mod restart;
 mod rotation;
 mod sandbox;
+mod store_batch;
 mod support;
 mod sync_failures;
 mod telemetry;

@@ -1,0 +1,301 @@
+//! Micro-batching of the queries every refresh makes: row reads by user id, the save of a
+//! refreshed token and the record of a microservice acknowledgement. Callers still await one
+//! answer for one user; underneath, whatever queued up while the previous batch ran goes to
+//! the database as one statement (reads) or one transaction (writes). At a few refreshes a
+//! second a batch holds one request and nothing waits; at thousands a second one commit
+//! carries hundreds of rows, which is what lets the service go past the database's
+//! single-row update ceiling. Writes go through one writer so that SQLite writers never queue
+//! on each other's lock (its busy handler sleeps in whole milliseconds). This module owns the
+//! batch SQL; the meaning of each write stays in `users`.
+
+use std::{collections::HashMap, fmt, future::Future, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    Statement, TransactionTrait, Value,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{StoreError, entity::user};
+
+/// Most requests one batch carries (SQLite allows 32,766 bound values per statement).
+const MAX_BATCH: usize = 256;
+
+type Job<Req, Resp> = (Req, oneshot::Sender<Resp>);
+
+/// Queues requests and runs them in batches, at most `parallel` batches at a time.
+pub(super) struct Batcher<Req, Resp> {
+    tx: mpsc::UnboundedSender<Job<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Batcher<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Batcher<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Batcher")
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the batching task; it ends when the last handle is dropped. `run` answers a
+    /// batch with one response per request, in order.
+    pub fn spawn<F, Fut>(parallel: usize, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job<Req, Resp>>();
+        let run = Arc::new(run);
+        let slots = Arc::new(Semaphore::new(parallel.max(1)));
+        tokio::spawn(async move {
+            // Waiting for a free slot before taking requests is what makes batches form:
+            // while every slot is busy, requests pile up in the channel.
+            while let Ok(slot) = slots.clone().acquire_owned().await {
+                let Some(first) = rx.recv().await else { break };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let responses = run(requests).await;
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(response);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues one request and waits for its answer; `None` if the batch was lost.
+    pub async fn call(&self, request: Req) -> Option<Resp> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((request, reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// The error every request of a failed batch gets (`DbErr` cannot be cloned).
+pub(super) fn batch_error(e: &DbErr) -> StoreError {
+    StoreError::Db(DbErr::Custom(e.to_string()))
+}
+
+/// The error of a request whose batch never answered (the store is shutting down).
+pub(super) fn lost() -> StoreError {
+    StoreError::Db(DbErr::Custom("batched query dropped".into()))
+}
+
+/// Reads the rows of `user_ids` in one query; one answer per id, in order.
+pub(super) async fn read_rows(
+    db: &DatabaseConnection,
+    user_ids: Vec<String>,
+) -> Vec<Result<Option<user::Model>, StoreError>> {
+    let found = user::Entity::find()
+        .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
+        .all(db)
+        .await;
+    match found {
+        Ok(rows) => {
+            let by_id: HashMap<String, user::Model> =
+                rows.into_iter().map(|r| (r.user_id.clone(), r)).collect();
+            // `get`, not `remove`: the same user may be asked for twice in one batch.
+            user_ids
+                .iter()
+                .map(|id| Ok(by_id.get(id).cloned()))
+                .collect()
+        }
+        Err(e) => user_ids.iter().map(|_| Err(batch_error(&e))).collect(),
+    }
+}
+
+/// A refresh's answer, sealed, to be saved if the row is still at `expected_version`.
+pub(super) struct RefreshedRow {
+    pub user_id: String,
+    pub expected_version: i64,
+    pub access: String,
+    pub rotated_refresh: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub scope: Option<String>,
+    pub now: DateTime<Utc>,
+}
+
+/// A write the batched writer knows.
+pub(super) enum Write {
+    Refreshed(RefreshedRow),
+    /// The microservice acknowledged `version`.
+    Synced {
+        user_id: String,
+        version: i64,
+        now: DateTime<Utc>,
+    },
+}
+
+/// Runs a batch of writes in one transaction; each answer says whether its row was written.
+pub(super) async fn write_rows(
+    db: &DatabaseConnection,
+    writes: Vec<Write>,
+) -> Vec<Result<bool, StoreError>> {
+    match try_write_rows(db, &writes).await {
+        Ok(done) => done.into_iter().map(Ok).collect(),
+        Err(e) => writes.iter().map(|_| Err(batch_error(&e))).collect(),
+    }
+}
+
+async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<bool>, DbErr> {
+    let backend = db.get_database_backend();
+    let refreshed: Vec<&RefreshedRow> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Refreshed(row) => Some(row),
+            Write::Synced { .. } => None,
+        })
+        .collect();
+    let synced: Vec<(&str, i64, DateTime<Utc>)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Synced {
+                user_id,
+                version,
+                now,
+            } => Some((user_id.as_str(), *version, *now)),
+            Write::Refreshed(_) => None,
+        })
+        .collect();
+    let txn = db.begin().await?;
+    let mut saved: Vec<String> = Vec::new();
+    if !refreshed.is_empty() {
+        for row in txn
+            .query_all_raw(save_refreshed_statement(backend, &refreshed))
+            .await?
+        {
+            saved.push(row.try_get("", "user_id")?);
+        }
+    }
+    if !synced.is_empty() {
+        txn.execute_raw(mark_synced_statement(backend, &synced))
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(writes
+        .iter()
+        .map(|w| match w {
+            Write::Refreshed(row) => saved.contains(&row.user_id),
+            // Stale acknowledgements change nothing, by design; there is nothing to report.
+            Write::Synced { .. } => true,
+        })
+        .collect())
+}
+
+/// Placeholders and casts differ: PostgreSQL numbers its parameters and needs the types of
+/// a VALUES list; SQLite takes `?` and would mangle a timestamp cast (NUMERIC affinity).
+struct Params {
+    backend: DbBackend,
+    values: Vec<Value>,
+}
+
+impl Params {
+    fn new(backend: DbBackend) -> Self {
+        Self {
+            backend,
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, value: impl Into<Value>, pg_type: &str) -> String {
+        self.values.push(value.into());
+        match self.backend {
+            DbBackend::Postgres => format!("CAST(${} AS {pg_type})", self.values.len()),
+            _ => "?".to_string(),
+        }
+    }
+
+    fn statement(self, sql: String) -> Statement {
+        Statement::from_sql_and_values(self.backend, sql, self.values)
+    }
+}
+
+/// One conditional update of many rows: each row gets its new token only if its version is
+/// still the one the refresh read, exactly as the single-row save did.
+fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> Statement {
+    let mut params = Params::new(backend);
+    let tuples: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let fields = [
+                params.push(r.user_id.clone(), "TEXT"),
+                params.push(r.expected_version, "BIGINT"),
+                params.push(r.access.clone(), "TEXT"),
+                params.push(r.rotated_refresh.clone(), "TEXT"),
+                params.push(r.expires_at, "TIMESTAMPTZ"),
+                params.push(r.scope.clone(), "TEXT"),
+                params.push(r.now, "TIMESTAMPTZ"),
+            ];
+            format!("({})", fields.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "WITH v(uid, expected, access, rotated, expiry, scope, now) AS (VALUES {}) \
+         UPDATE users SET \
+           google_access_token = v.access, \
+           google_refresh_token = COALESCE(v.rotated, users.google_refresh_token), \
+           google_token_expiry = v.expiry, \
+           last_refresh_at = v.now, \
+           refresh_count = users.refresh_count + 1, \
+           google_scope = COALESCE(v.scope, users.google_scope), \
+           token_version = v.expected + 1, \
+           sync_state = 'pending', \
+           sync_attempts = 0, \
+           sync_last_error = NULL, \
+           updated_at = v.now \
+         FROM v \
+         WHERE users.user_id = v.uid \
+           AND users.token_version = v.expected \
+           AND users.google_calendar_connected = TRUE \
+         RETURNING users.user_id AS user_id",
+        tuples.join(", ")
+    );
+    params.statement(sql)
+}
+
+/// Records many acknowledgements; each applies only if the row is still at that version.
+fn mark_synced_statement(backend: DbBackend, acks: &[(&str, i64, DateTime<Utc>)]) -> Statement {
+    let mut params = Params::new(backend);
+    let tuples: Vec<String> = acks
+        .iter()
+        .map(|(user_id, version, now)| {
+            let fields = [
+                params.push(user_id.to_string(), "TEXT"),
+                params.push(*version, "BIGINT"),
+                params.push(*now, "TIMESTAMPTZ"),
+            ];
+            format!("({})", fields.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "WITH v(uid, ver, now) AS (VALUES {}) \
+         UPDATE users SET \
+           sync_state = 'synced', \
+           sync_last_error = NULL, \
+           sync_attempts = 0, \
+           synced_version = v.ver, \
+           synced_at = v.now, \
+           updated_at = v.now \
+         FROM v \
+         WHERE users.user_id = v.uid AND users.token_version = v.ver",
+        tuples.join(", ")
+    );
+    params.statement(sql)
+}

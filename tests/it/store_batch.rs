@@ -1,0 +1,137 @@
+//! The batched hot path of the store (`src/store/batch.rs`): many users refreshing and
+//! acknowledged at once share one statement per batch, and each still gets the answer the
+//! single-row, version-conditional write would have given. Real SQLite file and PostgreSQL.
+
+use chrono::{Duration, Utc};
+use futures::future::join_all;
+use secrecy::{ExposeSecret, SecretString};
+use tokenwarden::{
+    crypto::TokenCipher,
+    store::{SeedUser, Store},
+};
+
+use crate::{
+    on_both_backends,
+    support::{Backend, TestDatabase},
+};
+
+const USERS: usize = 40;
+
+fn user(i: usize) -> String {
+    format!("batch-user-{i:03}")
+}
+
+async fn seeded_store(db: &TestDatabase) -> Store {
+    let store = Store::connect(&db.url, TokenCipher::new(&[7u8; 32]))
+        .await
+        .expect("store");
+    let users: Vec<SeedUser> = (0..USERS)
+        .map(|i| SeedUser {
+            user_id: user(i),
+            access_token: format!("old-access-{i}"),
+            refresh_token: format!("old-refresh-{i}"),
+            expires_at: Utc::now() + Duration::minutes(5),
+            scope: "calendar".into(),
+        })
+        .collect();
+    store.seed_users(&users).await.expect("seed");
+    store
+}
+
+/// Even users save at their current version (1); odd users claim a version that a newer
+/// change has moved past, so their answer must be void and their row untouched.
+async fn concurrent_saves_keep_the_version_check(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let store = seeded_store(&db).await;
+    let expiry = Utc::now() + Duration::minutes(60);
+    let saves = (0..USERS).map(|i| {
+        let store = store.clone();
+        async move {
+            let expected = if i % 2 == 0 { 1 } else { 7 };
+            let access = SecretString::from(format!("new-access-{i}"));
+            let rotated = (i % 4 == 0).then(|| SecretString::from(format!("new-refresh-{i}")));
+            let scope = (i % 4 == 2).then_some("calendar openid");
+            store
+                .save_refreshed(&user(i), expected, &access, rotated.as_ref(), expiry, scope)
+                .await
+        }
+    });
+    let answers = join_all(saves).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let change = answer.expect("save");
+        if i % 2 == 0 {
+            let change = change.unwrap_or_else(|| panic!("user {i} at its version was not saved"));
+            assert_eq!(change.version, 2);
+            assert_eq!(change.token_expiry, Some(expiry));
+        } else {
+            assert!(change.is_none(), "user {i} with a stale version was saved");
+        }
+    }
+    let rows = store.audit_page(None, 1000).await.expect("audit");
+    assert_eq!(rows.len(), USERS);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.user_id, user(i));
+        let credentials = store
+            .refresh_credentials(&row.user_id)
+            .await
+            .expect("read")
+            .expect("connected");
+        let refresh = credentials.refresh_token.expose_secret().to_string();
+        if i % 2 == 0 {
+            assert_eq!(
+                row.access_token.as_deref(),
+                Some(&*format!("new-access-{i}"))
+            );
+            assert_eq!((row.token_version, row.refresh_count), (2, 1));
+            assert_eq!(row.sync_state, "pending");
+            let expected_refresh = if i % 4 == 0 {
+                "new-refresh"
+            } else {
+                "old-refresh"
+            };
+            assert_eq!(refresh, format!("{expected_refresh}-{i}"));
+            let stored = store.user(&row.user_id).await.unwrap().unwrap();
+            let scope = if i % 4 == 2 {
+                "calendar openid"
+            } else {
+                "calendar"
+            };
+            assert_eq!(stored.google_scope.as_deref(), Some(scope));
+        } else {
+            assert_eq!(
+                row.access_token.as_deref(),
+                Some(&*format!("old-access-{i}"))
+            );
+            assert_eq!((row.token_version, row.refresh_count), (1, 0));
+            assert_eq!(row.sync_state, "synced");
+            assert_eq!(refresh, format!("old-refresh-{i}"));
+        }
+    }
+    // Acknowledgements, batched too: only one for the row's current version counts.
+    let acks = (0..USERS).map(|i| {
+        let store = store.clone();
+        async move {
+            let version = if i % 2 == 0 { 2 } else { 5 };
+            store.mark_synced(&user(i), version).await
+        }
+    });
+    for result in join_all(acks).await {
+        result.expect("ack");
+    }
+    for (i, row) in store
+        .audit_page(None, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(row.sync_state, "synced", "user {i}");
+        let acknowledged = if i % 2 == 0 { 2 } else { 1 };
+        assert_eq!(row.synced_version, acknowledged, "user {i}");
+    }
+    // A user the database has never seen reads as absent, beside ones it has.
+    let reads = join_all(["nobody", "batch-user-000"].map(|id| store.user(id))).await;
+    assert!(reads[0].as_ref().unwrap().is_none());
+    assert!(reads[1].as_ref().unwrap().is_some());
+}
+on_both_backends!(concurrent_saves_keep_the_version_check);
