@@ -279,7 +279,7 @@ async fn seed(
         .token_lifetime_secs
         .saturating_sub(args.refresh_lead_secs)
         .max(1) as f64;
-    let margin = 3 + (args.users / 12000) as i64;
+    let margin = 3 + (args.users / 8000) as i64;
     let first_refresh = Utc::now() + chrono::Duration::seconds(margin);
     let first_due = first_refresh + chrono::Duration::seconds(args.refresh_lead_secs as i64);
     let users = args.users as usize;
