@@ -14,7 +14,7 @@ use crate::{
     config::RefreshConfig,
     google::{GoogleClient, GoogleError},
     metrics::Metrics,
-    store::Store,
+    store::{Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
 };
 
@@ -54,13 +54,17 @@ impl ActorContext {
             Err(e) => return RefreshOutcome::Transient(format!("database: {e}")),
         };
         let version = credentials.version;
-        let result = match self
+        // The tokens saved are also what the microservice must get: handed to the sync as
+        // they are, they save it a read and two decryptions. Without a scope in Google's
+        // answer the stored one stays, which only the row knows.
+        let (result, saved_tokens) = match self
             .google
             .refresh(user_id, &credentials.refresh_token)
             .await
         {
             Ok(tokens) => {
-                self.store
+                let result = self
+                    .store
                     .save_refreshed(
                         user_id,
                         version,
@@ -69,15 +73,35 @@ impl ActorContext {
                         tokens.expires_at,
                         tokens.scope.as_deref(),
                     )
-                    .await
+                    .await;
+                let saved = tokens.scope.map(|scope| StoredTokens {
+                    access_token: tokens.access_token,
+                    refresh_token: tokens.refresh_token.unwrap_or(credentials.refresh_token),
+                    token_expiry: tokens.expires_at,
+                    scope,
+                });
+                (result, saved)
             }
-            Err(GoogleError::Revoked(_)) => self.store.mark_revoked(user_id, version).await,
+            Err(GoogleError::Revoked(_)) => (self.store.mark_revoked(user_id, version).await, None),
             Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
             Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
         };
         match result {
             Ok(Some(change)) => {
-                self.sync.changed(user_id);
+                let state = match (change.token_expiry, saved_tokens) {
+                    (Some(_), Some(tokens)) => Some(SyncSnapshot::Connected {
+                        version: change.version,
+                        tokens,
+                    }),
+                    (None, _) => Some(SyncSnapshot::Disconnected {
+                        version: change.version,
+                    }),
+                    (Some(_), None) => None,
+                };
+                match state {
+                    Some(state) => self.sync.changed_to(user_id, state),
+                    None => self.sync.changed(user_id),
+                }
                 if change.token_expiry.is_some() {
                     RefreshOutcome::Refreshed(change)
                 } else {

@@ -1,12 +1,14 @@
-//! One delivery to the microservice: read the user's current state, POST it (or DELETE when
-//! the user is disconnected), record the outcome in the database, and log with the seed's
-//! messages and fields, word for word, so existing runbooks keep working.
+//! One delivery to the microservice: take the user's state (carried by the change, or read
+//! from the row), POST it (or DELETE when the user is disconnected), record the outcome in the
+//! database, and log with the seed's messages and fields, word for word, so existing runbooks
+//! keep working.
 
 use chrono::SecondsFormat;
 use opentelemetry::Context;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -24,6 +26,15 @@ struct ConnectBody<'a> {
     refresh_token: &'a str,
     token_expiry: String,
     scope: &'a str,
+}
+
+/// One call to make for one user.
+pub struct Call {
+    pub user_id: String,
+    /// The state to send, when the change that asked for the call carried it.
+    pub known: Option<SyncSnapshot>,
+    pub cx: Context,
+    pub attempt: u32,
 }
 
 /// How a single call went.
@@ -58,25 +69,39 @@ impl MicroserviceClient {
         })
     }
 
-    /// Brings the microservice up to the user's current state; true when nothing is left to
-    /// do for the version it read.
-    /// The call's span (`microservice.sync` or `microservice.delete`) joins `cx`, the trace of
-    /// the change that caused it.
+    /// Brings the microservice up to the user's state: `call.known` when the change carried
+    /// it, else the row as it is now. Answers whether nothing is left to do for the version
+    /// sent, and that version. Only the HTTP call holds one of `permits` (which bound the
+    /// calls to the microservice); reading and recording wait in the store's batches outside
+    /// it. The call's span (`microservice.sync` or `microservice.delete`) joins `call.cx`, the
+    /// trace of the change that caused it.
     pub async fn deliver(
         &self,
         store: &Store,
         metrics: &Metrics,
-        user_id: &str,
-        cx: Context,
-        attempt: u32,
-    ) -> bool {
-        let snapshot = match store.sync_snapshot(user_id).await {
-            Ok(Some(snapshot)) => snapshot,
-            Ok(None) => return true,
-            Err(e) => {
-                tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
-                return false;
-            }
+        permits: &Semaphore,
+        call: Call,
+    ) -> (bool, Option<i64>) {
+        let Call {
+            user_id,
+            known,
+            cx,
+            attempt,
+        } = call;
+        let user_id = user_id.as_str();
+        let snapshot = match known {
+            Some(snapshot) => snapshot,
+            None => match store.sync_snapshot(user_id).await {
+                Ok(Some(snapshot)) => snapshot,
+                Ok(None) => return (true, None),
+                Err(e) => {
+                    tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
+                    return (false, None);
+                }
+            },
+        };
+        let Ok(permit) = permits.acquire().await else {
+            return (false, None);
         };
         let version = snapshot.version();
         let span = match &snapshot {
@@ -106,6 +131,7 @@ impl MicroserviceClient {
                 ("delete", self.delete(user_id).instrument(span).await)
             }
         };
+        drop(permit);
         let recorded = match &outcome {
             Delivery::Delivered => {
                 metrics.sync(op, "ok");
@@ -125,7 +151,8 @@ impl MicroserviceClient {
             // upsert and delete are idempotent.
             tracing::warn!(userId = %user_id, error = %e, "cannot record sync outcome");
         }
-        recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. })
+        let done = recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. });
+        (done, Some(version))
     }
 
     fn endpoint(&self, base: &str, segments: &[&str]) -> String {

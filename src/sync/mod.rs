@@ -1,9 +1,12 @@
 //! Pushes every token change to the microservice (CONTRACT section 5).
 //!
 //! The [`SyncDispatcher`] keeps one lane per user with at most one call in flight: a change
-//! that arrives meanwhile only marks the lane dirty, and the next call reads the user's state
-//! from the database at send time. So calls for one user never overlap, the last call always
-//! carries the newest state, and intermediate states are skipped rather than replayed. The
+//! that arrives meanwhile only marks the lane dirty, and the next call sends the newest state:
+//! the one the latest change carried (a refresh hands over the tokens it just saved, which
+//! saves a read per refresh), or the row as read at send time when any change came without
+//! its state. Versions only grow, so a carried state at or below a version already sent is
+//! dropped for a read. So calls for one user never overlap, the last call always carries the
+//! newest state, and intermediate states are skipped rather than replayed. The
 //! durable `sync_state` column (written by `store`) lets a restart find unfinished pushes.
 //! Failures retry with capped exponential backoff. This module never blocks its callers and
 //! never touches actors.
@@ -11,7 +14,7 @@
 mod client;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,15 +23,28 @@ use opentelemetry::Context;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::MicroserviceConfig, metrics::Metrics, store::Store};
+use crate::{
+    config::MicroserviceConfig,
+    metrics::Metrics,
+    store::{Store, SyncSnapshot},
+};
+use client::Call;
 pub use client::{Delivery, MicroserviceClient};
 
+/// How long a closed lane's last sent version is kept. A notice is sent right after its
+/// write, so one overtaken by a newer change arrives within moments; a minute covers any
+/// scheduling delay with a wide margin, for ~150k small entries at 2,500 changes a second.
+const RECENT_WINDOW: Duration = Duration::from_secs(60);
+
 enum Command {
-    /// The user changed; the context is the trace of whatever changed it.
-    Changed(String, Context),
+    /// The user changed, to the state given if known; the context is the trace of whatever
+    /// changed it.
+    Changed(String, Context, Option<SyncSnapshot>),
     Finished {
         user_id: String,
         delivered: bool,
+        /// The version the call sent, if it got as far as knowing it.
+        version: Option<i64>,
     },
     RetryDue {
         user_id: String,
@@ -50,6 +66,12 @@ struct Lane {
     in_flight_since: Option<Instant>,
     /// Bumped whenever a call starts, so a retry timer from before it is ignored.
     generation: u64,
+    /// The state the latest change carried, to send without reading the row.
+    known: Option<SyncSnapshot>,
+    /// A change came without its state: the next call reads the row.
+    must_read: bool,
+    /// The highest version a call has sent; a carried state not above it is stale.
+    sent: i64,
 }
 
 /// Cheap handle that queues "this user changed" notices.
@@ -69,6 +91,8 @@ impl SyncDispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = Worker {
             lanes: HashMap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
             client: MicroserviceClient::new(config)?,
             store,
             metrics,
@@ -83,15 +107,31 @@ impl SyncDispatcher {
 
     /// The user's tokens changed (or were cleared): make the microservice catch up.
     pub fn changed(&self, user_id: &str) {
+        self.notify(user_id, None);
+    }
+
+    /// The user's tokens changed to `state`, which the caller has just saved.
+    pub fn changed_to(&self, user_id: &str, state: SyncSnapshot) {
+        self.notify(user_id, Some(state));
+    }
+
+    fn notify(&self, user_id: &str, state: Option<SyncSnapshot>) {
         // The worker only stops when every handle is gone, so a send cannot fail while we
         // hold one; ignoring the result is safe.
         let cx = crate::telemetry::current_context();
-        let _ = self.tx.send(Command::Changed(user_id.to_string(), cx));
+        let _ = self
+            .tx
+            .send(Command::Changed(user_id.to_string(), cx, state));
     }
 }
 
 struct Worker {
     lanes: HashMap<String, Lane>,
+    /// The version last sent for users whose lane closed within [`RECENT_WINDOW`], and when
+    /// it closed: a notice that lost the race against a newer change and arrives after the
+    /// lane closed must still not push its older state.
+    recent: HashMap<String, (i64, Instant)>,
+    recent_order: VecDeque<(Instant, String)>,
     client: MicroserviceClient,
     store: Store,
     metrics: Arc<Metrics>,
@@ -113,8 +153,12 @@ impl Worker {
                 },
             };
             match command {
-                Command::Changed(user_id, cx) => self.on_changed(user_id, cx),
-                Command::Finished { user_id, delivered } => self.on_finished(user_id, delivered),
+                Command::Changed(user_id, cx, state) => self.on_changed(user_id, cx, state),
+                Command::Finished {
+                    user_id,
+                    delivered,
+                    version,
+                } => self.on_finished(user_id, delivered, version),
                 Command::RetryDue {
                     user_id,
                     generation,
@@ -126,9 +170,32 @@ impl Worker {
         self.permits.close();
     }
 
-    fn on_changed(&mut self, user_id: String, cx: Context) {
-        let lane = self.lanes.entry(user_id.clone()).or_default();
+    fn on_changed(&mut self, user_id: String, cx: Context, state: Option<SyncSnapshot>) {
+        self.forget_old_lanes();
+        let sent = self.recent.get(&user_id).map_or(0, |(version, _)| *version);
+        let lane = self.lanes.entry(user_id.clone()).or_insert_with(|| Lane {
+            sent,
+            ..Lane::default()
+        });
         lane.cx = cx;
+        match state {
+            // Notices can arrive out of order (two writers race to send them), so a state is
+            // only kept if it is the newest seen, and never once a change came without one.
+            Some(state) if !lane.must_read => {
+                if lane
+                    .known
+                    .as_ref()
+                    .is_none_or(|k| k.version() < state.version())
+                {
+                    lane.known = Some(state);
+                }
+            }
+            Some(_) => {}
+            None => {
+                lane.must_read = true;
+                lane.known = None;
+            }
+        }
         lane.pending_since.get_or_insert_with(Instant::now);
         if lane.in_flight {
             lane.dirty = true;
@@ -138,18 +205,25 @@ impl Worker {
         }
     }
 
-    fn on_finished(&mut self, user_id: String, delivered: bool) {
+    fn on_finished(&mut self, user_id: String, delivered: bool, version: Option<i64>) {
         let Some(lane) = self.lanes.get_mut(&user_id) else {
             return;
         };
         lane.in_flight = false;
+        if let Some(version) = version {
+            lane.sent = lane.sent.max(version);
+        }
         if delivered && let Some(since) = lane.in_flight_since.take() {
             self.metrics.sync_lag.observe(since.elapsed().as_secs_f64());
         }
         if lane.dirty {
             self.start(user_id);
         } else if delivered {
-            self.lanes.remove(&user_id);
+            if let Some(lane) = self.lanes.remove(&user_id) {
+                let now = Instant::now();
+                self.recent.insert(user_id.clone(), (lane.sent, now));
+                self.recent_order.push_back((now, user_id));
+            }
         } else {
             lane.failures += 1;
             let delay = backoff(self.retry_base, self.retry_max, lane.failures);
@@ -164,6 +238,23 @@ impl Worker {
                     });
                 }
             });
+        }
+    }
+
+    fn forget_old_lanes(&mut self) {
+        while let Some((closed, _)) = self.recent_order.front() {
+            if closed.elapsed() < RECENT_WINDOW {
+                break;
+            }
+            let (closed, user_id) = self.recent_order.pop_front().expect("peeked");
+            // Only if it did not close again since.
+            if self
+                .recent
+                .get(&user_id)
+                .is_some_and(|(_, at)| *at == closed)
+            {
+                self.recent.remove(&user_id);
+            }
         }
     }
 
@@ -186,6 +277,12 @@ impl Worker {
             lane.in_flight_since = Some(lane.in_flight_since.map_or(since, |s| s.min(since)));
         }
         lane.generation += 1;
+        // A retry, or a state not newer than one already sent, reads the row instead.
+        let known = lane
+            .known
+            .take()
+            .filter(|k| !lane.must_read && k.version() > lane.sent);
+        lane.must_read = false;
         let cx = lane.cx.clone();
         let attempt = lane.failures + 1;
         let client = self.client.clone();
@@ -194,16 +291,19 @@ impl Worker {
         let permits = self.permits.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let delivered = match permits.acquire_owned().await {
-                Ok(_permit) => {
-                    client
-                        .deliver(&store, &metrics, &user_id, cx, attempt)
-                        .await
-                }
-                Err(_) => false,
+            let call = Call {
+                user_id: user_id.clone(),
+                known,
+                cx,
+                attempt,
             };
+            let (delivered, version) = client.deliver(&store, &metrics, &permits, call).await;
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Command::Finished { user_id, delivered });
+                let _ = tx.send(Command::Finished {
+                    user_id,
+                    delivered,
+                    version,
+                });
             }
         });
     }
