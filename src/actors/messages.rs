@@ -75,6 +75,9 @@ pub struct Parked {
     pub refresh_count: i64,
     pub restarts: u32,
     pub needs_reconnect: bool,
+    /// Failed refreshes in a row: a user parked while it waits to retry resumes its backoff
+    /// where it was when woken.
+    pub failures: u32,
 }
 
 impl Parked {
@@ -87,6 +90,7 @@ impl Parked {
             refresh_count: seed.refresh_count,
             restarts,
             needs_reconnect: seed.needs_reconnect,
+            failures: 0,
         }
     }
 

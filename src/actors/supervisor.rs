@@ -263,7 +263,7 @@ impl SupervisorState {
             planned_refresh(&self.ctx.refresh, seed.token_expiry),
         );
         if eager {
-            self.spawn(myself, user_id, seed, parked.next_refresh_at)
+            self.spawn(myself, user_id, seed, parked.next_refresh_at, 0)
                 .await;
         } else {
             self.set_parked(myself, user_id, parked);
@@ -285,6 +285,7 @@ impl SupervisorState {
         user_id: Arc<str>,
         seed: ActorSeed,
         planned: Option<DateTime<Utc>>,
+        failures: u32,
     ) -> Option<ActorRef<UserTokenMsg>> {
         self.unpark(&user_id);
         let restarts = self.restarts.get(&user_id).map_or(0, |r| r.total);
@@ -292,6 +293,7 @@ impl SupervisorState {
             seed,
             planned,
             restarts,
+            failures,
             ctx: self.ctx.clone(),
         };
         match Actor::spawn_linked(None, UserTokenActor, args, myself.get_cell()).await {
@@ -321,8 +323,14 @@ impl SupervisorState {
                 let parked = parked.clone();
                 let user_id: Arc<str> = Arc::from(user_id);
                 let seed = parked.seed(&user_id);
-                self.spawn(myself, user_id, seed, parked.next_refresh_at)
-                    .await
+                self.spawn(
+                    myself,
+                    user_id,
+                    seed,
+                    parked.next_refresh_at,
+                    parked.failures,
+                )
+                .await
             }
         }
     }
@@ -401,8 +409,14 @@ impl SupervisorState {
                     let parked = parked.clone();
                     let seed = parked.seed(&user_id);
                     // spawn unparks, which removes the wake entry with the slot.
-                    self.spawn(myself, user_id, seed, parked.next_refresh_at)
-                        .await;
+                    self.spawn(
+                        myself,
+                        user_id,
+                        seed,
+                        parked.next_refresh_at,
+                        parked.failures,
+                    )
+                    .await;
                     budget -= 1;
                 }
                 // Not parked any more, so nothing to wake; dropped so it cannot stall the

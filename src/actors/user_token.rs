@@ -23,6 +23,9 @@ use crate::{config::RefreshConfig, store::ActorSeed, sync::backoff};
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
 const REJECTED_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+/// A retrying actor parks when its retry is further away than this (or than
+/// `ACTOR_HIBERNATE_AFTER_SECS`, if shorter).
+const RETRY_PARK_AFTER: Duration = Duration::from_secs(10);
 
 /// When a token expiring at `expiry` should be refreshed: `lead` before it, minus a random
 /// jitter (at most `jitter_max`, and at most half the lead) so that users connected together
@@ -50,6 +53,8 @@ pub struct UserTokenArgs {
     /// The refresh time planned before the actor hibernated, kept so waking does not move it.
     pub planned: Option<DateTime<Utc>>,
     pub restarts: u32,
+    /// Failed refreshes in a row before it hibernated; `planned` is then its retry.
+    pub failures: u32,
     pub ctx: Arc<ActorContext>,
 }
 
@@ -90,6 +95,8 @@ impl Actor for UserTokenActor {
         Ok(UserTokenState {
             status: if seed.needs_reconnect {
                 ActorStatus::NeedsReconnect
+            } else if args.failures > 0 {
+                ActorStatus::Retrying
             } else {
                 ActorStatus::Active
             },
@@ -101,7 +108,7 @@ impl Actor for UserTokenActor {
             last_refresh_at: seed.last_refresh_at,
             refresh_count: seed.refresh_count,
             restarts: args.restarts,
-            failures: 0,
+            failures: args.failures,
             in_flight: None,
             planned: args.planned,
             planned_for_in_flight: None,
@@ -208,7 +215,13 @@ impl UserTokenState {
             .planned
             .take()
             .unwrap_or_else(|| planned_at(&self.ctx.refresh, expiry));
-        self.arm(myself, at, RefreshReason::Scheduled);
+        // Only a woken retry has failures here: every success and new grant resets them.
+        let reason = if self.failures > 0 {
+            RefreshReason::Retry
+        } else {
+            RefreshReason::Scheduled
+        };
+        self.arm(myself, at, reason);
     }
 
     /// Offers the supervisor to park this actor when nothing is due soon: a refresh far away,
@@ -219,14 +232,23 @@ impl UserTokenState {
         }
         let idle = match self.status {
             ActorStatus::NeedsReconnect => true,
-            ActorStatus::Active => self.next_refresh_at.is_some_and(|at| {
-                (at - Utc::now()).to_std().unwrap_or_default() > self.ctx.refresh.hibernate_after
-            }),
+            ActorStatus::Active => self.next_is_beyond(self.ctx.refresh.hibernate_after),
+            // A user waiting out a backoff has nothing to do until its retry. While Google is
+            // down every user ends up here, so they park even for a shorter wait: a million
+            // live actors waiting to retry would not fit in memory.
+            ActorStatus::Retrying => {
+                self.next_is_beyond(self.ctx.refresh.hibernate_after.min(RETRY_PARK_AFTER))
+            }
             _ => false,
         };
         if idle {
             self.offer_hibernation(myself);
         }
+    }
+
+    fn next_is_beyond(&self, wait: Duration) -> bool {
+        self.next_refresh_at
+            .is_some_and(|at| (at - Utc::now()).to_std().unwrap_or_default() > wait)
     }
 
     fn offer_hibernation(&mut self, myself: &ActorRef<UserTokenMsg>) {
@@ -254,6 +276,7 @@ impl UserTokenState {
             refresh_count: self.refresh_count,
             restarts: self.restarts,
             needs_reconnect: self.status == ActorStatus::NeedsReconnect,
+            failures: self.failures,
         })
     }
 
@@ -347,6 +370,8 @@ impl UserTokenState {
             RefreshOutcome::Superseded(seed) => {
                 match seed {
                     Some(seed) => {
+                        // Newer tokens than the ones that failed: start afresh.
+                        self.failures = 0;
                         self.version = seed.version;
                         self.token_expiry = seed.token_expiry;
                         self.set_status(if seed.needs_reconnect {

@@ -302,3 +302,55 @@ async fn idle_actors_hibernate_and_wake_for_their_refresh() {
     );
     t.shutdown().await;
 }
+
+/// While Google fails, a user waiting out a long backoff parks instead of holding a live actor
+/// (at a million users an outage would otherwise wake everyone and keep them live), resumes
+/// its backoff when woken rather than starting over, and refreshes once Google is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_actors_hibernate_until_their_retry() {
+    let t = TestApp::spawn_with(Options {
+        token_lifetime: Duration::from_secs(3600),
+        hibernate_after_secs: 1,
+        refresh_retry_max_ms: 4000,
+        ..Options::default()
+    })
+    .await;
+    t.connect("iris").await;
+    t.google.set_refresh_mode(RefreshMode::Error500);
+    let (status, _) = t.admin(Method::POST, "/admin/actors/iris/refresh").await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    // Backoff 100, 200, 400, 800, 1600 ms (less jitter): parked once a retry is > 1 s away.
+    let parked = eventually(Duration::from_secs(10), || async {
+        t.actor("iris")
+            .await
+            .is_some_and(|a| a["status"] == "hibernating" && a["next_refresh_at"].is_string())
+    })
+    .await;
+    assert!(parked, "a user waiting to retry hibernates");
+    let failed_so_far = t.google.stats().refresh_failures_injected;
+    assert!(
+        failed_so_far >= 5,
+        "{failed_so_far} attempts before parking"
+    );
+    // Woken for its retry, it fails again and backs off further, not from the start.
+    let retried = eventually(Duration::from_secs(6), || async {
+        t.google.stats().refresh_failures_injected > failed_so_far
+    })
+    .await;
+    assert!(retried, "the parked user is woken for its retry");
+    let after_wake = t.google.stats().refresh_failures_injected;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        t.google.stats().refresh_failures_injected <= after_wake + 1,
+        "the backoff resumed instead of restarting at 100 ms"
+    );
+    t.google.set_refresh_mode(RefreshMode::Ok);
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        t.actor("iris")
+            .await
+            .is_some_and(|a| a["refresh_count"] == 1)
+    })
+    .await;
+    assert!(refreshed, "refreshed once Google is back");
+    t.shutdown().await;
+}

@@ -164,6 +164,8 @@ pub struct Options {
     pub encryption_key: String,
     /// `ACTOR_HIBERNATE_AFTER_SECS`.
     pub hibernate_after_secs: u64,
+    /// `REFRESH_RETRY_MAX_MS`.
+    pub refresh_retry_max_ms: u64,
 }
 
 impl Default for Options {
@@ -177,6 +179,7 @@ impl Default for Options {
             microservice_token: None,
             encryption_key: ENCRYPTION_KEY.into(),
             hibernate_after_secs: 60,
+            refresh_retry_max_ms: 1000,
         }
     }
 }
@@ -261,7 +264,7 @@ impl TestApp {
             refresh_jitter_secs: "0".into(),
             actor_hibernate_after_secs: o.hibernate_after_secs.to_string(),
             refresh_retry_base_ms: "100".into(),
-            refresh_retry_max_ms: "1000".into(),
+            refresh_retry_max_ms: o.refresh_retry_max_ms.to_string(),
             sync_retry_base_ms: "100".into(),
             sync_retry_max_ms: "1000".into(),
             google_timeout_ms: "2000".into(),
