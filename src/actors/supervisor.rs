@@ -310,6 +310,25 @@ impl SupervisorState {
         }
     }
 
+    /// Starts a parked user's actor where it left off: its planned refresh (or retry) and
+    /// its failure count.
+    async fn wake(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        user_id: Arc<str>,
+        parked: Parked,
+    ) -> Option<ActorRef<UserTokenMsg>> {
+        let seed = parked.seed(&user_id);
+        self.spawn(
+            myself,
+            user_id,
+            seed,
+            parked.next_refresh_at,
+            parked.failures,
+        )
+        .await
+    }
+
     /// The user's live actor, waking it if it hibernates.
     async fn live(
         &mut self,
@@ -321,16 +340,7 @@ impl SupervisorState {
             Slot::Restarting => None,
             Slot::Parked(parked) => {
                 let parked = parked.clone();
-                let user_id: Arc<str> = Arc::from(user_id);
-                let seed = parked.seed(&user_id);
-                self.spawn(
-                    myself,
-                    user_id,
-                    seed,
-                    parked.next_refresh_at,
-                    parked.failures,
-                )
-                .await
+                self.wake(myself, Arc::from(user_id), parked).await
             }
         }
     }
@@ -407,16 +417,8 @@ impl SupervisorState {
             match self.slots.get(&user_id) {
                 Some(Slot::Parked(parked)) => {
                     let parked = parked.clone();
-                    let seed = parked.seed(&user_id);
-                    // spawn unparks, which removes the wake entry with the slot.
-                    self.spawn(
-                        myself,
-                        user_id,
-                        seed,
-                        parked.next_refresh_at,
-                        parked.failures,
-                    )
-                    .await;
+                    // Waking unparks, which removes the wake entry with the slot.
+                    self.wake(myself, user_id, parked).await;
                     budget -= 1;
                 }
                 // Not parked any more, so nothing to wake; dropped so it cannot stall the

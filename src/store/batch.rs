@@ -8,7 +8,12 @@
 //! on each other's lock (its busy handler sleeps in whole milliseconds). This module owns the
 //! batch SQL; the meaning of each write stays in `users`.
 
-use std::{collections::HashMap, fmt, future::Future, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    future::Future,
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -175,13 +180,13 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
         })
         .collect();
     let txn = db.begin().await?;
-    let mut saved: Vec<String> = Vec::new();
+    let mut saved: HashSet<String> = HashSet::new();
     if !refreshed.is_empty() {
         for row in txn
             .query_all_raw(save_refreshed_statement(backend, &refreshed))
             .await?
         {
-            saved.push(row.try_get("", "user_id")?);
+            saved.insert(row.try_get("", "user_id")?);
         }
     }
     if !synced.is_empty() {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -63,7 +63,7 @@ impl SyncSnapshot {
 }
 
 /// What a user actor starts from: schedule data only, never token values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct ActorSeed {
     pub user_id: String,
     pub token_expiry: Option<DateTime<Utc>>,
@@ -456,12 +456,12 @@ impl Store {
             .select_only()
             .columns([
                 user::Column::UserId,
-                user::Column::GoogleTokenExpiry,
                 user::Column::NeedsReconnect,
-                user::Column::TokenVersion,
                 user::Column::RefreshCount,
                 user::Column::LastRefreshAt,
             ])
+            .column_as(user::Column::GoogleTokenExpiry, "token_expiry")
+            .column_as(user::Column::TokenVersion, "version")
             .filter(
                 user::Column::GoogleCalendarConnected
                     .eq(true)
@@ -472,37 +472,7 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(user::Column::UserId.gt(after));
         }
-        type SeedRow = (
-            String,
-            Option<DateTime<Utc>>,
-            bool,
-            i64,
-            i64,
-            Option<DateTime<Utc>>,
-        );
-        let rows: Vec<SeedRow> = query.into_tuple().all(&self.db).await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    user_id,
-                    token_expiry,
-                    needs_reconnect,
-                    version,
-                    refresh_count,
-                    last_refresh_at,
-                )| {
-                    ActorSeed {
-                        user_id,
-                        token_expiry,
-                        needs_reconnect,
-                        version,
-                        refresh_count,
-                        last_refresh_at,
-                    }
-                },
-            )
-            .collect())
+        Ok(query.into_model::<ActorSeed>().all(&self.db).await?)
     }
 
     /// One user's actor seed, if an actor should run for them.
