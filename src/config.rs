@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// Frontend origin: the callback redirects there, and CORS allows it.
     #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:5173")]
     pub frontend_url: String,
+    /// `on`: a callback must come from the browser that started the consent (a cookie set by
+    /// connect). `off` gives that up for deployments that cannot carry the cookie: a consent
+    /// link forwarded to someone else can then attach their Google account to the sender.
+    #[arg(long, env = "OAUTH_BROWSER_BINDING", default_value = "on")]
+    pub oauth_browser_binding: String,
     /// HS256 secret of the main app's user JWTs (raw bytes of the string).
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<String>,
@@ -207,6 +212,7 @@ impl Default for ServeArgs {
             microservice_timeout_ms: "10000".into(),
             refresh_lead_secs: "300".into(),
             frontend_url: "http://localhost:5173".into(),
+            oauth_browser_binding: "on".into(),
             refresh_concurrency: "64".into(),
             refresh_retry_base_ms: "1000".into(),
             refresh_retry_max_ms: "60000".into(),
@@ -245,6 +251,8 @@ pub struct GoogleConfig {
     pub redirect_uri: Url,
     /// Scopes asked for at consent: the configured ones plus `openid email`.
     pub scopes: Vec<String>,
+    /// The configured (`GOOGLE_CALENDAR_SCOPES`) scopes: a consent that grants fewer is refused.
+    pub required_scopes: Vec<String>,
     pub auth_url: Url,
     pub token_url: Url,
     pub revoke_url: Url,
@@ -293,6 +301,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// Without trailing slash.
     pub frontend_url: String,
+    /// Whether a callback must present the cookie its connect set (`OAUTH_BROWSER_BINDING`).
+    pub browser_binding: bool,
     pub jwt_secret: SecretString,
     pub admin_token: SecretString,
     /// The key that encrypts tokens at rest (the first of `TOKEN_ENCRYPTION_KEY`).
@@ -317,6 +327,7 @@ impl std::fmt::Debug for Config {
             .field("microservice", &self.microservice)
             .field("refresh", &self.refresh)
             .field("frontend_url", &self.frontend_url)
+            .field("browser_binding", &self.browser_binding)
             .field(
                 "encryption_keys",
                 &1_usize.saturating_add(self.old_encryption_keys.len()),
@@ -335,6 +346,11 @@ impl ServeArgs {
                 .into(),
             redirect_uri: parse_url("GOOGLE_CALENDAR_REDIRECT_URI", &self.google_redirect_uri)?,
             scopes: requested_scopes(&self.google_scopes),
+            required_scopes: self
+                .google_scopes
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             auth_url: parse_url("GOOGLE_OAUTH_AUTH_URL", &self.google_auth_url)?,
             token_url: parse_url("GOOGLE_OAUTH_TOKEN_URL", &self.google_token_url)?,
             revoke_url: parse_url("GOOGLE_OAUTH_REVOKE_URL", &self.google_revoke_url)?,
@@ -391,6 +407,7 @@ impl ServeArgs {
             microservice,
             refresh,
             frontend_url: frontend_url.as_str().trim_end_matches('/').to_string(),
+            browser_binding: parse_switch("OAUTH_BROWSER_BINDING", &self.oauth_browser_binding)?,
             jwt_secret: required("AUTH_JWT_SECRET", self.auth_jwt_secret)?.into(),
             admin_token: required("ADMIN_TOKEN", self.admin_token)?.into(),
             encryption_key,
@@ -490,6 +507,15 @@ pub fn parse_key(value: &str) -> Result<[u8; 32], ConfigError> {
     })
 }
 
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+fn parse_switch(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(malformed(var, format!("{other} is not on or off"))),
+    }
+}
+
 fn parse_log_format(value: &str) -> Result<LogFormat, ConfigError> {
     match value.trim() {
         "pretty" | "" => Ok(LogFormat::Pretty),
@@ -522,6 +548,7 @@ mod tests {
             microservice_timeout_ms: "10000".into(),
             refresh_lead_secs: "300".into(),
             frontend_url: "http://localhost:5173/".into(),
+            oauth_browser_binding: "on".into(),
             auth_jwt_secret: Some("jwt".into()),
             admin_token: Some("admin".into()),
             token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
@@ -608,6 +635,21 @@ mod tests {
             assert!(err.contains(needle), "{err}");
             assert!(!err.contains(&b64(1)), "{err}");
         }
+    }
+
+    #[test]
+    fn browser_binding_is_on_unless_switched_off() {
+        assert!(complete().into_config().expect("valid").browser_binding);
+        let mut args = complete();
+        args.oauth_browser_binding = "off".into();
+        assert!(!args.into_config().expect("valid").browser_binding);
+        let mut args = complete();
+        args.oauth_browser_binding = "maybe".into();
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(
+            err.starts_with("OAUTH_BROWSER_BINDING is malformed"),
+            "{err}"
+        );
     }
 
     #[test]

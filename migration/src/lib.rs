@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_users;
 mod m20261126_000002_create_oauth_states;
+mod m20261130_000003_add_browser_binding;
 
 /// Every migration, in the order they apply.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_users::Migration),
             Box::new(m20261126_000002_create_oauth_states::Migration),
+            Box::new(m20261130_000003_add_browser_binding::Migration),
         ]
     }
 }

@@ -227,20 +227,44 @@ fn checked(user_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Proxies connect as a main app's backend would: the service's browser-binding cookie is
+/// passed on to the browser, which presents it at the callback (page and service share the
+/// loopback host, and cookies ignore ports).
 async fn connect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
-    answer(
-        async {
-            checked(&p.user_id)?;
-            let jwt = demo.jwt(&p.user_id)?;
-            demo.call(
-                reqwest::Method::POST,
-                "/api/integrations/google/connect",
-                &jwt,
-            )
-            .await
+    let result = async {
+        checked(&p.user_id)?;
+        let jwt = demo.jwt(&p.user_id)?;
+        let response = demo
+            .http
+            .post(format!(
+                "{}/api/integrations/google/connect",
+                demo.service_url
+            ))
+            .bearer_auth(jwt)
+            .send()
+            .await?;
+        let cookies: Vec<_> = response
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::Ok((cookies, body))
+    }
+    .await;
+    match result {
+        Ok((cookies, body)) => {
+            let mut response = Json(body).into_response();
+            for cookie in cookies {
+                response
+                    .headers_mut()
+                    .append(axum::http::header::SET_COOKIE, cookie);
+            }
+            response
         }
-        .await,
-    )
+        Err(e) => answer(Err(e)),
+    }
 }
 
 async fn disconnect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {

@@ -1,37 +1,61 @@
 //! The user-facing Google Calendar routes (CONTRACT section 3): start a consent, take
 //! Google's callback, show the connection, disconnect. The callback never waits for the
 //! microservice: it saves, tells the supervisor and the sync dispatcher, and redirects.
+//! Only these routes answer the frontend's cross-origin calls, with credentials, because the
+//! browser-binding cookie travels with them.
 
 use std::collections::HashMap;
 
 use axum::{
     Json, Router,
     extract::{RawQuery, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
 use base64::Engine;
 use chrono::Utc;
 use rand::RngCore;
+use secrecy::SecretString;
 use serde_json::{Value, json};
+use tower_http::cors::CorsLayer;
 
-use super::{AppState, Error, auth::AuthUser, rfc3339};
-use crate::store::{NewTokens, StoreError, SyncInfo};
+use super::{
+    AppState, Error,
+    auth::AuthUser,
+    browser_binding::{self, CookieScope},
+    rfc3339,
+};
+use crate::{
+    google::TokenSet,
+    store::{NewTokens, StoreError, SyncInfo},
+};
 
 /// How long a consent round-trip may take.
 const STATE_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
-pub fn router() -> Router<AppState> {
+pub fn router(frontend_url: &str) -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(
+            HeaderValue::from_str(frontend_url).unwrap_or(HeaderValue::from_static("null")),
+        )
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     Router::new()
         .route("/api/integrations/google/connect", post(connect))
         .route("/api/integrations/google/callback", get(callback))
         .route("/api/integrations/google/status", get(status))
         .route("/api/integrations/google", delete(disconnect))
+        .layer(cors)
+}
+
+fn cookie_scope(app: &AppState) -> CookieScope {
+    CookieScope::for_callback(&app.config.google.redirect_uri)
 }
 
 #[tracing::instrument(skip_all, fields(userId = %user.user_id))]
-async fn connect(State(app): State<AppState>, user: AuthUser) -> Result<Json<Value>, Error> {
+async fn connect(State(app): State<AppState>, user: AuthUser) -> Result<Response, Error> {
     if let Err(wait) = app.connect_limiter.check(&user.user_id) {
         tracing::warn!(userId = %user.user_id, "connect rate limit reached");
         return Err(Error::TooManyRequests {
@@ -42,15 +66,26 @@ async fn connect(State(app): State<AppState>, user: AuthUser) -> Result<Json<Val
     rand::thread_rng().fill_bytes(&mut raw);
     let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
     let consent = app.google.consent(&state);
+    let binding = app
+        .config
+        .browser_binding
+        .then(|| cookie_scope(&app).issue(&state, STATE_TTL));
     app.store
         .create_oauth_state(
             &state,
             &user.user_id,
             &consent.pkce_verifier,
+            binding.as_ref().map(|b| b.hash.clone()),
             Utc::now() + STATE_TTL,
         )
         .await?;
-    Ok(Json(json!({"auth_url": consent.url.as_str()})))
+    let mut response = Json(json!({"auth_url": consent.url.as_str()})).into_response();
+    if let Some(binding) = binding {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, binding.set_cookie);
+    }
+    Ok(response)
 }
 
 /// A `302 Found` (axum's `Redirect::to` answers 303, which the contract rules out).
@@ -62,13 +97,17 @@ fn found(location: &str) -> Response {
         .into_response()
 }
 
-async fn callback(State(app): State<AppState>, RawQuery(query): RawQuery) -> Response {
+async fn callback(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let params: HashMap<String, String> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
     let base = format!("{}/dashboard/integrations", app.config.frontend_url);
-    match complete_consent(&app, &params).await {
+    let mut response = match complete_consent(&app, &headers, &params).await {
         Ok(user_id) => {
             tracing::info!(userId = %user_id, "Google Calendar connected");
             found(&format!("{base}?google=connected"))
@@ -77,30 +116,56 @@ async fn callback(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
             tracing::warn!(reason, "Google Calendar connection failed");
             found(&format!("{base}?google=error&reason={reason}"))
         }
+    };
+    // The round-trip is over either way (a state is single-use): drop its cookie.
+    if app.config.browser_binding
+        && let Some(state) = params.get("state").filter(|s| valid_state_shape(s))
+    {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie_scope(&app).expire(state));
     }
+    response
+}
+
+/// States this service makes are 43 base64url characters; anything far off is not one.
+fn valid_state_shape(state: &str) -> bool {
+    !state.is_empty()
+        && state.len() <= 128
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Runs the callback's steps; the error is the `reason` code of the redirect.
 async fn complete_consent(
     app: &AppState,
+    headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<String, &'static str> {
-    let taken = match params.get("state") {
-        Some(state) if !state.is_empty() && state.len() <= 128 => {
-            app.store.take_oauth_state(state).await.map_err(|e| {
-                tracing::error!(error = %e, "cannot read OAuth state");
-                "server_error"
-            })?
-        }
-        _ => None,
+    let state = params.get("state").filter(|s| valid_state_shape(s));
+    let taken = match state {
+        Some(state) => app.store.take_oauth_state(state).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read OAuth state");
+            "server_error"
+        })?,
+        None => None,
     };
     if let Some(error) = params.get("error") {
         return Err(google_error_reason(error));
     }
-    let taken = taken
-        .filter(|t| t.expires_at > Utc::now())
-        .ok_or("invalid_state")?;
+    let (Some(state), Some(taken)) = (state, taken.filter(|t| t.expires_at > Utc::now())) else {
+        return Err("invalid_state");
+    };
     let user_id = taken.user_id;
+    if app.config.browser_binding
+        && !browser_binding::presented_matches(headers, state, taken.browser_hash.as_deref())
+    {
+        // Someone else's consent link (or a browser that lost the cookie): the state is spent
+        // and nothing is stored, so the link cannot attach this browser's account to the user.
+        tracing::warn!(userId = %user_id, "OAuth callback from a browser that did not start the flow");
+        return Err("browser_mismatch");
+    }
     let code = params
         .get("code")
         .filter(|c| !c.is_empty())
@@ -113,6 +178,7 @@ async fn complete_consent(
             tracing::warn!(userId = %user_id, error = %e, "code exchange failed");
             "exchange_failed"
         })?;
+    refuse_partial_consent(app, &user_id, &tokens).await?;
     let email = match app.google.email(&user_id, &tokens.access_token).await {
         Ok(email) => email,
         Err(e) => {
@@ -141,6 +207,54 @@ async fn complete_consent(
     app.sync.changed(&user_id);
     app.supervisor.user_connected(seed);
     Ok(user_id)
+}
+
+/// Refuses a consent in which the user unticked a configured scope: such a token cannot do
+/// the calendar work it is for, and pushing it would only move the failure to the agent.
+/// The partial grant is revoked only when the user has no connection: at Google a revocation
+/// ends every grant of this app for the account, an existing good one included.
+async fn refuse_partial_consent(
+    app: &AppState,
+    user_id: &str,
+    tokens: &TokenSet,
+) -> Result<(), &'static str> {
+    let requested = app.config.google.scopes.join(" ");
+    let granted = tokens.scope.as_deref().unwrap_or(&requested);
+    let missing: Vec<&str> = app
+        .config
+        .google
+        .required_scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|needed| !granted.split_whitespace().any(|g| g == *needed))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let connected = match app.store.user(user_id).await {
+        Ok(row) => row.is_some_and(|r| r.google_calendar_connected),
+        // Unknown: keep whatever may exist rather than revoke a possibly good grant.
+        Err(e) => {
+            tracing::error!(userId = %user_id, error = %e, "cannot read the user's connection");
+            true
+        }
+    };
+    tracing::warn!(
+        userId = %user_id,
+        missing = %missing.join(" "),
+        keptExisting = connected,
+        "consent lacks required scopes; nothing stored"
+    );
+    if !connected {
+        let token: &SecretString = tokens
+            .refresh_token
+            .as_ref()
+            .unwrap_or(&tokens.access_token);
+        if let Err(e) = app.google.revoke(user_id, token).await {
+            tracing::warn!(userId = %user_id, error = %e, "revocation at Google failed");
+        }
+    }
+    Err("missing_scope")
 }
 
 /// Google's `error` parameter as a reason code: known shape only, never echoed raw.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod browser_binding;
 mod error;
 mod health;
 mod integrations;
@@ -16,12 +17,11 @@ use std::{
 use axum::{
     Router,
     extract::{MatchedPath, Request, State},
-    http::{HeaderValue, Method, header},
+    http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use tower_http::cors::CorsLayer;
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
 pub use error::Error;
@@ -52,22 +52,14 @@ pub struct AppState {
 
 /// The whole front door.
 pub fn router(state: AppState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(
-            HeaderValue::from_str(&state.config.frontend_url)
-                .unwrap_or(HeaderValue::from_static("null")),
-        )
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     Router::new()
-        .merge(integrations::router())
+        .merge(integrations::router(&state.config.frontend_url))
         .merge(admin::router())
         .merge(health::router())
         .fallback(not_found)
         .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(limit_body))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -600,13 +600,14 @@ async fn connect_one(
         &serde_json::json!({"sub": user, "exp": exp}),
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )?;
-    let body: serde_json::Value = http
+    let connected = http
         .post(format!("{url}/api/integrations/google/connect"))
         .bearer_auth(jwt)
         .send()
-        .await?
-        .json()
         .await?;
+    // The browser-binding cookie goes back with the callback, as a browser would send it.
+    let cookies = cookies_to_send(connected.headers());
+    let body: serde_json::Value = connected.json().await?;
     let auth_url = body["auth_url"].as_str().context("auth_url")?;
     let consent = http.get(auth_url).send().await?;
     let callback = consent
@@ -616,7 +617,11 @@ async fn connect_one(
         .context("consent redirect")?
         .to_string();
     let started = Instant::now();
-    let answer = http.get(callback).send().await?;
+    let answer = http
+        .get(callback)
+        .header(reqwest::header::COOKIE, cookies)
+        .send()
+        .await?;
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
     let location = answer
         .headers()
@@ -630,6 +635,19 @@ async fn connect_one(
         answer.status()
     );
     Ok(elapsed)
+}
+
+/// The `Cookie` header a browser would send back after a response with these headers.
+/// One user's round-trip at a time: no jar shared by thousands of simulated browsers.
+fn cookies_to_send(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| cookie::Cookie::parse(v.to_string()).ok())
+        .map(|c| format!("{}={}", c.name(), c.value()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Compares every user's database state with the microservice's copy.

@@ -133,6 +133,10 @@ pub struct SandboxControls {
     pub deny: bool,
     /// Whether code exchanges answer without a refresh token.
     pub omit_refresh_token: bool,
+    /// Scopes every consent leaves out, as a user unticking them on Google's consent screen
+    /// would (one consent: the `untick` parameter of `/o/oauth2/v2/auth`).
+    #[serde(default)]
+    pub untick_scopes: Vec<String>,
 }
 
 /// Counters of what the provider has done, as `GET /sandbox/stats` answers them.
@@ -206,6 +210,7 @@ struct Controls {
     lifetime: Duration,
     deny: bool,
     omit_refresh_token: bool,
+    untick_scopes: Vec<String>,
 }
 
 /// The provider's mutable memory.
@@ -414,6 +419,12 @@ impl SandboxGoogle {
         self.inner.update(|c| c.omit_refresh_token = on);
     }
 
+    /// Makes every consent grant the requested scopes less these (a partial consent).
+    pub fn set_untick_scopes(&self, scopes: &[&str]) {
+        let scopes = scopes.iter().map(|s| s.to_string()).collect();
+        self.inner.update(|c| c.untick_scopes = scopes);
+    }
+
     /// Sets the delay added to every `/token` answer.
     pub fn set_latency(&self, d: Duration) {
         self.inner.update(|c| c.latency = d);
@@ -607,10 +618,20 @@ impl Inner {
             query.append_pair("error", "access_denied");
         } else {
             let email = param("login_hint").map(str::to_owned);
+            let unticked: Vec<&str> = param("untick")
+                .unwrap_or_default()
+                .split_whitespace()
+                .chain(state.controls.untick_scopes.iter().map(String::as_str))
+                .collect();
+            let consented: Vec<&str> = scope
+                .split_whitespace()
+                .filter(|s| !unticked.contains(s))
+                .collect();
+            let consented = consented.join(" ");
             let code = state.issue_code(
                 client_id,
                 params["redirect_uri"].as_str(),
-                scope,
+                &consented,
                 challenge,
                 email,
             );
@@ -676,6 +697,7 @@ impl ProviderState {
                 lifetime: config.token_lifetime,
                 deny: false,
                 omit_refresh_token: false,
+                untick_scopes: Vec::new(),
             },
             codes: HashMap::new(),
             grants: Vec::new(),
@@ -947,6 +969,7 @@ impl Controls {
             token_lifetime_secs: self.lifetime.as_secs(),
             deny: self.deny,
             omit_refresh_token: self.omit_refresh_token,
+            untick_scopes: self.untick_scopes.clone(),
         }
     }
 }
@@ -963,6 +986,7 @@ struct ControlUpdate {
     token_lifetime_secs: Option<u64>,
     deny: Option<bool>,
     omit_refresh_token: Option<bool>,
+    untick_scopes: Option<Vec<String>>,
 }
 
 impl ControlUpdate {
@@ -990,6 +1014,9 @@ impl ControlUpdate {
         }
         if let Some(v) = self.omit_refresh_token {
             c.omit_refresh_token = v;
+        }
+        if let Some(v) = self.untick_scopes {
+            c.untick_scopes = v;
         }
     }
 }

@@ -11,6 +11,9 @@ use super::{Store, StoreError, entity::oauth_state};
 pub struct TakenState {
     pub user_id: String,
     pub pkce_verifier: SecretString,
+    /// Hash of the browser-binding cookie the round-trip must present; `None` if made
+    /// while binding was off.
+    pub browser_hash: Option<String>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -19,13 +22,14 @@ pub(super) fn verifier_context(state: &str) -> String {
 }
 
 impl Store {
-    /// Records a new state with its PKCE verifier.
+    /// Records a new state with its PKCE verifier and the hash of its browser-binding cookie.
     #[tracing::instrument(name = "db.create_state", skip_all)]
     pub async fn create_oauth_state(
         &self,
         state: &str,
         user_id: &str,
         pkce_verifier: &SecretString,
+        browser_hash: Option<String>,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let model = oauth_state::ActiveModel {
@@ -34,6 +38,7 @@ impl Store {
             pkce_verifier: Set(self
                 .cipher
                 .encrypt(pkce_verifier.expose_secret(), &verifier_context(state))),
+            browser_hash: Set(browser_hash),
             expires_at: Set(expires_at),
             created_at: Set(Utc::now()),
         };
@@ -59,6 +64,7 @@ impl Store {
                 .cipher
                 .decrypt(&row.pkce_verifier, &verifier_context(state))?,
             user_id: row.user_id,
+            browser_hash: row.browser_hash,
             expires_at: row.expires_at,
         }))
     }

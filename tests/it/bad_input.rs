@@ -64,6 +64,7 @@ async fn callback_refuses_bad_state() {
             "old-state",
             "quinn",
             &SecretString::from("v".repeat(43)),
+            None,
             chrono::Utc::now() - chrono::Duration::seconds(1),
         )
         .await

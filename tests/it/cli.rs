@@ -10,7 +10,7 @@ use tokenwarden::sandbox::{
 use crate::process::{Served, tokenwarden};
 use crate::support::{
     ADMIN_TOKEN, Backend, CLIENT_ID, CLIENT_SECRET, ENCRYPTION_KEY, JWT_SECRET, TestDatabase,
-    eventually, jwt_for, location,
+    eventually,
 };
 
 fn required_env(command: &mut Command) -> &mut Command {
@@ -110,29 +110,7 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
     )
     .await;
     let url = served.url.clone();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let body: serde_json::Value = http
-        .post(format!("{url}/api/integrations/google/connect"))
-        .bearer_auth(jwt_for("cli-user", JWT_SECRET, 600))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let consent = http
-        .get(body["auth_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let callback = http.get(location(&consent)).send().await.unwrap();
-    assert_eq!(
-        location(&callback),
-        "http://frontend.test/dashboard/integrations?google=connected"
-    );
+    crate::process::connect_at(&crate::process::client(), &url, "cli-user").await;
     let synced = eventually(Duration::from_secs(5), || async {
         microservice.stored("cli-user").await.unwrap().is_some()
     })
@@ -143,4 +121,69 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
     served.signal("TERM");
     let exited = served.wait_exit(Duration::from_secs(10)).await;
     assert!(exited.expect("exited within 10 s").success());
+}
+
+/// The demo's page proxies connect as a main app's backend would; a browser that keeps
+/// cookies must still finish the flow (the binding cookie is passed through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_connects_a_browser_through_the_binding_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = tokenwarden(dir.path())
+        .args([
+            "demo",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--page-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", "sqlite://demo.db?mode=rwc"])
+        .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(out))
+        .spawn()
+        .unwrap();
+    let page_url = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("open the demo page:"))
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+    };
+    let started = eventually(Duration::from_secs(20), || async {
+        page_url(&std::fs::read_to_string(&log).unwrap_or_default()).is_some()
+    })
+    .await;
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    if !started {
+        let _ = child.kill();
+        panic!("demo did not start:\n{output}");
+    }
+    let page = page_url(&output).unwrap();
+
+    let browser = crate::process::client();
+    let answer: serde_json::Value = browser
+        .post(format!("{page}/demo/connect"))
+        .json(&serde_json::json!({"user_id": "demo-user"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consent = browser
+        .get(answer["auth_url"].as_str().expect("auth_url"))
+        .send()
+        .await
+        .unwrap();
+    let callback = browser
+        .get(crate::support::location(&consent))
+        .send()
+        .await
+        .unwrap();
+    let landed = crate::support::location(&callback);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        landed,
+        format!("{page}/dashboard/integrations?google=connected")
+    );
 }

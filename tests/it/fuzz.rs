@@ -30,7 +30,7 @@ use tokenwarden::{
 use crate::support::{JWT_SECRET, TestApp, location};
 
 /// Every `reason` the callback may redirect with (README, "reason codes").
-const REASONS: [&str; 11] = [
+const REASONS: [&str; 13] = [
     "access_denied",
     "invalid_scope",
     "invalid_request",
@@ -42,6 +42,8 @@ const REASONS: [&str; 11] = [
     "exchange_failed",
     "no_refresh_token",
     "server_error",
+    "browser_mismatch",
+    "missing_scope",
 ];
 const ERROR_BASE: &str = "http://frontend.test/dashboard/integrations?google=error&reason=";
 
@@ -358,6 +360,7 @@ impl FakeTokenEndpoint {
             client_secret: SecretString::from("fuzz-secret"),
             redirect_uri: url("/callback"),
             scopes: vec!["openid".into()],
+            required_scopes: Vec::new(),
             auth_url: url("/auth"),
             token_url: url("/token"),
             revoke_url: url("/revoke"),

@@ -4,12 +4,14 @@
 
 mod admin;
 mod bad_input;
+mod browser_binding;
 mod cli;
 mod connect;
 mod disconnect;
 mod faults;
 mod fuzz;
 mod loadtest;
+mod partial_consent;
 mod process;
 mod rate_limit;
 mod refresh;

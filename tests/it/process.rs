@@ -135,10 +135,11 @@ impl Drop for Served {
     }
 }
 
-/// An HTTP client that does not follow redirects.
+/// An HTTP client that does not follow redirects and keeps cookies, like a browser.
 pub fn client() -> Client {
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

@@ -560,7 +560,7 @@ async fn controls_and_stats_over_http() {
     let control_url = format!("{}/sandbox/control", google.base_url());
     let response = client()
         .post(&control_url)
-        .json(&json!({"refresh_mode": "invalid_grant", "latency_ms": 5, "rotate_refresh_tokens": true, "rotation_grace_secs": 2, "omit_refresh_token": true}))
+        .json(&json!({"refresh_mode": "invalid_grant", "latency_ms": 5, "rotate_refresh_tokens": true, "rotation_grace_secs": 2, "omit_refresh_token": true, "untick_scopes": ["email"]}))
         .send()
         .await
         .unwrap();
@@ -571,7 +571,7 @@ async fn controls_and_stats_over_http() {
         json!({
             "refresh_mode": "invalid_grant", "latency_ms": 5, "error_rate": 0.0,
             "rotate_refresh_tokens": true, "rotation_grace_secs": 2, "token_lifetime_secs": 3600,
-            "deny": false, "omit_refresh_token": true
+            "deny": false, "omit_refresh_token": true, "untick_scopes": ["email"]
         })
     );
     assert_eq!(google.controls().refresh_mode, RefreshMode::InvalidGrant);

@@ -166,6 +166,8 @@ pub struct Options {
     pub hibernate_after_secs: u64,
     /// `REFRESH_RETRY_MAX_MS`.
     pub refresh_retry_max_ms: u64,
+    /// `OAUTH_BROWSER_BINDING`.
+    pub browser_binding: bool,
 }
 
 impl Default for Options {
@@ -180,6 +182,7 @@ impl Default for Options {
             encryption_key: ENCRYPTION_KEY.into(),
             hibernate_after_secs: 60,
             refresh_retry_max_ms: 1000,
+            browser_binding: true,
         }
     }
 }
@@ -236,7 +239,12 @@ impl TestApp {
             url: String::new(),
             google,
             microservice,
-            http: Client::builder().redirect(Policy::none()).build().unwrap(),
+            // Keeps cookies like the browser of the user who consents.
+            http: Client::builder()
+                .redirect(Policy::none())
+                .cookie_store(true)
+                .build()
+                .unwrap(),
             db,
             options,
         };
@@ -269,6 +277,7 @@ impl TestApp {
             sync_retry_max_ms: "1000".into(),
             google_timeout_ms: "2000".into(),
             frontend_url: "http://frontend.test".into(),
+            oauth_browser_binding: if o.browser_binding { "on" } else { "off" }.into(),
             auth_jwt_secret: Some(JWT_SECRET.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             token_encryption_key: Some(o.encryption_key.clone()),

@@ -10,6 +10,8 @@ pub struct Model {
     pub user_id: String,
     /// Ciphertext of the PKCE verifier.
     pub pkce_verifier: String,
+    /// SHA-256 (hex) of the browser-binding cookie's value; `None` when binding is off.
+    pub browser_hash: Option<String>,
     pub expires_at: DateTimeUtc,
     pub created_at: DateTimeUtc,
 }
