@@ -79,8 +79,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sandbox::bind_loopback().await?,
     )
     .await?;
-    let microservice =
-        ReferenceMicroservice::start(Default::default(), sandbox::bind_loopback().await?).await?;
+    let microservice = ReferenceMicroservice::start(
+        sandbox::MicroserviceConfig {
+            sandbox_controls: true,
+            ..Default::default()
+        },
+        sandbox::bind_loopback().await?,
+    )
+    .await?;
     let service_listener = bind_or_any(args.listen_addr).await?;
     let page_listener = bind_or_any(args.page_addr).await?;
     let service_url = format!("http://{}", service_listener.local_addr()?);

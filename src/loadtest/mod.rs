@@ -133,6 +133,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     let microservice = ReferenceMicroservice::start(
         MicroserviceConfig {
             record_requests: false,
+            sandbox_controls: true,
             ..Default::default()
         },
         sandbox::bind_loopback().await?,

@@ -6,6 +6,12 @@
 //! check order, headers and payloads), and fault modes that make it fail, hang, flap or slow
 //! down on purpose. It can stop listening and come back on the same port with its data intact,
 //! to stand for an outage.
+//!
+//! Beyond the contract it has two test routes, served only when started with sandbox controls
+//! (`--sandbox-controls`; tests, the demo and the load test turn them on): the fault controls
+//! (`POST /sandbox/control`, unauthenticated) and `GET /api/users/{user_id}/google-calendar`,
+//! which shows the stored tokens in plaintext. Without them, a copy deployed as a real
+//! microservice offers nothing but the contract, and its bearer check is constant time.
 
 use std::{
     collections::HashMap,
@@ -32,6 +38,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement,
     TransactionTrait, Value,
 };
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
@@ -69,6 +76,9 @@ pub struct MicroserviceConfig {
     pub database_url: String,
     /// Keep every `/api` request for [`ReferenceMicroservice::received`]; load tests turn it off.
     pub record_requests: bool,
+    /// Serve the test routes (fault controls, plaintext token read); off by default, so a
+    /// deployed copy cannot be switched into failing or made to show tokens.
+    pub sandbox_controls: bool,
 }
 
 impl Default for MicroserviceConfig {
@@ -77,6 +87,7 @@ impl Default for MicroserviceConfig {
             bearer_token: None,
             database_url: "sqlite::memory:".to_owned(),
             record_requests: true,
+            sandbox_controls: false,
         }
     }
 }
@@ -147,7 +158,9 @@ struct Inner {
     /// Where the server listens, kept so a restart comes back on the same port.
     addr: SocketAddr,
     /// The bearer token `/api` calls must present, if configured.
-    bearer_token: Option<String>,
+    bearer_token: Option<SecretString>,
+    /// Whether the test routes are served (see [`MicroserviceConfig::sandbox_controls`]).
+    sandbox_controls: bool,
     store: Store,
     /// Fault mode and latency. A plain mutex: never held across an await.
     faults: Mutex<Faults>,
@@ -176,7 +189,8 @@ impl ReferenceMicroservice {
         let store = Store::connect(&config.database_url).await?;
         let inner = Arc::new(Inner {
             addr: listener.local_addr()?,
-            bearer_token: config.bearer_token,
+            bearer_token: config.bearer_token.map(SecretString::from),
+            sandbox_controls: config.sandbox_controls,
             store,
             faults: Mutex::new(Faults {
                 mode: FaultMode::Healthy,
@@ -314,7 +328,8 @@ impl Inner {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        presented == Some(expected.as_str())
+        // Constant time, so response timing does not reveal how much of a guess was right.
+        presented.is_some_and(|presented| crate::crypto::secrets_match(presented, expected))
     }
 
     fn record(&self, request: ReceivedRequest) {
@@ -336,23 +351,32 @@ impl Inner {
     }
 }
 
-/// Every route: the contract's under `/api` (guarded, recorded), plus the control endpoint.
+/// Every route: the contract's under `/api` (guarded, recorded), plus, with sandbox controls,
+/// the token read and the control endpoint. Anything else is a JSON 404, so routes left out
+/// look like any unknown path.
 fn router(inner: Arc<Inner>) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route(
             "/api/users/{user_id}/google-calendar/connect",
             post(connect),
         )
-        .route("/api/users/{user_id}/google-calendar", get(show))
         .route(
             "/api/google-tokens/{user_id}",
             axum::routing::delete(disconnect),
-        )
-        .route_layer(middleware::from_fn_with_state(inner.clone(), guard));
-    Router::new()
-        .merge(api)
-        .route("/sandbox/control", post(control))
-        .with_state(inner)
+        );
+    if inner.sandbox_controls {
+        api = api.route("/api/users/{user_id}/google-calendar", get(show));
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(inner.clone(), guard));
+    let mut router = Router::new().merge(api);
+    if inner.sandbox_controls {
+        router = router.route("/sandbox/control", post(control));
+    }
+    router.fallback(unknown_route).with_state(inner)
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not found")
 }
 
 /// Wraps every `/api` call: injects faults, checks the bearer token and records the exchange.
@@ -445,7 +469,8 @@ async fn disconnect(
     })))
 }
 
-/// Not in the contract: lets the demo and tests look at what the microservice holds.
+/// Not in the contract: lets the demo and tests look at what the microservice holds. Served
+/// only with sandbox controls: it hands out plaintext tokens.
 async fn show(
     State(inner): State<Arc<Inner>>,
     UserId(user_id): UserId,
@@ -779,7 +804,8 @@ pub struct MicroserviceArgs {
     #[arg(
         long,
         env = "MICROSERVICE_DATABASE_URL",
-        default_value = "sqlite::memory:"
+        default_value = "sqlite::memory:",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Bearer token every /api call must carry (none required when unset)
@@ -789,6 +815,11 @@ pub struct MicroserviceArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Also serve the test routes: POST /sandbox/control (fault injection, no authentication)
+    /// and GET /api/users/{user_id}/google-calendar (stored tokens in plaintext). For tests and
+    /// demos only; never on a copy that holds real tokens
+    #[arg(long, env = "MICROSERVICE_SANDBOX_CONTROLS")]
+    pub sandbox_controls: bool,
 }
 
 impl fmt::Debug for MicroserviceArgs {
@@ -797,6 +828,7 @@ impl fmt::Debug for MicroserviceArgs {
             .field("listen", &self.listen)
             .field("database_url", &without_password(&self.database_url))
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("sandbox_controls", &self.sandbox_controls)
             .finish()
     }
 }
@@ -819,14 +851,20 @@ pub async fn run(args: MicroserviceArgs) -> anyhow::Result<()> {
         database_url: args.database_url,
         // Nothing out of process can read the log, so it would only grow.
         record_requests: false,
+        sandbox_controls: args.sandbox_controls,
     };
     let listener = TcpListener::bind(args.listen).await?;
     let microservice = ReferenceMicroservice::start(config, listener).await?;
-    tracing::info!(
-        url = %microservice.base_url(),
-        control_url = %format!("{}/sandbox/control", microservice.base_url()),
-        "reference microservice listening"
-    );
+    if args.sandbox_controls {
+        tracing::warn!(
+            url = %microservice.base_url(),
+            control_url = %format!("{}/sandbox/control", microservice.base_url()),
+            "reference microservice listening with sandbox controls: anyone who can reach it \
+             can inject faults and read stored tokens"
+        );
+    } else {
+        tracing::info!(url = %microservice.base_url(), "reference microservice listening");
+    }
     tokio::signal::ctrl_c().await?;
     tracing::info!("reference microservice stopping");
     microservice.stop().await;

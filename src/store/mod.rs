@@ -6,6 +6,7 @@
 mod batch;
 mod bulk;
 pub mod entity;
+mod key_check;
 mod rotation;
 mod states;
 mod users;
@@ -22,6 +23,7 @@ use sea_orm::{
 use crate::crypto::{CryptoError, TokenCipher};
 
 pub use bulk::{AuditRow, SeedUser};
+pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
 pub use users::{

@@ -220,25 +220,4 @@ impl Store {
             }
         }
     }
-
-    /// Checks that the configured keys open what is stored, on the first connected user: a
-    /// missing key shows up at start, not as every refresh failing later.
-    pub async fn check_keys(&self) -> Result<(), RotationError> {
-        let row = user::Entity::find()
-            .filter(user::Column::GoogleRefreshToken.is_not_null())
-            .order_by_asc(user::Column::UserId)
-            .one(&self.db)
-            .await?;
-        let Some(row) = row else { return Ok(()) };
-        if let Some(sealed) = &row.google_refresh_token {
-            self.cipher
-                .decrypt(sealed, &refresh_context(&row.user_id))
-                .map_err(|cause| RotationError::UserUndecryptable {
-                    user_id: row.user_id.clone(),
-                    column: "google_refresh_token",
-                    cause,
-                })?;
-        }
-        Ok(())
-    }
 }

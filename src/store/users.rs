@@ -321,7 +321,8 @@ impl Store {
 
     /// The user disconnects: clear the tokens and queue the deletion at the microservice.
     /// Returns `None` if the user was not connected, else the refresh token that was stored
-    /// (for revocation at Google).
+    /// (for revocation at Google), or `Some(None)` when there is none to revoke: none stored,
+    /// or one that no configured key opens (logged, the disconnect goes on without it).
     #[tracing::instrument(name = "db.disconnect", skip_all, fields(user.id = %user_id))]
     pub async fn disconnect(
         &self,
@@ -334,6 +335,14 @@ impl Store {
             if !row.google_calendar_connected {
                 return Ok(None);
             }
+            // Opened before the row is cleared, and a failure is not an error: failing after
+            // the clear would leave the disconnect half done (the caller would answer 500
+            // before stopping the actor and deleting the microservice's copy, and a retry
+            // would find nothing connected).
+            let revocable = row
+                .google_refresh_token
+                .as_deref()
+                .map(|sealed| self.cipher.decrypt(sealed, &refresh_context(user_id)));
             let update = cleared(user::Entity::update_many())
                 .col_expr(user::Column::NeedsReconnect, Expr::value(false));
             let result = with_pending_sync(update, row.token_version + 1, Utc::now())
@@ -342,11 +351,18 @@ impl Store {
                 .exec(&self.db)
                 .await?;
             if result.rows_affected == 1 {
-                let revocable = match row.google_refresh_token {
-                    Some(sealed) => Some(self.cipher.decrypt(&sealed, &refresh_context(user_id))?),
-                    None => None,
-                };
-                return Ok(Some(revocable));
+                return Ok(Some(revocable.and_then(|opened| {
+                    opened
+                        .inspect_err(|e| {
+                            tracing::warn!(
+                                userId = %user_id,
+                                error = %e,
+                                "stored refresh token cannot be decrypted, so it cannot be \
+                                 revoked at Google; disconnecting without revocation"
+                            );
+                        })
+                        .ok()
+                })));
             }
         }
         Err(StoreError::Contended)

@@ -1,12 +1,14 @@
-//! Disconnect: revoked at Google, cleared here, actor stopped, deleted at the microservice.
+//! Disconnect: revoked at Google, cleared here, actor stopped, deleted at the microservice;
+//! all of it even when the stored refresh token can no longer be decrypted.
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::StatusCode;
 
 use crate::{
     on_both_backends,
-    support::{Backend, TestApp, eventually, log_lines_with},
+    support::{Backend, ENCRYPTION_KEY, TestApp, eventually, log_lines_with, logs},
 };
 
 async fn disconnect_clears_everything(backend: Backend) {
@@ -98,3 +100,77 @@ async fn microservice_404_on_delete_counts_as_done() {
     assert_eq!(deletes.last().unwrap().status, 404);
     t.shutdown().await;
 }
+
+/// Issue 14, Low 1: a row sealed with a key that was dropped from `TOKEN_ENCRYPTION_KEY`
+/// used to make the disconnect answer 500 after clearing the row, before the actor stopped and
+/// the microservice's copy was deleted; a retry then answered 404 and the copy stayed.
+async fn disconnect_completes_when_the_refresh_token_cannot_be_decrypted(backend: Backend) {
+    let mut t = TestApp::on(backend).await;
+    // Sealed with the first key, which is dropped below before the rows are rotated.
+    t.connect("dk-b-lost").await;
+    let new_key = STANDARD.encode([0x5a; 32]);
+    t.options.encryption_key = format!("{new_key},{ENCRYPTION_KEY}");
+    t.restart().await;
+    // Sealed with the new key, and first by user id: the start-up check samples it, so the
+    // service starts (the old one-row check did too).
+    t.connect("dk-a-kept").await;
+    for user in ["dk-a-kept", "dk-b-lost"] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                t.microservice.stored(user).await.unwrap().is_some()
+            })
+            .await,
+            "{user} pushed"
+        );
+    }
+    let copy = t.microservice.stored("dk-b-lost").await.unwrap().unwrap();
+
+    t.options.encryption_key = new_key;
+    t.restart().await;
+    let audit = t.app().store.audit_keys(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (audit.checked, audit.undecryptable, audit.examples),
+        (2, 1, vec!["dk-b-lost".to_string()])
+    );
+    assert!(
+        !log_lines_with(&["no key of TOKEN_ENCRYPTION_KEY opens", "dk-b-lost"]).is_empty(),
+        "the start-up check names the unreadable user:\n{}",
+        logs()
+    );
+
+    let (status, body) = t.disconnect("dk-b-lost").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(t.status("dk-b-lost").await["connected"], false);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            t.actor("dk-b-lost").await.is_none()
+        })
+        .await,
+        "actor gone"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            t.microservice.stored("dk-b-lost").await.unwrap().is_none()
+        })
+        .await,
+        "the microservice no longer holds the tokens"
+    );
+    assert_eq!(
+        log_lines_with(&["cannot be revoked at Google", "dk-b-lost"]).len(),
+        1,
+        "{}",
+        logs()
+    );
+    let text = logs();
+    assert!(
+        !text.contains(&copy.refresh_token) && !text.contains(&copy.access_token),
+        "a token leaked into the logs"
+    );
+    assert_eq!(t.disconnect("dk-b-lost").await.0, StatusCode::NOT_FOUND);
+    // The readable user is untouched.
+    assert_eq!(t.status("dk-a-kept").await["connected"], true);
+    assert!(t.stored_access_token("dk-a-kept").await.is_some());
+    t.shutdown().await;
+}
+on_both_backends!(disconnect_completes_when_the_refresh_token_cannot_be_decrypted);

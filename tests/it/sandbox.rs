@@ -640,8 +640,13 @@ async fn microservice_with(config: MicroserviceConfig) -> ReferenceMicroservice 
         .unwrap()
 }
 
+/// A microservice with its test routes, as the tests and the demo run it.
 async fn microservice() -> ReferenceMicroservice {
-    microservice_with(MicroserviceConfig::default()).await
+    microservice_with(MicroserviceConfig {
+        sandbox_controls: true,
+        ..Default::default()
+    })
+    .await
 }
 
 fn tokens_body(access: &str) -> Value {
@@ -851,6 +856,99 @@ async fn bearer_token_is_required_when_configured() {
 }
 
 #[tokio::test]
+async fn bearer_token_refuses_wrong_tokens_of_any_length() {
+    let ms = microservice_with(MicroserviceConfig {
+        bearer_token: Some("ms-secret".into()),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}/api/users/u/google-calendar/connect", ms.base_url());
+    let attempt = |token: Option<&'static str>| {
+        let mut request = client().post(&url).json(&tokens_body("a"));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    for wrong in [
+        "Bearer ms-secreX",
+        "Bearer MS-SECRET",
+        "Bearer ms-secre",
+        "Bearer ms-secret-and-more",
+        "Bearer ",
+        "bearer ms-secret",
+        "ms-secret",
+    ] {
+        assert_eq!(
+            attempt(Some(wrong)).await,
+            StatusCode::UNAUTHORIZED,
+            "{wrong}"
+        );
+    }
+    assert_eq!(attempt(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(ms.stored_count().await.unwrap(), 0);
+    assert_eq!(attempt(Some("Bearer ms-secret")).await, StatusCode::OK);
+
+    // Timing is not observable in a test: check that the comparison is the constant-time one.
+    let source = include_str!("../../src/sandbox/microservice.rs");
+    let check = &source[source.find("fn authorized(").unwrap()..];
+    let check = &check[..check.find("\n    }\n").unwrap()];
+    assert!(check.contains("crypto::secrets_match("), "{check}");
+    assert!(!check.contains("=="), "{check}");
+}
+
+#[tokio::test]
+async fn test_routes_exist_only_with_sandbox_controls() {
+    let ms = microservice_with(MicroserviceConfig::default()).await;
+    let control_url = format!("{}/sandbox/control", ms.base_url());
+    let not_found = json!({"success": false, "message": "Not found"});
+    let response = client()
+        .post(&control_url)
+        .json(&json!({"mode": "error500"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.json::<Value>().await.unwrap(), not_found);
+    // The contract's routes work, and the refused control changed nothing.
+    assert_eq!(
+        push(&ms, "u", &tokens_body("ya29.hidden")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(fetch(&ms, "u").await, (StatusCode::NOT_FOUND, not_found));
+    assert_eq!(remove(&ms, "u").await.0, StatusCode::OK);
+    assert_eq!(remove(&ms, "u").await.0, StatusCode::NOT_FOUND);
+    assert!(
+        ms.received()
+            .iter()
+            .all(|r| r.path.ends_with("/connect") || r.path.starts_with("/api/google-tokens/")),
+        "refused test routes never reach the handlers"
+    );
+
+    let ms = microservice().await;
+    assert_eq!(
+        push(&ms, "u", &tokens_body("ya29.shown")).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = fetch(&ms, "u").await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (StatusCode::OK, &json!("ya29.shown"))
+    );
+    let response = client()
+        .post(format!("{}/sandbox/control", ms.base_url()))
+        .json(&json!({"mode": "error500"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        push(&ms, "u", &tokens_body("ya29.next")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
 async fn fault_modes_fail_without_touching_the_store() {
     let ms = microservice().await;
     ms.set_mode(FaultMode::Error500);
@@ -1041,6 +1139,7 @@ async fn postgres_database() {
     let db = crate::support::TestDatabase::create(crate::support::Backend::Postgres).await;
     let ms = microservice_with(MicroserviceConfig {
         database_url: db.url.clone(),
+        sandbox_controls: true,
         ..Default::default()
     })
     .await;
@@ -1116,6 +1215,27 @@ fn command_line_flags_parse_with_defaults() {
     };
     assert_eq!(ms.listen.to_string(), "127.0.0.1:4000");
     assert_eq!(ms.database_url, "sqlite::memory:");
+    assert!(!ms.sandbox_controls, "test routes are off unless asked for");
+    let Command::Microservice(ms) =
+        Cli::try_parse_from(["tw", "microservice", "--sandbox-controls"])
+            .unwrap()
+            .command
+    else {
+        panic!("wrong subcommand");
+    };
+    assert!(ms.sandbox_controls);
+
+    // `--help` never prints the secrets it read from the environment.
+    let command = <tokenwarden::sandbox::MicroserviceArgs as clap::Args>::augment_args(
+        clap::Command::new("ms"),
+    );
+    for secret in ["token", "database_url"] {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == secret)
+            .unwrap();
+        assert!(arg.is_hide_env_values_set(), "{secret}");
+    }
 }
 
 #[tokio::test]
@@ -1125,6 +1245,7 @@ async fn run_serves_until_stopped() {
         listen,
         database_url: "sqlite::memory:".into(),
         token: None,
+        sandbox_controls: false,
     };
     let server = tokio::spawn(tokenwarden::sandbox::microservice::run(args));
     let url = format!("http://{listen}/api/google-tokens/nobody");
@@ -1137,5 +1258,13 @@ async fn run_serves_until_stopped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(answer, Some(StatusCode::NOT_FOUND));
+    // The subcommand serves no test routes unless asked.
+    let control = client()
+        .post(format!("http://{listen}/sandbox/control"))
+        .json(&json!({"mode": "hang"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(control.status(), StatusCode::NOT_FOUND);
     server.abort();
 }

@@ -227,6 +227,7 @@ impl TestApp {
         let microservice = ReferenceMicroservice::start(
             MicroserviceConfig {
                 bearer_token: options.microservice_token.clone(),
+                sandbox_controls: true,
                 ..Default::default()
             },
             bind_loopback().await.unwrap(),
