@@ -10,6 +10,7 @@
 //! - [`actors`]: the root supervisor and one actor per connected user that owns refreshing.
 //! - [`http`]: the axum front door (user API, admin API, health, metrics).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
 //! - [`sandbox`]: real HTTP servers standing in for Google and the microservice.
 //! - [`demo`]: everything in one process for a person to try.
@@ -26,6 +27,7 @@ pub mod google;
 pub mod http;
 pub mod loadtest;
 pub mod metrics;
+pub mod retry;
 pub mod sandbox;
 pub mod store;
 pub mod sync;
