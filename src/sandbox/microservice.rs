@@ -779,7 +779,8 @@ pub struct MicroserviceArgs {
     #[arg(
         long,
         env = "MICROSERVICE_DATABASE_URL",
-        default_value = "sqlite::memory:"
+        default_value = "sqlite::memory:",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Bearer token every /api call must carry (none required when unset)
