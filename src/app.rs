@@ -95,15 +95,12 @@ impl App {
             sync: sync.clone(),
             metrics: metrics.clone(),
             connect_limiter: Arc::new(http::RateLimiter::for_connect()),
+            readiness: Default::default(),
         };
         let addr = listener.local_addr()?;
         let router = http::router(state);
         let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let server = tokio::spawn(http::serve(listener, router, config.http, stop));
         tracing::info!(%addr, "tokenwarden listening");
         Ok(Self {
             addr,

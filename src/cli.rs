@@ -17,7 +17,8 @@ pub struct MigrateArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://tokenwarden.db?mode=rwc"
+        default_value = "sqlite://tokenwarden.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
 }
@@ -37,7 +38,8 @@ pub struct RotateKeyArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://tokenwarden.db?mode=rwc"
+        default_value = "sqlite://tokenwarden.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Comma-separated base64 keys: the new key first, then every older key that may still

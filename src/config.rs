@@ -28,7 +28,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://tokenwarden.db?mode=rwc"
+        default_value = "sqlite://tokenwarden.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// OAuth client id of the Google Cloud project.
@@ -51,32 +52,36 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "GOOGLE_OAUTH_AUTH_URL",
-        default_value = "https://accounts.google.com/o/oauth2/v2/auth"
+        default_value = "https://accounts.google.com/o/oauth2/v2/auth",
+        hide_env_values = true
     )]
     pub google_auth_url: String,
     /// Google's token endpoint (code exchange and refresh).
     #[arg(
         long,
         env = "GOOGLE_OAUTH_TOKEN_URL",
-        default_value = "https://oauth2.googleapis.com/token"
+        default_value = "https://oauth2.googleapis.com/token",
+        hide_env_values = true
     )]
     pub google_token_url: String,
     /// Google's revocation endpoint.
     #[arg(
         long,
         env = "GOOGLE_OAUTH_REVOKE_URL",
-        default_value = "https://oauth2.googleapis.com/revoke"
+        default_value = "https://oauth2.googleapis.com/revoke",
+        hide_env_values = true
     )]
     pub google_revoke_url: String,
     /// Google's OpenID userinfo endpoint (the account's email).
     #[arg(
         long,
         env = "GOOGLE_USERINFO_URL",
-        default_value = "https://openidconnect.googleapis.com/v1/userinfo"
+        default_value = "https://openidconnect.googleapis.com/v1/userinfo",
+        hide_env_values = true
     )]
     pub google_userinfo_url: String,
     /// Microservice base URL without trailing slash; unset skips the sync.
-    #[arg(long, env = "GOOGLE_CALENDAR_MICROSERVICE_URL")]
+    #[arg(long, env = "GOOGLE_CALENDAR_MICROSERVICE_URL", hide_env_values = true)]
     pub microservice_url: Option<String>,
     /// Bearer token sent to the microservice on every call.
     #[arg(
@@ -141,6 +146,13 @@ pub struct ServeArgs {
     /// Per-request timeout towards Google, in milliseconds.
     #[arg(long, env = "GOOGLE_HTTP_TIMEOUT_MS", default_value = "10000")]
     pub google_timeout_ms: String,
+    /// Longest a client may take to send a request's headers, in seconds; the connection is
+    /// closed after that. A keep-alive connection idle that long is closed too.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECS", default_value = "10")]
+    pub http_header_read_timeout_secs: String,
+    /// Most client connections open at once; further clients wait to be accepted.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value = "10000")]
+    pub http_max_connections: String,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -153,7 +165,7 @@ pub struct TelemetryArgs {
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
     /// OTLP collector base URL; unset: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", hide_env_values = true)]
     pub otel_endpoint: Option<String>,
     /// `grpc`, `http/protobuf` or `http/json`.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
@@ -222,6 +234,8 @@ impl Default for ServeArgs {
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
             google_timeout_ms: "10000".into(),
+            http_header_read_timeout_secs: "10".into(),
+            http_max_connections: "10000".into(),
             telemetry: TelemetryArgs::default(),
             google_client_id: None,
             google_client_secret: None,
@@ -260,8 +274,18 @@ pub struct GoogleConfig {
     pub timeout: Duration,
 }
 
-/// Where and how tokens are pushed.
-#[derive(Debug, Clone)]
+/// Limits of the front door's client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpServerConfig {
+    /// Longest a client may take to send a request's headers (slow clients would otherwise
+    /// hold a connection forever).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// Where and how tokens are pushed. Its `Debug` shows the URL without credentials.
+#[derive(Clone)]
 pub struct MicroserviceConfig {
     /// Base URL without trailing slash; `None` means sync is skipped with the seed's warning.
     pub url: Option<String>,
@@ -270,6 +294,19 @@ pub struct MicroserviceConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub concurrency: usize,
+}
+
+impl std::fmt::Debug for MicroserviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicroserviceConfig")
+            .field("url", &self.url.as_deref().map(without_userinfo))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
 }
 
 /// When and how fast actors refresh.
@@ -296,6 +333,7 @@ pub enum LogFormat {
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub database_url: String,
+    pub http: HttpServerConfig,
     pub google: GoogleConfig,
     pub microservice: MicroserviceConfig,
     pub refresh: RefreshConfig,
@@ -323,6 +361,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
+            .field("http", &self.http)
             .field("google", &self.google)
             .field("microservice", &self.microservice)
             .field("refresh", &self.refresh)
@@ -392,6 +431,13 @@ impl ServeArgs {
                 &self.actor_hibernate_after_secs,
             )? as u64),
         };
+        let http = HttpServerConfig {
+            header_read_timeout: Duration::from_secs(positive(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                &self.http_header_read_timeout_secs,
+            )? as u64),
+            max_connections: positive("HTTP_MAX_CONNECTIONS", &self.http_max_connections)?,
+        };
         let frontend_url = parse_url("FRONTEND_URL", &self.frontend_url)?;
         let (encryption_key, old_encryption_keys) = parse_keys(&required(
             "TOKEN_ENCRYPTION_KEY",
@@ -403,6 +449,7 @@ impl ServeArgs {
                 .parse()
                 .map_err(|e| malformed("LISTEN_ADDR", e))?,
             database_url: self.database_url,
+            http,
             google,
             microservice,
             refresh,
@@ -449,6 +496,20 @@ fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
             var,
             format!("scheme {other} is not http or https"),
         )),
+    }
+}
+
+/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
+/// and debug output; anything else about it is kept as written.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The last `@` ends the userinfo, as URL parsers read it.
+    match rest[..authority].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 
@@ -561,6 +622,8 @@ mod tests {
             sync_retry_max_ms: "60000".into(),
             sync_concurrency: "64".into(),
             google_timeout_ms: "10000".into(),
+            http_header_read_timeout_secs: "10".into(),
+            http_max_connections: "10000".into(),
             telemetry: TelemetryArgs {
                 log_format: "json".into(),
                 ..TelemetryArgs::default()
@@ -650,6 +713,52 @@ mod tests {
             err.starts_with("OAUTH_BROWSER_BINDING is malformed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connection_limits_parse_and_zero_is_refused_by_name() {
+        let config = complete().into_config().expect("valid");
+        assert_eq!(config.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.max_connections, 10000);
+        let mut args = complete();
+        args.http_header_read_timeout_secs = "0".into();
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(
+            err.starts_with("HTTP_HEADER_READ_TIMEOUT_SECS is malformed"),
+            "{err}"
+        );
+        let mut args = complete();
+        args.http_max_connections = "many".into();
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(
+            err.starts_with("HTTP_MAX_CONNECTIONS is malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_stripped_from_shown_urls() {
+        for (url, shown) in [
+            (
+                "https://user:pass@ms.example/base",
+                "https://ms.example/base",
+            ),
+            ("https://user@ms.example", "https://ms.example"),
+            ("http://u:p%40ss@127.0.0.1:4000", "http://127.0.0.1:4000"),
+            ("http://a@b:c@[::1]:4000/x?y=z", "http://[::1]:4000/x?y=z"),
+            (
+                "https://ms.example/users/a@b?c=d@e",
+                "https://ms.example/users/a@b?c=d@e",
+            ),
+            ("https://ms.example", "https://ms.example"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_userinfo(url), shown, "{url}");
+        }
+        let mut args = complete();
+        args.microservice_url = Some("https://tw:hunter2@ms.example".into());
+        let shown = format!("{:?}", args.into_config().expect("valid"));
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

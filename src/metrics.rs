@@ -1,9 +1,11 @@
 //! The Prometheus registry of one running service: counters, gauges and histograms that the
 //! actors, the sync dispatcher and the HTTP layer update. Labels never carry user ids or
-//! secrets, so `/metrics` is safe to expose without a token.
+//! secrets, so `/metrics` is safe to expose without a token. Labels a client could choose
+//! (the HTTP method and path) only ever take values from fixed sets, so no request can add
+//! series of its own.
 
 use prometheus_client::{
-    encoding::text::encode,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{
         counter::Counter,
         family::Family,
@@ -14,6 +16,73 @@ use prometheus_client::{
 };
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The method label of an HTTP request: the standard methods, and `other` for any method a
+/// client invents (each new value would be a new series kept forever).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+    Other,
+}
+
+impl HttpMethod {
+    /// The method as it appears in labels and span fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+            Self::Options => "OPTIONS",
+            Self::Trace => "TRACE",
+            Self::Patch => "PATCH",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl From<&http::Method> for HttpMethod {
+    fn from(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET => Self::Get,
+            http::Method::HEAD => Self::Head,
+            http::Method::POST => Self::Post,
+            http::Method::PUT => Self::Put,
+            http::Method::DELETE => Self::Delete,
+            http::Method::CONNECT => Self::Connect,
+            http::Method::OPTIONS => Self::Options,
+            http::Method::TRACE => Self::Trace,
+            http::Method::PATCH => Self::Patch,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl EncodeLabelValue for HttpMethod {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Labels of one HTTP duration series. `route` is a route template of the router or
+/// `unmatched`, never a raw path.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: HttpMethod,
+    pub route: String,
+    pub status: u16,
+}
 
 fn lateness_histogram() -> Histogram {
     // 1 ms .. ~65 s
@@ -47,7 +116,7 @@ pub struct Metrics {
     /// Seconds the access token still had to live when refreshed.
     pub remaining_lifetime: Histogram,
     /// HTTP request durations by `method`, `route` and `status`.
-    pub http_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     /// User actors alive.
     pub actors: Gauge,
     /// User actors restarted after a failure.
@@ -68,7 +137,7 @@ impl Default for Metrics {
         let refresh_lateness = lateness_histogram();
         let remaining_lifetime = lifetime_histogram();
         let sync_lag = lateness_histogram();
-        let http_duration: Family<Labels, Histogram, fn() -> Histogram> =
+        let http_duration: Family<HttpLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(duration_histogram);
         let actors = Gauge::default();
         let actor_restarts = Counter::default();

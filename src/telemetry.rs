@@ -142,7 +142,7 @@ where
             .is_ok(),
     };
     if installed && let Some(endpoint) = &config.otlp_endpoint {
-        tracing::info!(endpoint = %endpoint, protocol = ?config.otlp_protocol, "exporting traces over OTLP");
+        tracing::info!(endpoint = %crate::config::without_userinfo(endpoint), protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider })
 }

@@ -42,7 +42,8 @@ pub struct DemoArgs {
     #[arg(
         long,
         env = "DEMO_DATABASE_URL",
-        default_value = "sqlite://tokenwarden-demo.db?mode=rwc"
+        default_value = "sqlite://tokenwarden-demo.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Lifetime of the sandbox's access tokens, in seconds.

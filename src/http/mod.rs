@@ -1,5 +1,6 @@
 //! The axum front door: one file per resource, each with its own `router()`, merged here with
-//! the cross-cutting layers (body limit, deadline, CORS, request metrics and spans).
+//! the cross-cutting layers (body limit, deadline, CORS, request metrics and spans), and
+//! served by `serve` with limits on client connections.
 
 mod admin;
 mod auth;
@@ -8,6 +9,7 @@ mod error;
 mod health;
 mod integrations;
 mod rate_limit;
+mod serve;
 
 use std::{
     sync::Arc,
@@ -25,10 +27,16 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
 pub use error::Error;
+pub use health::Readiness;
 pub use rate_limit::{CONNECTS_PER_MINUTE, RateLimiter};
+pub use serve::serve;
 
 use crate::{
-    actors::Supervisor, config::Config, google::GoogleClient, metrics::Metrics, store::Store,
+    actors::Supervisor,
+    config::Config,
+    google::GoogleClient,
+    metrics::{HttpLabels, HttpMethod, Metrics},
+    store::Store,
     sync::SyncDispatcher,
 };
 
@@ -48,6 +56,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Per-user limit on starting consents.
     pub connect_limiter: Arc<RateLimiter>,
+    /// The database check `/readyz` probes share.
+    pub readiness: Arc<Readiness>,
 }
 
 /// The whole front door.
@@ -89,19 +99,21 @@ async fn deadline(request: Request, next: Next) -> Response {
 }
 
 /// Records each request's duration by route (the matched pattern, never the raw path, so
-/// user ids stay out of labels) and wraps it in a span named by the route.
+/// user ids stay out of labels) and wraps it in a span named by the route. The method is
+/// folded into the standard set plus `other`, in the labels and in the span alike: a client
+/// inventing methods (or sending a 100 KB one) must not grow `/metrics` or the traces.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let method = request.method().to_string();
+    let method = HttpMethod::from(request.method());
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %format!("{method} {route}"),
+        otel.name = %format!("{} {route}", method.as_str()),
         otel.kind = "server",
-        http.request.method = %method,
+        http.request.method = method.as_str(),
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
@@ -116,11 +128,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics
         .http_duration
-        .get_or_create(&vec![
-            ("method", method),
-            ("route", route),
-            ("status", status.to_string()),
-        ])
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status,
+        })
         .observe(started.elapsed().as_secs_f64());
     response
 }

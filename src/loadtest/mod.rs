@@ -69,7 +69,7 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 5)]
     pub refresh_jitter_secs: u64,
     /// The service's database; default a fresh SQLite file in a temporary directory.
-    #[arg(long, env = "LOADTEST_DATABASE_URL")]
+    #[arg(long, env = "LOADTEST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Delay of every microservice answer, in milliseconds.
     #[arg(long, default_value_t = 0)]

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    config::MicroserviceConfig,
+    config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,
     metrics::Metrics,
     store::{Store, StoredTokens, SyncSnapshot},
@@ -54,6 +54,9 @@ pub enum Delivery {
 pub struct MicroserviceClient {
     http: reqwest::Client,
     base_url: Option<String>,
+    /// `base_url` without userinfo: the `microserviceUrl` of the log lines, which must not
+    /// carry a password written into the URL.
+    shown_url: Option<String>,
     token: Option<SecretString>,
 }
 
@@ -65,6 +68,7 @@ impl MicroserviceClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             base_url: config.url.clone(),
+            shown_url: config.url.as_deref().map(without_userinfo),
             token: config.token.clone(),
         })
     }
@@ -155,6 +159,10 @@ impl MicroserviceClient {
         (done, Some(version))
     }
 
+    fn shown_url(&self) -> &str {
+        self.shown_url.as_deref().unwrap_or_default()
+    }
+
     fn endpoint(&self, base: &str, segments: &[&str]) -> String {
         let mut url = base.to_string();
         for segment in segments {
@@ -182,7 +190,7 @@ impl MicroserviceClient {
         };
         tracing::info!(
             userId = %user_id,
-            microserviceUrl = %base,
+            microserviceUrl = %self.shown_url(),
             "🔄 Syncing Google Calendar tokens to microservice"
         );
         let token_expiry = tokens
@@ -213,7 +221,7 @@ impl MicroserviceClient {
                 if let Delivery::Failed { error, details } = &failed {
                     tracing::error!(
                         userId = %user_id,
-                        microserviceUrl = %base,
+                        microserviceUrl = %self.shown_url(),
                         error = %error,
                         details = %details,
                         "❌ Failed to sync tokens to microservice"
@@ -235,7 +243,7 @@ impl MicroserviceClient {
         };
         tracing::info!(
             userId = %user_id,
-            microserviceUrl = %base,
+            microserviceUrl = %self.shown_url(),
             "🔄 Deleting Google Calendar tokens from microservice"
         );
         let url = self.endpoint(base, &["api", "google-tokens", user_id]);
@@ -250,7 +258,7 @@ impl MicroserviceClient {
                 if let Delivery::Failed { error, details } = &failed {
                     tracing::error!(
                         userId = %user_id,
-                        microserviceUrl = %base,
+                        microserviceUrl = %self.shown_url(),
                         error = %error,
                         details = %details,
                         "❌ Failed to delete tokens from microservice"

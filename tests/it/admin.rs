@@ -1,10 +1,11 @@
 //! Operator routes: the actor registry with paging, resync, health, readiness and metrics.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 
-use crate::support::{TestApp, eventually};
+use crate::on_both_backends;
+use crate::support::{Backend, TestApp, eventually};
 
 #[tokio::test]
 async fn actors_are_listed_in_pages_ordered_by_user_id() {
@@ -201,3 +202,50 @@ async fn panicking_actor_is_restarted_and_keeps_refreshing() {
     );
     t.shutdown().await;
 }
+
+/// `/readyz` answers from one shared database check (security review, issue 14): probes do
+/// not each take a database connection and a write lock, so a flood of them cannot starve
+/// the refreshes' writes; a locked database is still reported within about two seconds.
+async fn readiness_probes_share_one_database_check(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let t = TestApp::on(backend).await;
+    t.connect("rita").await;
+    let readyz = || async {
+        t.http
+            .get(format!("{}/readyz", t.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(5), || async { readyz().await == 200 }).await);
+
+    let locker = Database::connect(t.db.url.as_str()).await.unwrap();
+    let txn = locker.begin().await.unwrap();
+    let lock = match backend {
+        Backend::Sqlite => "UPDATE users SET updated_at = updated_at WHERE 1 = 0",
+        Backend::Postgres => "LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
+    };
+    txn.execute_unprepared(lock).await.unwrap();
+    let locked_at = Instant::now();
+    let seen = eventually(Duration::from_secs(3), || async { readyz().await == 503 }).await;
+    assert!(seen, "the locked database is reported");
+    assert!(locked_at.elapsed() < Duration::from_millis(2500));
+    // Each check of a locked database waits out the ping timeout (1 s); ten probes that each
+    // ran one would take ten seconds.
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(readyz().await, 503);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "ten probes took {took:?}: each waited on the database"
+    );
+    txn.rollback().await.unwrap();
+    let ready = eventually(Duration::from_secs(5), || async { readyz().await == 200 }).await;
+    assert!(ready, "ready again once the lock is gone");
+    t.shutdown().await;
+}
+on_both_backends!(readiness_probes_share_one_database_check);

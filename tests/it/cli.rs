@@ -77,6 +77,66 @@ fn migrate_applies_and_help_lists_commands() {
     }
 }
 
+/// `--help` shows the environment's value of plain settings but never of secrets or of URLs
+/// that may carry credentials (security review, issue 14).
+#[test]
+fn help_never_shows_secrets_or_credentials_in_urls() {
+    const SECRET: &str = "hunter2secret";
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("postgres://u:{SECRET}@127.0.0.1:1/x");
+    let web = format!("https://u:{SECRET}@example.test/base");
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["rotate-key", "--help"],
+        &["demo", "--help"],
+        &["loadtest", "--help"],
+        &["microservice", "--help"],
+        &["sandbox-google", "--help"],
+    ] {
+        let mut command = tokenwarden(dir.path());
+        command.args(args).env("LISTEN_ADDR", "127.0.0.1:3999");
+        for var in [
+            "DATABASE_URL",
+            "DEMO_DATABASE_URL",
+            "LOADTEST_DATABASE_URL",
+            "MICROSERVICE_DATABASE_URL",
+        ] {
+            command.env(var, &database);
+        }
+        for var in [
+            "GOOGLE_CALENDAR_MICROSERVICE_URL",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "GOOGLE_OAUTH_AUTH_URL",
+            "GOOGLE_OAUTH_TOKEN_URL",
+            "GOOGLE_OAUTH_REVOKE_URL",
+            "GOOGLE_USERINFO_URL",
+        ] {
+            command.env(var, &web);
+        }
+        for var in [
+            "GOOGLE_CALENDAR_CLIENT_SECRET",
+            "GOOGLE_CALENDAR_MICROSERVICE_TOKEN",
+            "AUTH_JWT_SECRET",
+            "ADMIN_TOKEN",
+            "TOKEN_ENCRYPTION_KEY",
+        ] {
+            command.env(var, SECRET);
+        }
+        let output = command.output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {help}");
+        let shown: Vec<&str> = help.lines().filter(|l| l.contains(SECRET)).collect();
+        assert!(shown.is_empty(), "{args:?} shows a secret: {shown:?}");
+        if args[0] == "serve" {
+            assert!(help.contains("[env: DATABASE_URL"), "{help}");
+            // Plain settings still show the value they will take.
+            assert!(help.contains("LISTEN_ADDR=127.0.0.1:3999"), "{help}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_connects_and_stops_on_sigterm() {
     let google = SandboxGoogle::start(

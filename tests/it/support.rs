@@ -168,6 +168,13 @@ pub struct Options {
     pub refresh_retry_max_ms: u64,
     /// `OAUTH_BROWSER_BINDING`.
     pub browser_binding: bool,
+    /// `user:password` written into `GOOGLE_CALENDAR_MICROSERVICE_URL` (the reference
+    /// microservice ignores it unless it requires a bearer token).
+    pub microservice_userinfo: Option<String>,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECS`.
+    pub header_read_timeout_secs: u64,
+    /// `HTTP_MAX_CONNECTIONS`.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -183,6 +190,9 @@ impl Default for Options {
             hibernate_after_secs: 60,
             refresh_retry_max_ms: 1000,
             browser_binding: true,
+            microservice_userinfo: None,
+            header_read_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -266,7 +276,13 @@ impl TestApp {
             google_token_url: self.google.token_url(),
             google_revoke_url: self.google.revoke_url(),
             google_userinfo_url: self.google.userinfo_url(),
-            microservice_url: o.with_microservice.then(|| self.microservice.base_url()),
+            microservice_url: o.with_microservice.then(|| {
+                let base = self.microservice.base_url();
+                match &o.microservice_userinfo {
+                    Some(userinfo) => base.replacen("://", &format!("://{userinfo}@"), 1),
+                    None => base,
+                }
+            }),
             microservice_token: o.microservice_token.clone(),
             microservice_timeout_ms: o.microservice_timeout_ms.to_string(),
             refresh_lead_secs: o.refresh_lead_secs.to_string(),
@@ -277,6 +293,8 @@ impl TestApp {
             sync_retry_base_ms: "100".into(),
             sync_retry_max_ms: "1000".into(),
             google_timeout_ms: "2000".into(),
+            http_header_read_timeout_secs: o.header_read_timeout_secs.to_string(),
+            http_max_connections: o.max_connections.to_string(),
             frontend_url: "http://frontend.test".into(),
             oauth_browser_binding: if o.browser_binding { "on" } else { "off" }.into(),
             auth_jwt_secret: Some(JWT_SECRET.into()),

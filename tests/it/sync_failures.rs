@@ -110,3 +110,44 @@ async fn bearer_token_is_sent_to_the_microservice() {
     assert_eq!(auth.as_deref(), Some("Bearer ms-secret"));
     t.shutdown().await;
 }
+
+/// Credentials in `GOOGLE_CALENDAR_MICROSERVICE_URL` never reach the logs (security review,
+/// issue 14): the seed's sync and failure lines show the URL without its userinfo.
+#[tokio::test]
+async fn microservice_url_credentials_stay_out_of_logs() {
+    let t = TestApp::spawn_with(Options {
+        microservice_userinfo: Some("tw:hunter2secret".into()),
+        ..Options::default()
+    })
+    .await;
+    t.connect("ulla").await;
+    let synced = eventually(Duration::from_secs(5), || async {
+        t.microservice.stored("ulla").await.unwrap().is_some()
+    })
+    .await;
+    assert!(synced);
+    t.microservice.set_mode(FaultMode::Error500);
+    t.admin(reqwest::Method::POST, "/admin/actors/ulla/refresh")
+        .await;
+    let failed = eventually(Duration::from_secs(5), || async {
+        !log_lines_with(&["Failed to sync tokens to microservice", "ulla"]).is_empty()
+    })
+    .await;
+    assert!(failed, "failure logged:\n{}", logs());
+    let base = t.microservice.base_url();
+    for message in [
+        "Syncing Google Calendar tokens to microservice",
+        "Failed to sync tokens to microservice",
+    ] {
+        let lines = log_lines_with(&[message, "ulla"]);
+        assert!(!lines.is_empty(), "{message}");
+        assert!(lines.iter().all(|l| l.contains(&base)), "{lines:?}");
+    }
+    let leaked: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("hunter2secret"))
+        .map(str::to_string)
+        .collect();
+    assert!(leaked.is_empty(), "password in logs: {leaked:?}");
+    t.shutdown().await;
+}

@@ -304,3 +304,56 @@ async fn unreachable_exporter_blocks_nothing() {
     );
     t.shutdown().await;
 }
+
+/// A request span names its method from the standard set or `other` (security review,
+/// issue 14): an invented or 100 KB method must not reach span names and attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_carry_a_bounded_method() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let telemetry = init_telemetry(&TelemetryConfig {
+        log_format: LogFormat::Json,
+        otlp_endpoint: Some(endpoint),
+        otlp_protocol: OtlpProtocol::HttpJson,
+        service_name: "tokenwarden-test".into(),
+        export_interval: Duration::from_millis(200),
+    });
+    let t = TestApp::spawn_with(Options::default()).await;
+    let long = "X".repeat(100_000);
+    for (method, path) in [("FROBNICATE", "/healthz"), (long.as_str(), "/nowhere")] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let _ = t
+            .http
+            .request(method, format!("{}{path}", t.url))
+            .send()
+            .await;
+    }
+    let arrived = eventually(Duration::from_secs(10), || async {
+        telemetry.flush();
+        !receiver.named("other /healthz").is_empty()
+            && !receiver.named("other unmatched").is_empty()
+    })
+    .await;
+    let names: Vec<String> = receiver
+        .spans()
+        .iter()
+        .map(|s| s.name.chars().take(40).collect())
+        .collect();
+    assert!(
+        arrived,
+        "request spans named by a bounded method: {names:?}"
+    );
+    let span = &receiver.named("other /healthz")[0];
+    assert_eq!(
+        span.attr_str("http.request.method").as_deref(),
+        Some("other")
+    );
+    assert_eq!(span.attr_str("http.route").as_deref(), Some("/healthz"));
+    for span in receiver.spans() {
+        assert!(
+            !span.raw.contains("FROBNICATE") && !span.raw.contains(&long[..64]),
+            "a request-chosen method in span {:.80}",
+            span.name
+        );
+    }
+    t.shutdown().await;
+}
