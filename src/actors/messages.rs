@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use ractor::RpcReplyPort;
 use serde::Serialize;
 
+use super::schedule::Schedule;
 use crate::store::{ActorSeed, TokenChange};
 
 /// Why a refresh starts (an attribute of the refresh's logs and spans).
@@ -64,47 +65,41 @@ pub struct ActorInfo {
     pub restarts: u32,
 }
 
-/// A hibernating user's state: what the actor needs to resume, in a compact form.
+/// One actor's info as the admin API shows it, with `restarting` for one in restart backoff
+/// (which has no schedule to show).
+pub enum ActorView {
+    Live(ActorInfo),
+    Restarting { user_id: String, restarts: u32 },
+}
+
+impl ActorView {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::Live(info) => &info.user_id,
+            Self::Restarting { user_id, .. } => user_id,
+        }
+    }
+}
+
+/// A user's state at rest: its [`Schedule`] and whether it waits for a reconnect. A hibernating
+/// user is kept as this, and an actor starts from it (a new one from its row, a woken one from
+/// where it parked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parked {
-    pub token_expiry: Option<DateTime<Utc>>,
-    /// The refresh the actor had planned (jitter included), kept so waking does not move it.
-    pub next_refresh_at: Option<DateTime<Utc>>,
-    pub last_refresh_at: Option<DateTime<Utc>>,
-    pub version: i64,
-    pub refresh_count: i64,
-    pub restarts: u32,
+    pub schedule: Schedule,
     pub needs_reconnect: bool,
-    /// Failed refreshes in a row: a user parked while it waits to retry resumes its backoff
-    /// where it was when woken.
-    pub failures: u32,
 }
 
 impl Parked {
-    pub fn from_seed(seed: &ActorSeed, restarts: u32, planned: Option<DateTime<Utc>>) -> Self {
+    /// A user as loaded from its row, with the refresh planned for it.
+    pub fn from_seed(seed: &ActorSeed, planned: Option<DateTime<Utc>>) -> Self {
         Self {
-            token_expiry: seed.token_expiry,
-            next_refresh_at: planned.filter(|_| !seed.needs_reconnect),
-            last_refresh_at: seed.last_refresh_at,
-            version: seed.version,
-            refresh_count: seed.refresh_count,
-            restarts,
+            schedule: Schedule::from_seed(seed, planned),
             needs_reconnect: seed.needs_reconnect,
-            failures: 0,
         }
     }
 
-    pub fn seed(&self, user_id: &str) -> ActorSeed {
-        ActorSeed {
-            user_id: user_id.to_string(),
-            token_expiry: self.token_expiry,
-            needs_reconnect: self.needs_reconnect,
-            version: self.version,
-            refresh_count: self.refresh_count,
-            last_refresh_at: self.last_refresh_at,
-        }
-    }
-
+    /// The status shown while parked.
     pub fn status(&self) -> ActorStatus {
         if self.needs_reconnect {
             ActorStatus::NeedsReconnect
@@ -113,16 +108,17 @@ impl Parked {
         }
     }
 
-    pub fn info(&self, user_id: &str) -> ActorInfo {
-        ActorInfo {
-            user_id: user_id.to_string(),
-            status: self.status(),
-            token_expiry: self.token_expiry,
-            next_refresh_at: self.next_refresh_at,
-            last_refresh_at: self.last_refresh_at,
-            refresh_count: self.refresh_count,
-            restarts: self.restarts,
-        }
+    /// The refresh a parked user is woken for; none while it waits for a reconnect.
+    pub fn wake_plan(&self) -> Option<DateTime<Utc>> {
+        self.schedule
+            .next_refresh_at
+            .filter(|_| !self.needs_reconnect)
+    }
+
+    /// Whether an actor in this state would park at once (see [`Schedule::is_idle`]).
+    pub fn is_idle(&self, now: DateTime<Utc>, hibernate_after: std::time::Duration) -> bool {
+        self.schedule
+            .is_idle(self.needs_reconnect, now, hibernate_after)
     }
 }
 
@@ -172,14 +168,15 @@ pub enum UserTokenMsg {
 
 /// Messages of the root supervisor.
 pub enum SupervisorMsg {
-    /// A consent completed and the tokens are saved: run (or update) the user's actor.
+    /// A consent completed and the tokens are saved: update the user's live actor, or take the
+    /// user in (parked if its refresh is far away, else live).
     UserConnected { seed: ActorSeed },
     /// The user disconnected: stop the actor.
     UserDisconnected { user_id: String },
     /// Park a page of users loaded from the database, for the wake schedule to start their
     /// actors; replies when done.
     Adopt(Vec<ActorSeed>, RpcReplyPort<()>),
-    /// Start (or restart) one user's actor from a freshly loaded row.
+    /// Take one user in again from a freshly loaded row after a crash (as a connect does).
     AdoptOne { seed: ActorSeed },
     /// The initial load finished.
     Loaded,
@@ -216,15 +213,8 @@ pub struct ActorPage {
 
 /// One user in the supervisor's registry.
 pub enum ActorEntry {
+    /// A live actor, to be asked for its info.
     Live(ractor::ActorRef<UserTokenMsg>),
-    /// Hibernating: answered from the parked state, no actor asked.
-    Parked {
-        user_id: String,
-        parked: Parked,
-    },
-    /// Crashed and waiting out its restart backoff.
-    Restarting {
-        user_id: String,
-        restarts: u32,
-    },
+    /// Parked or restarting: answered by the supervisor, no actor asked.
+    Known(ActorView),
 }

@@ -1,8 +1,20 @@
 //! The actors: one root [`supervisor`] and one [`user_token`] actor per user. [`Supervisor`]
 //! is the handle the rest of the service uses; it only sends messages.
+//!
+//! Layout:
+//! - [`supervisor`]: the root actor; wires the pieces below and owns the actors' lifecycle.
+//! - [`registry`]: every user's slot (live, parked, restarting), the admin views, the gauges.
+//! - [`schedule`]: timing as plain data (a user's plan, the wake schedule and its budget).
+//! - [`restart`]: the restart policy of crashed actors.
+//! - [`loader`]: the initial paged load and the reload of one row.
+//! - [`user_token`]: the per-user actor; [`context`]: what they share; [`messages`].
 
 mod context;
+mod loader;
 pub mod messages;
+mod registry;
+mod restart;
+mod schedule;
 mod supervisor;
 mod user_token;
 
@@ -18,7 +30,7 @@ use ractor::{Actor, ActorRef};
 
 pub use context::ActorContext;
 use messages::{ActorEntry, SupervisorMsg, UserTokenMsg};
-pub use messages::{ActorInfo, ActorStatus, RefreshReason};
+pub use messages::{ActorInfo, ActorStatus, ActorView, RefreshReason};
 pub use supervisor::UserScope;
 use supervisor::{SupervisorArgs, TokenSupervisor};
 
@@ -26,12 +38,6 @@ use crate::store::ActorSeed;
 
 /// How long an admin call waits for an actor to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One actor's info as the admin API shows it, with `restarting` for one in restart backoff.
-pub enum ActorView {
-    Live(ActorInfo),
-    Restarting { user_id: String, restarts: u32 },
-}
 
 /// Handle to the running supervisor.
 #[derive(Clone)]
@@ -154,15 +160,6 @@ impl Supervisor {
     }
 }
 
-impl ActorView {
-    pub fn user_id(&self) -> &str {
-        match self {
-            Self::Live(info) => &info.user_id,
-            Self::Restarting { user_id, .. } => user_id,
-        }
-    }
-}
-
 async fn view(entry: ActorEntry) -> Option<ActorView> {
     match entry {
         ActorEntry::Live(actor) => match actor.call(UserTokenMsg::Info, Some(ASK_TIMEOUT)).await {
@@ -170,9 +167,6 @@ async fn view(entry: ActorEntry) -> Option<ActorView> {
             // Stopped between the listing and the question: it is gone.
             _ => None,
         },
-        ActorEntry::Parked { user_id, parked } => Some(ActorView::Live(parked.info(&user_id))),
-        ActorEntry::Restarting { user_id, restarts } => {
-            Some(ActorView::Restarting { user_id, restarts })
-        }
+        ActorEntry::Known(view) => Some(view),
     }
 }

@@ -1,8 +1,9 @@
 //! The per-user token actor: the only code allowed to refresh a user's access token, which
-//! removes double refreshes by construction. It keeps only schedule data in memory (never a
+//! removes double refreshes by construction. It keeps only its [`Schedule`] in memory (never a
 //! token value), schedules its own refresh `lead` (minus jitter) before expiry, and runs each
 //! refresh as a separate task whose outcome comes back as a message, so the mailbox (Stop
-//! included) is never blocked by Google or the database.
+//! included) is never blocked by Google or the database. When idle it offers the supervisor to
+//! park its state ([`Parked`]) and stop. Must not touch: other users, the supervisor's registry.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,18 +15,14 @@ use tracing::Instrument;
 
 use super::{
     context::ActorContext,
-    messages::{
-        ActorInfo, ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg,
-    },
+    messages::{ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg},
+    schedule::{Schedule, delay_until},
 };
-use crate::{config::RefreshConfig, store::ActorSeed, sync::backoff};
+use crate::{config::RefreshConfig, retry::Backoff};
 
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
 const REJECTED_RETRY_MAX: Duration = Duration::from_secs(15 * 60);
-/// A retrying actor parks when its retry is further away than this (or than
-/// `ACTOR_HIBERNATE_AFTER_SECS`, if shorter).
-const RETRY_PARK_AFTER: Duration = Duration::from_secs(10);
 
 /// When a token expiring at `expiry` should be refreshed: `lead` before it, minus a random
 /// jitter (at most `jitter_max`, and at most half the lead) so that users connected together
@@ -49,12 +46,11 @@ pub struct UserTokenActor;
 
 /// What the actor starts from.
 pub struct UserTokenArgs {
-    pub seed: ActorSeed,
-    /// The refresh time planned before the actor hibernated, kept so waking does not move it.
-    pub planned: Option<DateTime<Utc>>,
+    pub user_id: Arc<str>,
+    /// Where the user stands: its planned refresh (kept, so waking does not move it; with
+    /// failures, that is its retry) and whether it waits for a reconnect.
+    pub parked: Parked,
     pub restarts: u32,
-    /// Failed refreshes in a row before it hibernated; `planned` is then its retry.
-    pub failures: u32,
     pub ctx: Arc<ActorContext>,
 }
 
@@ -62,20 +58,14 @@ pub struct UserTokenArgs {
 pub struct UserTokenState {
     user_id: String,
     status: ActorStatus,
-    token_expiry: Option<DateTime<Utc>>,
-    version: i64,
-    next_refresh_at: Option<DateTime<Utc>>,
+    /// `next_refresh_at` is the refresh the timer is armed for (kept while one runs).
+    schedule: Schedule,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<UserTokenMsg>>>>,
-    last_refresh_at: Option<DateTime<Utc>>,
-    refresh_count: i64,
     restarts: u32,
-    failures: u32,
     /// The reason of the refresh in flight, if one is.
     in_flight: Option<RefreshReason>,
     /// The planned time of the scheduled refresh in flight, for its lateness.
     planned_for_in_flight: Option<DateTime<Utc>>,
-    /// Used by the first schedule only.
-    planned: Option<DateTime<Utc>>,
     /// Set once the actor has offered to hibernate; the supervisor stops it soon after.
     hibernation_offered: bool,
     ctx: Arc<ActorContext>,
@@ -91,26 +81,23 @@ impl Actor for UserTokenActor {
         _myself: ActorRef<Self::Msg>,
         args: UserTokenArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let seed = args.seed;
+        let Parked {
+            schedule,
+            needs_reconnect,
+        } = args.parked;
         Ok(UserTokenState {
-            status: if seed.needs_reconnect {
+            status: if needs_reconnect {
                 ActorStatus::NeedsReconnect
-            } else if args.failures > 0 {
+            } else if schedule.failures > 0 {
                 ActorStatus::Retrying
             } else {
                 ActorStatus::Active
             },
-            user_id: seed.user_id,
-            token_expiry: seed.token_expiry,
-            version: seed.version,
-            next_refresh_at: None,
+            user_id: args.user_id.to_string(),
+            schedule,
             timer: None,
-            last_refresh_at: seed.last_refresh_at,
-            refresh_count: seed.refresh_count,
             restarts: args.restarts,
-            failures: args.failures,
             in_flight: None,
-            planned: args.planned,
             planned_for_in_flight: None,
             hibernation_offered: false,
             ctx: args.ctx,
@@ -123,7 +110,7 @@ impl Actor for UserTokenActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.metrics.actor_status(state.status.as_str(), 1);
-        state.schedule(&myself);
+        state.resume(&myself);
         state.maybe_hibernate(&myself);
         Ok(())
     }
@@ -146,16 +133,19 @@ impl Actor for UserTokenActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             UserTokenMsg::TokensChanged(change) => {
-                state.version = change.version;
-                state.token_expiry = change.token_expiry;
+                state.schedule.version = change.version;
+                state.schedule.token_expiry = change.token_expiry;
                 state.set_status(ActorStatus::Active);
-                state.failures = 0;
+                state.schedule.failures = 0;
                 state.schedule(&myself);
             }
             UserTokenMsg::Refresh(reason) => state.start_refresh(&myself, reason),
             UserTokenMsg::RefreshFinished(outcome) => state.finish_refresh(&myself, outcome),
             UserTokenMsg::Info(reply) => {
-                let _ = reply.send(state.info());
+                let info = state
+                    .schedule
+                    .info(&state.user_id, state.status, state.restarts);
+                let _ = reply.send(info);
             }
             UserTokenMsg::Crash => panic!("fault injected into user token actor"),
             UserTokenMsg::ConfirmPark(reply) => {
@@ -189,15 +179,24 @@ impl UserTokenState {
         }
     }
 
-    fn info(&self) -> ActorInfo {
-        ActorInfo {
-            user_id: self.user_id.clone(),
-            status: self.status,
-            token_expiry: self.token_expiry,
-            next_refresh_at: self.next_refresh_at,
-            last_refresh_at: self.last_refresh_at,
-            refresh_count: self.refresh_count,
-            restarts: self.restarts,
+    /// Arms the timer for the refresh planned before the actor started (a woken user keeps its
+    /// plan, or its retry), or plans one.
+    fn resume(&mut self, myself: &ActorRef<UserTokenMsg>) {
+        let planned = self
+            .schedule
+            .next_refresh_at
+            .filter(|_| self.status != ActorStatus::NeedsReconnect);
+        match planned {
+            Some(at) => {
+                // Only a woken retry has failures here: every success and new grant resets them.
+                let reason = if self.schedule.failures > 0 {
+                    RefreshReason::Retry
+                } else {
+                    RefreshReason::Scheduled
+                };
+                self.arm(myself, at, reason);
+            }
+            None => self.schedule(myself),
         }
     }
 
@@ -205,50 +204,37 @@ impl UserTokenState {
     fn schedule(&mut self, myself: &ActorRef<UserTokenMsg>) {
         self.cancel_timer();
         let Some(expiry) = self
+            .schedule
             .token_expiry
             .filter(|_| self.status != ActorStatus::NeedsReconnect)
         else {
-            self.next_refresh_at = None;
+            self.schedule.next_refresh_at = None;
             return;
         };
-        let at = self
-            .planned
-            .take()
-            .unwrap_or_else(|| planned_at(&self.ctx.refresh, expiry));
-        // Only a woken retry has failures here: every success and new grant resets them.
-        let reason = if self.failures > 0 {
-            RefreshReason::Retry
-        } else {
-            RefreshReason::Scheduled
-        };
-        self.arm(myself, at, reason);
+        let at = planned_at(&self.ctx.refresh, expiry);
+        self.arm(myself, at, RefreshReason::Scheduled);
     }
 
     /// Offers the supervisor to park this actor when nothing is due soon: a refresh far away,
     /// or none at all while waiting for a reconnect.
     fn maybe_hibernate(&mut self, myself: &ActorRef<UserTokenMsg>) {
-        if self.hibernation_offered || self.in_flight.is_some() {
+        // Still `Refreshing` without a refresh in flight: stopping (disconnected meanwhile).
+        if self.hibernation_offered
+            || self.in_flight.is_some()
+            || self.status == ActorStatus::Refreshing
+        {
             return;
         }
-        let idle = match self.status {
-            ActorStatus::NeedsReconnect => true,
-            ActorStatus::Active => self.next_is_beyond(self.ctx.refresh.hibernate_after),
-            // A user waiting out a backoff has nothing to do until its retry. While Google is
-            // down every user ends up here, so they park even for a shorter wait: a million
-            // live actors waiting to retry would not fit in memory.
-            ActorStatus::Retrying => {
-                self.next_is_beyond(self.ctx.refresh.hibernate_after.min(RETRY_PARK_AFTER))
-            }
-            _ => false,
-        };
+        // The same rule as the supervisor's for a user it takes in, so that one it starts live
+        // does not park at once.
+        let idle = self.schedule.is_idle(
+            self.status == ActorStatus::NeedsReconnect,
+            Utc::now(),
+            self.ctx.refresh.hibernate_after,
+        );
         if idle {
             self.offer_hibernation(myself);
         }
-    }
-
-    fn next_is_beyond(&self, wait: Duration) -> bool {
-        self.next_refresh_at
-            .is_some_and(|at| (at - Utc::now()).to_std().unwrap_or_default() > wait)
     }
 
     fn offer_hibernation(&mut self, myself: &ActorRef<UserTokenMsg>) {
@@ -269,21 +255,15 @@ impl UserTokenState {
         }
         self.cancel_timer();
         Some(Parked {
-            token_expiry: self.token_expiry,
-            next_refresh_at: self.next_refresh_at,
-            last_refresh_at: self.last_refresh_at,
-            version: self.version,
-            refresh_count: self.refresh_count,
-            restarts: self.restarts,
+            schedule: self.schedule.clone(),
             needs_reconnect: self.status == ActorStatus::NeedsReconnect,
-            failures: self.failures,
         })
     }
 
     fn arm(&mut self, myself: &ActorRef<UserTokenMsg>, at: DateTime<Utc>, reason: RefreshReason) {
         self.cancel_timer();
-        let delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        self.next_refresh_at = Some(at);
+        let delay = delay_until(Utc::now(), at);
+        self.schedule.next_refresh_at = Some(at);
         self.timer = Some(myself.send_after(delay, move || UserTokenMsg::Refresh(reason)));
     }
 
@@ -294,9 +274,10 @@ impl UserTokenState {
         }
         // Lateness is measured when the refresh is done (saved), against this plan.
         self.planned_for_in_flight = self
+            .schedule
             .next_refresh_at
             .filter(|_| reason == RefreshReason::Scheduled);
-        if let Some(expiry) = self.token_expiry {
+        if let Some(expiry) = self.schedule.token_expiry {
             let left = (expiry - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
             self.ctx.metrics.remaining_lifetime.observe(left);
         }
@@ -338,13 +319,14 @@ impl UserTokenState {
         }
         match outcome {
             RefreshOutcome::Refreshed(change) => {
-                self.version = change.version;
-                self.token_expiry = change.token_expiry;
-                self.last_refresh_at = Some(Utc::now());
-                self.refresh_count += 1;
-                self.failures = 0;
+                let schedule = &mut self.schedule;
+                schedule.version = change.version;
+                schedule.token_expiry = change.token_expiry;
+                schedule.last_refresh_at = Some(Utc::now());
+                schedule.refresh_count += 1;
+                schedule.failures = 0;
                 self.set_status(ActorStatus::Active);
-                tracing::info!(userId = %self.user_id, tokenExpiry = ?self.token_expiry, "access token refreshed");
+                tracing::info!(userId = %self.user_id, tokenExpiry = ?self.schedule.token_expiry, "access token refreshed");
                 self.schedule(myself);
                 if self.ctx.backlog.load(std::sync::atomic::Ordering::Relaxed) {
                     self.offer_hibernation(myself);
@@ -363,17 +345,17 @@ impl UserTokenState {
             RefreshOutcome::Revoked => {
                 tracing::warn!(userId = %self.user_id, "Google grant revoked; user must reconnect");
                 self.set_status(ActorStatus::NeedsReconnect);
-                self.token_expiry = None;
+                self.schedule.token_expiry = None;
                 self.cancel_timer();
-                self.next_refresh_at = None;
+                self.schedule.next_refresh_at = None;
             }
             RefreshOutcome::Superseded(seed) => {
                 match seed {
                     Some(seed) => {
                         // Newer tokens than the ones that failed: start afresh.
-                        self.failures = 0;
-                        self.version = seed.version;
-                        self.token_expiry = seed.token_expiry;
+                        self.schedule.failures = 0;
+                        self.schedule.version = seed.version;
+                        self.schedule.token_expiry = seed.token_expiry;
                         self.set_status(if seed.needs_reconnect {
                             ActorStatus::NeedsReconnect
                         } else {
@@ -389,13 +371,13 @@ impl UserTokenState {
     }
 
     fn retry_later(&mut self, myself: &ActorRef<UserTokenMsg>, error: &str, cap: Duration) {
-        self.failures += 1;
+        self.schedule.failures += 1;
         self.set_status(ActorStatus::Retrying);
-        let delay = backoff(self.ctx.refresh.retry_base, cap, self.failures);
+        let delay = Backoff::new(self.ctx.refresh.retry_base, cap).delay(self.schedule.failures);
         tracing::warn!(
             userId = %self.user_id,
             error = %error,
-            attempt = self.failures,
+            attempt = self.schedule.failures,
             retryInMs = delay.as_millis() as u64,
             "token refresh failed, will retry"
         );

@@ -1,0 +1,89 @@
+//! Reading users for the supervisor: the initial load, page by page, and the reload of one
+//! user's row before its crashed actor starts again. Both run beside the supervisor's mailbox
+//! (so connects and admin calls are served meanwhile), retry database failures with the shared
+//! [`Backoff`], and hand the rows back as messages. Must not touch: the registry or any actor.
+
+use std::{sync::Arc, time::Duration};
+
+use ractor::ActorRef;
+
+use super::{context::ActorContext, messages::SupervisorMsg};
+use crate::retry::Backoff;
+
+/// Rows loaded per page at start, so a million users never sit in memory at once as rows.
+const LOAD_PAGE: u64 = 1000;
+/// A page that cannot be read is tried again every second, for as long as it takes: the
+/// service is not ready without its users. Exact, since there is one loader.
+const LOAD_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).exact();
+/// A crashed user's row is tried this many times before the user is given up until the next
+/// restart of the service.
+const RELOAD_ATTEMPTS: u32 = 10;
+/// 100 ms doubling to 1 s between those tries, jittered: after a database outage many crashed
+/// users reload together.
+const RELOAD_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+
+/// Loads one user's row off the mailbox, then hands it back to be adopted.
+pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id: String) {
+    let myself = myself.clone();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let row = RELOAD_RETRY
+            .retry(
+                Some(RELOAD_ATTEMPTS),
+                || ctx.store.actor_seed(&user_id),
+                |e, attempt| {
+                    tracing::warn!(userId = %user_id, error = %e, attempt, "cannot load user row, retrying");
+                },
+            )
+            .await;
+        match row {
+            Ok(Some(seed)) => {
+                let _ = myself.send_message(SupervisorMsg::AdoptOne { seed });
+            }
+            // Disconnected meanwhile: nothing to restart.
+            Ok(None) => {}
+            Err(_) => {
+                tracing::error!(userId = %user_id, "gave up loading user row; the user's actor starts at the next restart");
+            }
+        }
+    });
+}
+
+/// Pages through every user an actor should run for and hands each page to the supervisor,
+/// waiting for it to be adopted before reading the next. A database failure is retried.
+pub async fn load_all(myself: ActorRef<SupervisorMsg>, ctx: Arc<ActorContext>) {
+    let started = tokio::time::Instant::now();
+    let mut after: Option<String> = None;
+    let mut loaded = 0usize;
+    loop {
+        let page = LOAD_RETRY
+            .retry(
+                None,
+                || ctx.store.actor_seeds(after.as_deref(), LOAD_PAGE),
+                |e, _| tracing::warn!(error = %e, "cannot load users, retrying"),
+            )
+            .await;
+        // Without a limit on tries only a success comes back.
+        let Ok(page) = page else { return };
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_id.clone());
+        loaded += page.len();
+        let full = page.len() as u64 == LOAD_PAGE;
+        if myself
+            .call(|reply| SupervisorMsg::Adopt(page, reply), None)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !full {
+            break;
+        }
+    }
+    tracing::info!(
+        users = loaded,
+        elapsedMs = started.elapsed().as_millis() as u64,
+        "user rows loaded"
+    );
+    let _ = myself.send_message(SupervisorMsg::Loaded);
+}
