@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the load tests of BENCHMARKS.md and this machine's ceilings, writing every report to
-# benches/results/. Usage: bash benches/run.sh [100k|1m|ceilings|all]  (release build needed:
-# cargo build --release). Every request goes to loopback; every run is bounded in time.
+# benches/results/. Usage: bash benches/run.sh [100k|1m|ceilings|all]  (release build of the
+# workspace needed: cargo build --release --workspace, which also builds tokenwarden-loadtest).
+# Every request goes to loopback; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=target/release/tokenwarden

@@ -12,23 +12,22 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
-//! - [`sandbox`]: real HTTP servers standing in for Google and the microservice.
-//! - [`demo`]: everything in one process for a person to try.
-//! - [`loadtest`]: drives a running service with many users and reports what it measured.
 //! - [`telemetry`]: logging setup.
+//!
+//! # Tools (crates of their own under `tools/`; nothing here imports them)
+//! - `tokenwarden-sandbox`: real HTTP stand-ins for Google and the microservice.
+//! - `tokenwarden-demo`: the stand-ins and a page around the service, for a person to try.
+//! - `tokenwarden-loadtest`: drives a `serve` process with many users and reports figures.
 
 pub mod actors;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod demo;
 pub mod google;
 pub mod http;
-pub mod loadtest;
 pub mod metrics;
 pub mod retry;
-pub mod sandbox;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

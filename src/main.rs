@@ -1,6 +1,8 @@
-//! The `tokenwarden` binary: parses the command line and calls into the library.
+//! The `tokenwarden` binary: parses the command line and calls into the library. With the
+//! default `tools` feature it also composes the tool crates (`demo`, `sandbox-google`,
+//! `microservice`); `loadtest` runs the `tokenwarden-loadtest` binary, git-style.
 
-use std::process::ExitCode;
+use std::{ffi::OsString, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tokenwarden::{app::App, cli, config::TelemetryArgs};
@@ -24,24 +26,38 @@ enum Command {
     /// Run the service (the default).
     Serve(Box<tokenwarden::config::ServeArgs>),
     /// Run the service, the sandbox Google provider and the reference microservice together.
-    Demo(tokenwarden::demo::DemoArgs),
-    /// Drive a real `serve` process with many simulated users and report what it measured.
-    Loadtest(tokenwarden::loadtest::LoadtestArgs),
+    #[cfg(feature = "tools")]
+    Demo {
+        #[command(flatten)]
+        args: tokenwarden_demo::DemoArgs,
+        /// Logs and trace export (`OTEL_EXPORTER_OTLP_ENDPOINT` to see the demo in Jaeger).
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    },
+    /// Drive a real `serve` process with many simulated users and report what it measured
+    /// (runs `tokenwarden-loadtest`, built by `cargo build --workspace`; `--help` for its flags).
+    #[command(disable_help_flag = true)]
+    Loadtest {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
     /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
     RotateKey(cli::RotateKeyArgs),
     /// Run only the sandbox Google OAuth provider.
+    #[cfg(feature = "tools")]
     SandboxGoogle {
         #[command(flatten)]
-        args: tokenwarden::sandbox::SandboxGoogleArgs,
+        args: tokenwarden_sandbox::SandboxGoogleArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
     },
     /// Run only the reference microservice.
+    #[cfg(feature = "tools")]
     Microservice {
         #[command(flatten)]
-        args: tokenwarden::sandbox::MicroserviceArgs,
+        args: tokenwarden_sandbox::MicroserviceArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
     },
@@ -64,15 +80,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
         Command::Serve(args) => serve(*args).await,
-        Command::Demo(args) => tokenwarden::demo::run(args).await,
-        Command::Loadtest(args) => tokenwarden::loadtest::run(args).await.map(|_| ()),
+        #[cfg(feature = "tools")]
+        Command::Demo { args, telemetry } => with_telemetry(telemetry, demo(args)).await,
+        Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
         Command::RotateKey(args) => cli::rotate_key(args).await,
+        #[cfg(feature = "tools")]
         Command::SandboxGoogle { args, telemetry } => {
-            with_telemetry(telemetry, tokenwarden::sandbox::google::run(args)).await
+            with_telemetry(telemetry, tokenwarden_sandbox::google::run(args)).await
         }
+        #[cfg(feature = "tools")]
         Command::Microservice { args, telemetry } => {
-            with_telemetry(telemetry, tokenwarden::sandbox::microservice::run(args)).await
+            with_telemetry(telemetry, tokenwarden_sandbox::microservice::run(args)).await
         }
     };
     match result {
@@ -95,6 +114,59 @@ async fn serve(args: tokenwarden::config::ServeArgs) -> anyhow::Result<()> {
     .await;
     telemetry.shutdown();
     result
+}
+
+/// The demo: the stand-ins and the page come from the demo crate, the service is this one,
+/// configured as the demo says.
+#[cfg(feature = "tools")]
+async fn demo(args: tokenwarden_demo::DemoArgs) -> anyhow::Result<()> {
+    let (demo, service) = tokenwarden_demo::prepare(args).await?;
+    let config = tokenwarden::config::ServeArgs {
+        database_url: service.database_url,
+        google_client_id: Some(service.client_id),
+        google_client_secret: Some(service.client_secret),
+        google_redirect_uri: service.redirect_uri,
+        google_auth_url: service.auth_url,
+        google_token_url: service.token_url,
+        google_revoke_url: service.revoke_url,
+        google_userinfo_url: service.userinfo_url,
+        microservice_url: Some(service.microservice_url),
+        refresh_lead_secs: service.refresh_lead_secs.to_string(),
+        refresh_jitter_secs: service.refresh_jitter_secs.to_string(),
+        frontend_url: service.frontend_url,
+        auth_jwt_secret: Some(service.jwt_secret),
+        admin_token: Some(service.admin_token),
+        token_encryption_key: Some(service.encryption_key),
+        ..Default::default()
+    }
+    .into_config()?;
+    let app = App::spawn(config, service.listener).await?;
+    demo.open();
+    cli::run_until_signal(app).await
+}
+
+/// Runs `tokenwarden-loadtest` from beside this binary (else from `PATH`) with the same
+/// arguments, and exits as it exits.
+fn loadtest(args: Vec<OsString>) -> ExitCode {
+    const TOOL: &str = "tokenwarden-loadtest";
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(TOOL))
+        .filter(|path| path.exists());
+    let program = beside.map_or_else(|| OsString::from(TOOL), |p| p.into_os_string());
+    match std::process::Command::new(&program).args(args).status() {
+        Ok(status) => match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+            None => ExitCode::from(2),
+        },
+        Err(e) => {
+            eprintln!(
+                "error: cannot run {TOOL} ({e}); build it with `cargo build --release --workspace`"
+            );
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs a sandbox server with logging and trace export set up, flushing spans at the end.

@@ -160,6 +160,7 @@ pub enum UserTokenMsg {
     /// Report state for the admin API.
     Info(RpcReplyPort<ActorInfo>),
     /// Fault injection for supervision tests: the handler panics.
+    #[cfg(feature = "test-util")]
     Crash,
     /// The supervisor accepts the actor's offer to hibernate: the actor answers its parked
     /// state if it is still idle (and is then stopped), or `None` if work came in meanwhile.

@@ -96,6 +96,7 @@ impl Supervisor {
     }
 
     /// Makes the user's actor panic (supervision tests and fault drills).
+    #[cfg(feature = "test-util")]
     pub async fn inject_crash(&self, user_id: &str) -> bool {
         self.forward(user_id, UserTokenMsg::Crash).await
     }

@@ -147,6 +147,7 @@ impl Actor for UserTokenActor {
                     .info(&state.user_id, state.status, state.restarts);
                 let _ = reply.send(info);
             }
+            #[cfg(feature = "test-util")]
             UserTokenMsg::Crash => panic!("fault injected into user token actor"),
             UserTokenMsg::ConfirmPark(reply) => {
                 let parked = state.confirm_park();

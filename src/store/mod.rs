@@ -4,6 +4,7 @@
 //! Google.
 
 mod batch;
+#[cfg(feature = "test-util")]
 mod bulk;
 pub mod entity;
 mod key_check;
@@ -22,6 +23,7 @@ use sea_orm::{
 
 use crate::crypto::{CryptoError, TokenCipher};
 
+#[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
@@ -149,6 +151,7 @@ impl Store {
     }
 
     /// The raw connection, for tests and tools that inspect rows.
+    #[cfg(feature = "test-util")]
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }

@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use tokenwarden::sandbox::{
+use tokenwarden_sandbox::{
     MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
 };
 

@@ -12,11 +12,11 @@ use reqwest::Method;
 use secrecy::ExposeSecret;
 use tokenwarden::{
     crypto::TokenCipher,
-    sandbox::{
-        FaultMode, MicroserviceConfig, ReferenceMicroservice, RefreshMode, SandboxGoogle,
-        SandboxGoogleConfig, bind_loopback,
-    },
     store::{Store, SyncSnapshot},
+};
+use tokenwarden_sandbox::{
+    FaultMode, MicroserviceConfig, ReferenceMicroservice, RefreshMode, SandboxGoogle,
+    SandboxGoogleConfig, bind_loopback,
 };
 
 use crate::{

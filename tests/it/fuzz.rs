@@ -23,9 +23,9 @@ use tokenwarden::{
     config::GoogleConfig,
     google::{GoogleClient, GoogleError, TokenSet},
     http::{valid_user_id, verify_jwt},
-    sandbox::bind_loopback,
     store::entity::{oauth_state, user},
 };
+use tokenwarden_sandbox::bind_loopback;
 
 use crate::support::{JWT_SECRET, TestApp, location};
 

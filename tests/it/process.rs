@@ -9,7 +9,7 @@ use std::{
 };
 
 use reqwest::{Client, StatusCode};
-use tokenwarden::sandbox::{ReferenceMicroservice, SandboxGoogle};
+use tokenwarden_sandbox::{ReferenceMicroservice, SandboxGoogle};
 
 use crate::support::{
     ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, eventually, jwt_for, location,
@@ -169,7 +169,7 @@ pub async fn connect_at(http: &Client, url: &str, user: &str) {
 
 /// A loopback port that was free a moment ago.
 pub async fn free_port() -> u16 {
-    tokenwarden::sandbox::bind_loopback()
+    tokenwarden_sandbox::bind_loopback()
         .await
         .unwrap()
         .local_addr()

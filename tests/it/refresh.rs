@@ -8,7 +8,7 @@ use crate::{
     on_both_backends,
     support::{Backend, Options, TestApp, eventually},
 };
-use tokenwarden::sandbox::RefreshMode;
+use tokenwarden_sandbox::RefreshMode;
 
 /// Tokens live 3 s and are refreshed 2 s before expiry: a refresh about every second.
 fn short_lived(backend: Backend) -> Options {

@@ -15,10 +15,9 @@ use serde_json::{Value, json};
 use tokenwarden::{
     app::App,
     config::{Config, ServeArgs},
-    sandbox::{
-        MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig,
-        bind_loopback,
-    },
+};
+use tokenwarden_sandbox::{
+    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
 };
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";

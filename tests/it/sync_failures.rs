@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use tokenwarden::sandbox::FaultMode;
+use tokenwarden_sandbox::FaultMode;
 
 use crate::support::{Options, TestApp, eventually, location, log_lines_with, logs};
 

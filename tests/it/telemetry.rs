@@ -57,7 +57,7 @@ impl Receiver {
         let app = Router::new()
             .route("/v1/traces", post(collect))
             .with_state(receiver.clone());
-        let listener = tokenwarden::sandbox::bind_loopback().await.unwrap();
+        let listener = tokenwarden_sandbox::bind_loopback().await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (receiver, url)
@@ -272,7 +272,7 @@ async fn connect_refresh_and_disconnect_tell_their_story() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_exporter_blocks_nothing() {
-    let dead = tokenwarden::sandbox::bind_loopback().await.unwrap();
+    let dead = tokenwarden_sandbox::bind_loopback().await.unwrap();
     let endpoint = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let telemetry = init_telemetry(&TelemetryConfig {

@@ -2,6 +2,10 @@
 //! and a one-page frontend, all in one process on loopback, with tokens that live two minutes
 //! so a refresh shows up every minute. The page stands in for the main app: it mints the
 //! user's JWT (the demo knows the secret) and proxies the calls, so the browser needs no CORS.
+//!
+//! This crate is tooling and knows nothing of the service's types: [`prepare`] starts the
+//! stand-ins and says how the service must be configured ([`DemoService`]); the `tokenwarden`
+//! binary starts the service from that, then calls [`PreparedDemo::open`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,11 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::{
-    app::App,
-    config::{ServeArgs, TelemetryArgs},
-    http::valid_user_id,
-    sandbox::{self, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig},
+use tokenwarden_sandbox::{
+    self as sandbox, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig,
 };
 
 const PAGE: &str = include_str!("page.html");
@@ -52,9 +53,39 @@ pub struct DemoArgs {
     /// Refresh this long before expiry, in seconds.
     #[arg(long, default_value_t = 60)]
     pub refresh_lead_secs: u64,
-    /// Logs and trace export (`OTEL_EXPORTER_OTLP_ENDPOINT` to see the demo in Jaeger).
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+}
+
+/// How the service must be configured to run in the demo: the values `serve` would read from
+/// the environment.
+pub struct DemoService {
+    /// Where the service serves (already bound).
+    pub listener: TcpListener,
+    pub database_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+    pub auth_url: String,
+    pub token_url: String,
+    pub revoke_url: String,
+    pub userinfo_url: String,
+    pub microservice_url: String,
+    pub refresh_lead_secs: u64,
+    pub refresh_jitter_secs: u64,
+    pub frontend_url: String,
+    pub jwt_secret: String,
+    pub admin_token: String,
+    /// 32 random bytes, base64.
+    pub encryption_key: String,
+}
+
+/// The stand-ins running, and the page ready to open once the service runs.
+pub struct PreparedDemo {
+    demo: Demo,
+    page_listener: TcpListener,
+    page_url: String,
+    google: SandboxGoogle,
+    token_lifetime_secs: u64,
+    refresh_lead_secs: u64,
 }
 
 #[derive(Clone)]
@@ -66,9 +97,10 @@ struct Demo {
     http: reqwest::Client,
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let telemetry = crate::telemetry::init(&args.telemetry.clone().into_config()?)?;
+/// Starts the sandbox Google provider and the reference microservice, binds the service's and
+/// the page's listeners, and returns how to configure the service. The demo's SQLite file is
+/// removed first: a fresh key each run could not read an older demo's rows.
+pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoService)> {
     let client_secret = random_secret();
     let google = SandboxGoogle::start(
         SandboxGoogleConfig {
@@ -95,54 +127,92 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (jwt_secret, admin_token) = (random_secret(), random_secret());
     let mut key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut key);
-    let config = ServeArgs {
-        database_url: args.database_url.clone(),
-        google_client_id: Some(CLIENT_ID.into()),
-        google_client_secret: Some(client_secret),
-        google_redirect_uri: format!("{service_url}/api/integrations/google/callback"),
-        google_auth_url: google.auth_url(),
-        google_token_url: google.token_url(),
-        google_revoke_url: google.revoke_url(),
-        google_userinfo_url: google.userinfo_url(),
-        microservice_url: Some(microservice.base_url()),
-        refresh_lead_secs: args.refresh_lead_secs.to_string(),
-        refresh_jitter_secs: "5".into(),
-        frontend_url: page_url.clone(),
-        auth_jwt_secret: Some(jwt_secret.clone()),
-        admin_token: Some(admin_token.clone()),
-        token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode(key)),
-        ..Default::default()
-    }
-    .into_config()?;
-    // A fresh key each run cannot read an older demo's rows: start from an empty file.
     remove_sqlite_file(&args.database_url);
-    let app = App::spawn(config, service_listener).await?;
-    let demo = Demo {
-        service_url: service_url.clone(),
-        jwt_secret,
+    let service = DemoService {
+        listener: service_listener,
+        database_url: args.database_url.clone(),
+        client_id: CLIENT_ID.into(),
+        client_secret,
+        redirect_uri: format!("{service_url}/api/integrations/google/callback"),
+        auth_url: google.auth_url(),
+        token_url: google.token_url(),
+        revoke_url: google.revoke_url(),
+        userinfo_url: google.userinfo_url(),
+        microservice_url: microservice.base_url(),
+        refresh_lead_secs: args.refresh_lead_secs,
+        refresh_jitter_secs: 5,
+        frontend_url: page_url.clone(),
+        jwt_secret: jwt_secret.clone(),
         admin_token: admin_token.clone(),
-        microservice: microservice.clone(),
+        encryption_key: base64::engine::general_purpose::STANDARD.encode(key),
+    };
+    let demo = Demo {
+        service_url,
+        jwt_secret,
+        admin_token,
+        microservice,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
     };
-    tokio::spawn(async move {
-        let _ = axum::serve(page_listener, page_router(demo)).await;
-    });
-    println!();
-    println!("  tokenwarden demo is running");
-    println!("  open the demo page:      {page_url}/");
-    println!("  service:                 {service_url}  (admin token: {admin_token})");
-    println!("  sandbox Google:          {}", google.base_url());
-    println!("  reference microservice:  {}", microservice.base_url());
-    println!(
-        "  tokens live {}s and are refreshed {}s before expiry; Ctrl-C stops",
-        args.token_lifetime_secs, args.refresh_lead_secs
-    );
-    println!();
-    let result = crate::cli::run_until_signal(app).await;
-    telemetry.shutdown();
-    result
+    let prepared = PreparedDemo {
+        demo,
+        page_listener,
+        page_url,
+        google,
+        token_lifetime_secs: args.token_lifetime_secs,
+        refresh_lead_secs: args.refresh_lead_secs,
+    };
+    Ok((prepared, service))
+}
+
+impl PreparedDemo {
+    /// Serves the page (the service runs by now) and prints where everything is.
+    pub fn open(self) {
+        let Self {
+            demo,
+            page_listener,
+            page_url,
+            google,
+            token_lifetime_secs,
+            refresh_lead_secs,
+        } = self;
+        println!();
+        println!("  tokenwarden demo is running");
+        println!("  open the demo page:      {page_url}/");
+        println!(
+            "  service:                 {}  (admin token: {})",
+            demo.service_url, demo.admin_token
+        );
+        println!("  sandbox Google:          {}", google.base_url());
+        println!(
+            "  reference microservice:  {}",
+            demo.microservice.base_url()
+        );
+        println!(
+            "  tokens live {token_lifetime_secs}s and are refreshed {refresh_lead_secs}s before expiry; Ctrl-C stops"
+        );
+        println!();
+        tokio::spawn(async move {
+            // The provider lives as long as the page: both stop with the process.
+            let _google = google;
+            let _ = axum::serve(page_listener, page_router(demo)).await;
+        });
+    }
+}
+
+/// A short prefix of a token, enough to see it change, never the whole value.
+fn redacted(token: &str) -> String {
+    let prefix: String = token.chars().take(6).collect();
+    format!("{prefix}…")
+}
+
+/// The contract's user ids: 1 to 50 of `A-Z a-z 0-9 - _ . @`.
+fn valid_user_id(user_id: &str) -> bool {
+    (1..=50).contains(&user_id.len())
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
 }
 
 fn random_secret() -> String {
@@ -320,8 +390,8 @@ async fn state(State(demo): State<Arc<Demo>>, Query(p): Query<UserParam>) -> Res
                 .await?;
             let copy = demo.microservice.stored(&p.user_id).await?.map(|t| {
                 json!({
-                    "access_token": crate::crypto::redacted(&t.access_token),
-                    "refresh_token": crate::crypto::redacted(&t.refresh_token),
+                    "access_token": redacted(&t.access_token),
+                    "refresh_token": redacted(&t.refresh_token),
                     "token_expiry": t.token_expiry,
                     "scope": t.scope,
                 })

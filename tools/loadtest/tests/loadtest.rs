@@ -4,7 +4,24 @@
 
 use std::path::PathBuf;
 
-use tokenwarden::loadtest::{LoadtestArgs, run};
+use tokenwarden_loadtest::{LoadtestArgs, run};
+
+/// The service's binary, which the workspace's test run builds for the root package's own
+/// tests: it sits in the target directory, one level above this test's `deps/`.
+fn service_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("tokenwarden"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (cargo nextest run --workspace)",
+        bin.display()
+    );
+    bin
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
@@ -27,7 +44,7 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         hibernate_after_secs: 5,
         report: dir.path().join("report.json"),
         chart: dir.path().join("chart.svg"),
-        service_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tokenwarden"))),
+        service_bin: Some(service_bin()),
         quiet: true,
     };
     let report = run(args).await.expect("load test runs");

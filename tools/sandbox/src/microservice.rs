@@ -329,7 +329,7 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         // Constant time, so response timing does not reveal how much of a guess was right.
-        presented.is_some_and(|presented| crate::crypto::secrets_match(presented, expected))
+        presented.is_some_and(|presented| crate::secrets_match(presented, expected))
     }
 
     fn record(&self, request: ReceivedRequest) {
@@ -417,7 +417,7 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
         user.id = %record.user_id,
         http.response.status_code = tracing::field::Empty,
     );
-    crate::telemetry::continue_trace(&span, &parts.headers);
+    crate::continue_trace(&span, &parts.headers);
     let handling = inner.clone();
     let (response, injected_fault) = async move {
         if let Some(fault) = handling.injected_fault().await {

@@ -1,4 +1,5 @@
-//! `tokenwarden loadtest`: drives a real `tokenwarden serve` process (its own process, its
+//! `tokenwarden loadtest` (the `tokenwarden-loadtest` binary, which `tokenwarden loadtest`
+//! runs): drives a real `tokenwarden serve` process (its own process, its
 //! own database) with many users, against the sandbox Google provider and the reference
 //! microservice running in this process, all on loopback. It seeds users straight into the
 //! database (and the same tokens into the microservice and the sandbox), starts the service
@@ -26,14 +27,14 @@ use rand::RngCore;
 pub use report::{Report, Sample};
 pub use sample::{parse_metrics, quantile, rss_kib};
 
-use crate::{
+use tokenwarden::{
     config::DEFAULT_SCOPES,
     crypto::TokenCipher,
-    sandbox::{
-        self, FaultMode, MicroserviceConfig, ReferenceMicroservice, SandboxGoogle,
-        SandboxGoogleConfig, StoredTokens,
-    },
     store::{SeedUser, Store},
+};
+use tokenwarden_sandbox::{
+    self as sandbox, FaultMode, MicroserviceConfig, ReferenceMicroservice, SandboxGoogle,
+    SandboxGoogleConfig, StoredTokens,
 };
 
 /// Users seeded per database statement.
@@ -99,7 +100,7 @@ pub struct LoadtestArgs {
     /// Where the SVG chart goes.
     #[arg(long, default_value = "loadtest-chart.svg")]
     pub chart: PathBuf,
-    /// The `tokenwarden` binary to run as the service; default this one.
+    /// The `tokenwarden` binary to run as the service; default the one beside this binary.
     #[arg(long)]
     pub service_bin: Option<PathBuf>,
     /// No progress bar (for tests and logs).
@@ -310,7 +311,7 @@ async fn seed(
                 let tokens = StoredTokens {
                     access_token: u.access_token,
                     refresh_token: u.refresh_token,
-                    token_expiry: crate::http::rfc3339(u.expires_at),
+                    token_expiry: tokenwarden::http::rfc3339(u.expires_at),
                     scope: u.scope,
                     updated_at: String::new(),
                 };
@@ -350,7 +351,7 @@ impl Service {
         let jwt_secret = random_secret();
         let bin = match &args.service_bin {
             Some(bin) => bin.clone(),
-            None => std::env::current_exe()?,
+            None => std::env::current_exe()?.with_file_name("tokenwarden"),
         };
         let log = std::fs::File::create(workdir.join("service.log"))?;
         let child = Command::new(bin)

@@ -7,8 +7,10 @@
 //! with [`bind_loopback`]) or run alone as a subcommand, and each has fault controls reachable
 //! both from Rust and over HTTP (`POST /sandbox/control`) for out-of-process drivers.
 //!
-//! This module owns only the plumbing the two servers share: spawning a server task and
-//! stopping it within a bounded time.
+//! This crate is tooling: the service (`tokenwarden`) never depends on it; its tests, the demo
+//! and the load test do. The crate root owns only the plumbing the two servers share:
+//! spawning a server task and stopping it within a bounded time, comparing a bearer token,
+//! and continuing the caller's trace.
 
 pub mod google;
 pub mod microservice;
@@ -24,7 +26,13 @@ pub use microservice::{
 
 use std::time::Duration;
 
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_http::HeaderExtractor;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Longest a fault-injected "hang" keeps a request open, so no test can wait forever.
 const MAX_HANG: Duration = Duration::from_secs(120);
@@ -94,4 +102,36 @@ async fn wait_while(
 fn token_prefix(token: &str) -> &str {
     let end = token.char_indices().nth(8).map_or(token.len(), |(i, _)| i);
     &token[..end]
+}
+
+/// Compares a presented bearer token with the expected one in constant time, over hashes, so
+/// neither the content nor the length of the expected one leaks through timing.
+pub fn secrets_match(presented: &str, expected: &SecretString) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.expose_secret().as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// Makes `span` continue the caller's trace if the headers carry a `traceparent` (the
+/// propagator is whatever the process installed; without one, nothing happens).
+fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_the_same_secret() {
+        let expected = SecretString::from("ms-secret");
+        assert!(secrets_match("ms-secret", &expected));
+        for wrong in ["ms-secreT", "ms-secret ", "", "ms-secre"] {
+            assert!(!secrets_match(wrong, &expected), "{wrong}");
+        }
+    }
 }
