@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the load tests of BENCHMARKS.md and this machine's ceilings, writing every report to
-# benches/results/. Usage: bash benches/run.sh [100k|1m|ceilings|all]  (release build of the
-# workspace needed: cargo build --release --workspace, which also builds tokenwarden-loadtest).
-# Every request goes to loopback; every run is bounded in time.
+# benches/results/. Usage: bash benches/run.sh [100k|1m|saturation|callback|readyz|ceilings|all]
+# (release build of the workspace needed: cargo build --release --workspace, which also builds
+# tokenwarden-loadtest). Every request goes to loopback; every run is bounded in time.
+# BIN and OUT may be overridden (e.g. to measure an older build into another directory).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BIN=target/release/tokenwarden
-OUT=benches/results
+BIN=${BIN:-target/release/tokenwarden}
+OUT=${OUT:-benches/results}
 PG=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 mkdir -p "$OUT"
 what=${1:-all}
@@ -64,6 +65,14 @@ case "$what" in
     callback)
         # 200 connects/s through the real consent path, 100k users held, microservice 5 s slow.
         run callback-100k 100000 3600 300 30 sqlite --connect-users 6000 --connect-rate 200 --microservice-latency-ms 5000
+        ;;
+    readyz)
+        # Issue 14: a 10k-user saturation run on SQLite (tokens live 62 s and are refreshed
+        # 60 s early), alone, then with /readyz probed 1,000 times a second during its run.
+        run sqlite-10k-saturation 10000 62 60 20 sqlite
+        run sqlite-10k-saturation-readyz 10000 62 60 20 sqlite &
+        python3 benches/readyz-hammer.py $! 1000 25 | tee "$OUT/readyz-hammer.txt"
+        wait
         ;;
     ceilings) ceilings ;;
     all)

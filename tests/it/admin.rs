@@ -249,3 +249,41 @@ async fn readiness_probes_share_one_database_check(backend: Backend) {
     t.shutdown().await;
 }
 on_both_backends!(readiness_probes_share_one_database_check);
+
+/// A write lock held briefly, as every batch of refreshes holds it, is waited out rather
+/// than reported: on SQLite the ping used to read first and was then refused the lock at
+/// once, so `/readyz` said 503 to about a third of probes under load.
+async fn readiness_waits_out_a_brief_write_lock(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let t = TestApp::on(backend).await;
+    t.connect("rosa").await;
+    let loaded = eventually(Duration::from_secs(5), || async {
+        t.app().supervisor.is_loaded()
+    })
+    .await;
+    assert!(loaded);
+    let locker = Database::connect(t.db.url.as_str()).await.unwrap();
+    let txn = locker.begin().await.unwrap();
+    let lock = match backend {
+        Backend::Sqlite => "UPDATE users SET updated_at = updated_at WHERE 1 = 0",
+        Backend::Postgres => "LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
+    };
+    txn.execute_unprepared(lock).await.unwrap();
+    // No probe ran yet, so this one runs the database check while the lock is held.
+    let probe = tokio::spawn(
+        t.http
+            .get(format!("{}/readyz", t.url))
+            .timeout(Duration::from_secs(5))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    txn.rollback().await.unwrap();
+    let status = probe.await.unwrap().unwrap().status();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a brief write lock made the service unready"
+    );
+    t.shutdown().await;
+}
+on_both_backends!(readiness_waits_out_a_brief_write_lock);
