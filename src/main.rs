@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokenwarden::{app::App, cli, config::TelemetryArgs};
 
 #[derive(Parser)]
@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
         eprintln!("error: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
         Command::Serve(args) => serve(*args).await,
         Command::Demo(args) => tokenwarden::demo::run(args).await,
@@ -81,6 +81,21 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The command line. The top-level serve settings belong to the default command only, so a
+/// subcommand is first tried with their environment ignored: `migrate` must not fail on a
+/// malformed serve variable it never reads (clap parses the top level's environment even
+/// when a subcommand runs).
+fn parse_cli() -> Cli {
+    let subcommand_only = Cli::command().mut_args(|arg| arg.env(None));
+    match subcommand_only.try_get_matches() {
+        Ok(mut matches) if matches.subcommand().is_some() => {
+            Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+        }
+        // No subcommand (serve, reading its environment), `--help`, or an error: as declared.
+        _ => Cli::parse(),
     }
 }
 

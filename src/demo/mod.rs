@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::App,
-    config::{ServeArgs, TelemetryArgs},
+    config::{Secs, ServeArgs, TelemetryArgs},
     http::valid_user_id,
     sandbox::{self, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig},
 };
@@ -98,19 +98,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = ServeArgs {
         database_url: args.database_url.clone(),
         google_client_id: Some(CLIENT_ID.into()),
-        google_client_secret: Some(client_secret),
-        google_redirect_uri: format!("{service_url}/api/integrations/google/callback"),
-        google_auth_url: google.auth_url(),
-        google_token_url: google.token_url(),
-        google_revoke_url: google.revoke_url(),
-        google_userinfo_url: google.userinfo_url(),
+        google_client_secret: Some(client_secret.into()),
+        google_redirect_uri: format!("{service_url}/api/integrations/google/callback").parse()?,
+        google_auth_url: google.auth_url().parse()?,
+        google_token_url: google.token_url().parse()?,
+        google_revoke_url: google.revoke_url().parse()?,
+        google_userinfo_url: google.userinfo_url().parse()?,
         microservice_url: Some(microservice.base_url()),
-        refresh_lead_secs: args.refresh_lead_secs.to_string(),
-        refresh_jitter_secs: "5".into(),
-        frontend_url: page_url.clone(),
-        auth_jwt_secret: Some(jwt_secret.clone()),
-        admin_token: Some(admin_token.clone()),
-        token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode(key)),
+        refresh_lead_secs: Secs(args.refresh_lead_secs),
+        refresh_jitter_secs: Secs(5),
+        frontend_url: page_url.parse()?,
+        auth_jwt_secret: Some(jwt_secret.clone().into()),
+        admin_token: Some(admin_token.clone().into()),
+        token_encryption_key: Some(base64::engine::general_purpose::STANDARD.encode(key).into()),
         ..Default::default()
     }
     .into_config()?;
