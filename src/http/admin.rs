@@ -113,12 +113,13 @@ fn no_actor(user_id: &str) -> Error {
 
 fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>) -> Value {
     let user_id = view.user_id();
-    let sync = syncs.get(user_id).cloned().unwrap_or_default();
+    // An actor whose row is gone (it is about to stop) has no sync state: empty fields.
+    let sync = syncs.get(user_id);
     let sync = json!({
-        "state": sync.state,
-        "synced_at": sync.synced_at.map(rfc3339),
-        "attempts": sync.attempts,
-        "last_error": sync.last_error,
+        "state": sync.map_or("", |s| s.state.as_str()),
+        "synced_at": sync.and_then(|s| s.synced_at).map(rfc3339),
+        "attempts": sync.map_or(0, |s| s.attempts),
+        "last_error": sync.and_then(|s| s.last_error.as_deref()),
     });
     match view {
         ActorView::Live(info) => json!({

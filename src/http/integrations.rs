@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     google::TokenSet,
-    store::{NewTokens, StoreError, SyncInfo},
+    store::{NewTokens, StoreError, SyncInfo, SyncState},
 };
 
 /// How long a consent round-trip may take.
@@ -280,7 +280,7 @@ async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Valu
             "token_expiry": null,
             "scope": null,
             "needs_reconnect": false,
-            "sync": sync_json(&SyncInfo { state: "none".into(), ..Default::default() }),
+            "sync": sync_json(&SyncInfo { state: SyncState::None, ..Default::default() }),
         })));
     };
     Ok(Json(json!({

@@ -23,6 +23,7 @@ use sea_orm::{
 use crate::crypto::{CryptoError, TokenCipher};
 
 pub use bulk::{AuditRow, SeedUser};
+pub use entity::user::SyncState;
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;

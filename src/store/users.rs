@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{
     Store, StoreError,
     batch::{self, RefreshedRow, Write},
-    entity::user,
+    entity::user::{self, SyncState},
 };
 
 /// Tokens from a code exchange, ready to be saved.
@@ -89,7 +89,7 @@ impl From<user::Model> for ActorSeed {
 /// The sync part of a user's row, as status and admin show it.
 #[derive(Debug, Clone, Default)]
 pub struct SyncInfo {
-    pub state: String,
+    pub state: SyncState,
     pub synced_at: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -98,7 +98,7 @@ pub struct SyncInfo {
 impl From<&user::Model> for SyncInfo {
     fn from(row: &user::Model) -> Self {
         Self {
-            state: row.sync_state.clone(),
+            state: row.sync_state,
             synced_at: row.synced_at,
             attempts: row.sync_attempts,
             last_error: row.sync_last_error.clone(),
@@ -106,7 +106,6 @@ impl From<&user::Model> for SyncInfo {
     }
 }
 
-const PENDING: &str = "pending";
 /// Bounded retries of an optimistic write that lost a race.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -177,7 +176,7 @@ impl Store {
                 google_scope: Set(Some(tokens.scope.clone())),
                 needs_reconnect: Set(false),
                 token_version: Set(1),
-                sync_state: Set(PENDING.into()),
+                sync_state: Set(SyncState::Pending),
                 sync_attempts: Set(0),
                 sync_last_error: Set(None),
                 synced_version: Set(0),
@@ -409,7 +408,7 @@ impl Store {
 
     /// Records that sync is skipped (no microservice configured) for `version`.
     pub async fn mark_sync_skipped(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, "skipped", None)
+        self.set_sync_outcome(user_id, version, SyncState::Skipped, None)
             .await
     }
 
@@ -420,7 +419,7 @@ impl Store {
         version: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, "failed", Some(error))
+        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error))
             .await
     }
 
@@ -429,12 +428,12 @@ impl Store {
         &self,
         user_id: &str,
         version: i64,
-        state: &str,
+        state: SyncState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut update = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(state.to_string()))
+            .col_expr(user::Column::SyncState, Expr::value(state))
             .col_expr(
                 user::Column::SyncLastError,
                 Expr::value(error.map(str::to_string)),
@@ -508,10 +507,10 @@ impl Store {
         limit: u64,
         include_skipped: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let states: &[&str] = if include_skipped {
-            &[PENDING, "failed", "skipped"]
+        let states: &[SyncState] = if include_skipped {
+            &[SyncState::Pending, SyncState::Failed, SyncState::Skipped]
         } else {
-            &[PENDING, "failed"]
+            &[SyncState::Pending, SyncState::Failed]
         };
         let mut query = user::Entity::find()
             .select_only()
@@ -546,7 +545,7 @@ impl Store {
     /// Marks every connected user's tokens for a fresh push; returns how many.
     pub async fn queue_resync_all(&self) -> Result<u64, StoreError> {
         let result = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(PENDING))
+            .col_expr(user::Column::SyncState, Expr::value(SyncState::Pending))
             .col_expr(user::Column::SyncAttempts, Expr::value(0))
             .filter(user::Column::GoogleCalendarConnected.eq(true))
             .exec(&self.db)
@@ -563,7 +562,7 @@ fn with_pending_sync(
 ) -> sea_orm::UpdateMany<user::Entity> {
     update
         .col_expr(user::Column::TokenVersion, Expr::value(version))
-        .col_expr(user::Column::SyncState, Expr::value(PENDING))
+        .col_expr(user::Column::SyncState, Expr::value(SyncState::Pending))
         .col_expr(user::Column::SyncAttempts, Expr::value(0))
         .col_expr(
             user::Column::SyncLastError,
