@@ -99,7 +99,7 @@ async fn resync(
     let queued = app.store.queue_resync_all().await?;
     let (store, sync) = (app.store.clone(), app.sync.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::app::resume_unfinished_syncs(&store, &sync, false).await {
+        if let Err(e) = crate::sync::resume_unfinished_syncs(&store, &sync, false).await {
             tracing::error!(error = %e, "resync could not queue every user");
         }
     });
