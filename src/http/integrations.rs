@@ -231,8 +231,8 @@ async fn refuse_partial_consent(
     if missing.is_empty() {
         return Ok(());
     }
-    let connected = match app.store.user(user_id).await {
-        Ok(row) => row.is_some_and(|r| r.google_calendar_connected),
+    let connected = match app.store.connection_status(user_id).await {
+        Ok(status) => status.is_some_and(|s| s.connected),
         // Unknown: keep whatever may exist rather than revoke a possibly good grant.
         Err(e) => {
             tracing::error!(userId = %user_id, error = %e, "cannot read the user's connection");
@@ -271,8 +271,7 @@ fn google_error_reason(error: &str) -> &'static str {
 
 #[tracing::instrument(skip_all, fields(userId = %user.user_id))]
 async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Value>, Error> {
-    let row = app.store.user(&user.user_id).await?;
-    let Some(row) = row else {
+    let Some(status) = app.store.connection_status(&user.user_id).await? else {
         return Ok(Json(json!({
             "connected": false,
             "google_email": null,
@@ -284,13 +283,13 @@ async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Valu
         })));
     };
     Ok(Json(json!({
-        "connected": row.google_calendar_connected,
-        "google_email": row.google_email,
-        "calendar_id": row.google_calendar_id,
-        "token_expiry": row.google_token_expiry.map(rfc3339),
-        "scope": row.google_scope,
-        "needs_reconnect": row.needs_reconnect,
-        "sync": sync_json(&SyncInfo::from(&row)),
+        "connected": status.connected,
+        "google_email": status.google_email,
+        "calendar_id": status.calendar_id,
+        "token_expiry": status.token_expiry.map(rfc3339),
+        "scope": status.scope,
+        "needs_reconnect": status.needs_reconnect,
+        "sync": sync_json(&status.sync),
     })))
 }
 

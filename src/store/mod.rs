@@ -10,6 +10,7 @@ mod key_check;
 mod rotation;
 mod states;
 mod users;
+mod views;
 
 use std::time::Duration;
 
@@ -27,9 +28,8 @@ pub use entity::user::SyncState;
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
-pub use users::{
-    ActorSeed, NewTokens, RefreshCredentials, StoredTokens, SyncInfo, SyncSnapshot, TokenChange,
-};
+pub use users::{NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
+pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`).
 const SQLITE_CONNECTIONS: u32 = 2;
