@@ -15,7 +15,7 @@
 //! - [`sandbox`]: real HTTP servers standing in for Google and the microservice.
 //! - [`demo`]: everything in one process for a person to try.
 //! - [`loadtest`]: drives a running service with many users and reports what it measured.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging (pretty or JSON) and the OTLP export of traces.
 
 pub mod actors;
 pub mod app;

@@ -86,7 +86,7 @@ pub struct RefreshLabels {
 /// Labels of the actors-by-status gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
-    /// An actor status (CONTRACT section 4).
+    /// An actor status (README: Admin routes).
     pub status: &'static str,
 }
 

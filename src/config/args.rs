@@ -1,4 +1,4 @@
-//! The flags and environment variables of `serve` (CONTRACT section 2) as clap reads them,
+//! The flags and environment variables of `serve` (README: Configuration) as clap reads them,
 //! already typed: a malformed value stops the parse with one line naming its variable (see
 //! `values`). Each default is written once, in its `#[arg]` attribute; `Default` parses an
 //! empty command line without the environment to get them. Must not touch: what a setting

@@ -1,6 +1,6 @@
-//! Configuration: every variable of CONTRACT section 2, read once at start (flags or
-//! environment, `.env` if present) into the typed [`Config`]. Nothing else in the crate reads
-//! the environment. A missing or malformed variable yields one line naming it.
+//! Configuration: every variable of the README's Configuration table, read once at start
+//! (flags or environment, `.env` if present) into the typed [`Config`]. Nothing else in the
+//! crate reads the environment. A missing or malformed variable yields one line naming it.
 //!
 //! - `args`: the clap structs ([`ServeArgs`], [`TelemetryArgs`]), typed, with their defaults.
 //! - `values`: the typed values and their parsers, whose errors name the variable.

@@ -1,4 +1,4 @@
-//! Operator routes (CONTRACT section 4): the actor registry, forced refresh, and the resync
+//! Operator routes (README: Admin routes): the actor registry, forced refresh, and the resync
 //! that pushes every connected user's tokens (the seed's upgrade path, without reconnects).
 
 use std::collections::HashMap;

@@ -14,7 +14,8 @@ use crate::{
     store::StoredTokens,
 };
 
-/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as SEED.md shows.
+/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as the seed sends
+/// it (README: The microservice contract).
 #[derive(Serialize)]
 struct ConnectBody<'a> {
     access_token: &'a str,
