@@ -17,11 +17,9 @@ use crate::{
     http::{self, AppState},
     metrics::Metrics,
     store::Store,
-    sync::SyncDispatcher,
+    sync::{self, SyncDispatcher},
 };
 
-/// Rows read per page when resuming syncs.
-const RESUME_PAGE: u64 = 1000;
 /// How often expired OAuth states are purged.
 const STATE_PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Longest a graceful shutdown waits for in-flight requests, refreshes and pushes.
@@ -85,7 +83,7 @@ impl App {
         let supervisor = Supervisor::start(ctx, UserScope::All).await?;
         // Queued before the front door opens, so a change made through it is never
         // followed by a second, redundant push from the resume.
-        resume_syncs(&store, &sync, config.microservice.url.is_some()).await;
+        sync::resume_at_start(&store, &sync, config.microservice.url.is_some()).await;
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {
             config: config.clone(),
@@ -185,48 +183,6 @@ impl App {
     /// A handle that stops the front door when cancelled; [`App::shutdown`] does the rest.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
-    }
-}
-
-/// Queues a sync for every user whose last change the microservice has not acknowledged.
-/// `include_skipped` also catches up users connected while no microservice was configured.
-pub async fn resume_unfinished_syncs(
-    store: &Store,
-    sync: &SyncDispatcher,
-    include_skipped: bool,
-) -> anyhow::Result<usize> {
-    let mut after: Option<String> = None;
-    let mut queued = 0;
-    loop {
-        let page = store
-            .unfinished_syncs(after.as_deref(), RESUME_PAGE, include_skipped)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.clone());
-        queued += page.len();
-        for user_id in &page {
-            sync.changed(user_id);
-        }
-        if (page.len() as u64) < RESUME_PAGE {
-            break;
-        }
-    }
-    Ok(queued)
-}
-
-async fn resume_syncs(store: &Store, sync: &SyncDispatcher, include_skipped: bool) {
-    for attempt in 1..=30u32 {
-        match resume_unfinished_syncs(store, sync, include_skipped).await {
-            Ok(0) => return,
-            Ok(n) => {
-                tracing::info!(users = n, "resuming unfinished syncs");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "cannot list unfinished syncs, retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging (pretty or JSON) and the OTLP export of traces.
 //!
 //! # Tools (crates of their own under `tools/`; nothing here imports them)
 //! - `tokenwarden-sandbox`: real HTTP stand-ins for Google and the microservice.

@@ -4,7 +4,7 @@
 
 use std::{ffi::OsString, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokenwarden::{app::App, cli, config::TelemetryArgs};
 
 #[derive(Parser)]
@@ -77,7 +77,7 @@ async fn main() -> ExitCode {
         eprintln!("error: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
         Command::Serve(args) => serve(*args).await,
         #[cfg(feature = "tools")]
@@ -103,6 +103,21 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The command line. The top-level serve settings belong to the default command only, so a
+/// subcommand is first tried with their environment ignored: `migrate` must not fail on a
+/// malformed serve variable it never reads (clap parses the top level's environment even
+/// when a subcommand runs).
+fn parse_cli() -> Cli {
+    let subcommand_only = Cli::command().mut_args(|arg| arg.env(None));
+    match subcommand_only.try_get_matches() {
+        Ok(mut matches) if matches.subcommand().is_some() => {
+            Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+        }
+        // No subcommand (serve, reading its environment), `--help`, or an error: as declared.
+        _ => Cli::parse(),
+    }
+}
+
 async fn serve(args: tokenwarden::config::ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let telemetry = tokenwarden::telemetry::init(&config.telemetry)?;
@@ -120,23 +135,24 @@ async fn serve(args: tokenwarden::config::ServeArgs) -> anyhow::Result<()> {
 /// configured as the demo says.
 #[cfg(feature = "tools")]
 async fn demo(args: tokenwarden_demo::DemoArgs) -> anyhow::Result<()> {
+    use tokenwarden::config::Secs;
     let (demo, service) = tokenwarden_demo::prepare(args).await?;
     let config = tokenwarden::config::ServeArgs {
         database_url: service.database_url,
         google_client_id: Some(service.client_id),
-        google_client_secret: Some(service.client_secret),
-        google_redirect_uri: service.redirect_uri,
-        google_auth_url: service.auth_url,
-        google_token_url: service.token_url,
-        google_revoke_url: service.revoke_url,
-        google_userinfo_url: service.userinfo_url,
+        google_client_secret: Some(service.client_secret.into()),
+        google_redirect_uri: service.redirect_uri.parse()?,
+        google_auth_url: service.auth_url.parse()?,
+        google_token_url: service.token_url.parse()?,
+        google_revoke_url: service.revoke_url.parse()?,
+        google_userinfo_url: service.userinfo_url.parse()?,
         microservice_url: Some(service.microservice_url),
-        refresh_lead_secs: service.refresh_lead_secs.to_string(),
-        refresh_jitter_secs: service.refresh_jitter_secs.to_string(),
-        frontend_url: service.frontend_url,
-        auth_jwt_secret: Some(service.jwt_secret),
-        admin_token: Some(service.admin_token),
-        token_encryption_key: Some(service.encryption_key),
+        refresh_lead_secs: Secs(service.refresh_lead_secs),
+        refresh_jitter_secs: Secs(service.refresh_jitter_secs),
+        frontend_url: service.frontend_url.parse()?,
+        auth_jwt_secret: Some(service.jwt_secret.into()),
+        admin_token: Some(service.admin_token.into()),
+        token_encryption_key: Some(service.encryption_key.into()),
         ..Default::default()
     }
     .into_config()?;

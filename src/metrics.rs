@@ -2,7 +2,8 @@
 //! actors, the sync dispatcher and the HTTP layer update. Labels never carry user ids or
 //! secrets, so `/metrics` is safe to expose without a token. Labels a client could choose
 //! (the HTTP method and path) only ever take values from fixed sets, so no request can add
-//! series of its own.
+//! series of its own. Every family is keyed by a label struct deriving `EncodeLabelSet`; the
+//! other label values are `&'static str`, so only constants of the code can become one.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
@@ -14,8 +15,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-
-type Labels = Vec<(&'static str, String)>;
 
 /// The method label of an HTTP request: the standard methods, and `other` for any method a
 /// client invents (each new value would be a new series kept forever).
@@ -75,6 +74,31 @@ impl EncodeLabelValue for HttpMethod {
     }
 }
 
+/// Labels of a refresh attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `scheduled`, `forced` or `retry`.
+    pub reason: &'static str,
+    /// `ok`, `transient`, `revoked`, `rejected` or `superseded`.
+    pub result: &'static str,
+}
+
+/// Labels of the actors-by-status gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// An actor status (README: Admin routes).
+    pub status: &'static str,
+}
+
+/// Labels of a microservice call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// `connect` or `delete`.
+    pub op: &'static str,
+    /// `ok`, `failed` or `skipped`.
+    pub result: &'static str,
+}
+
 /// Labels of one HTTP duration series. `route` is a route template of the router or
 /// `unmatched`, never a raw path.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,11 +128,11 @@ pub struct Metrics {
     registry: Registry,
     /// Refresh attempts by `reason` (`scheduled`, `forced`, `retry`) and `result` (`ok`,
     /// `transient`, `revoked`, `rejected`, `superseded`).
-    pub refreshes: Family<Labels, Counter>,
+    pub refreshes: Family<RefreshLabels, Counter>,
     /// User actors alive by `status`.
-    pub actors_by_status: Family<Labels, Gauge>,
+    pub actors_by_status: Family<StatusLabels, Gauge>,
     /// Microservice calls by `op` (`connect`, `delete`) and `result` (`ok`, `failed`, `skipped`).
-    pub syncs: Family<Labels, Counter>,
+    pub syncs: Family<SyncLabels, Counter>,
     /// Seconds between a refresh's scheduled time and its completion (new token saved).
     pub refresh_lateness: Histogram,
     /// Seconds from a change being queued (saved) to the microservice acknowledging it.
@@ -128,12 +152,12 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tokenwarden");
-        let refreshes = Family::<Labels, Counter>::default();
-        let actors_by_status = Family::<Labels, Gauge>::default();
+        let refreshes = Family::<RefreshLabels, Counter>::default();
+        let actors_by_status = Family::<StatusLabels, Gauge>::default();
         for status in ["active", "refreshing", "retrying", "needs_reconnect"] {
-            let _ = actors_by_status.get_or_create(&vec![("status", status.to_string())]);
+            let _ = actors_by_status.get_or_create(&StatusLabels { status });
         }
-        let syncs = Family::<Labels, Counter>::default();
+        let syncs = Family::<SyncLabels, Counter>::default();
         let refresh_lateness = lateness_histogram();
         let remaining_lifetime = lifetime_histogram();
         let sync_lag = lateness_histogram();
@@ -205,28 +229,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn refresh(&self, reason: &str, result: &str) {
+    /// Counts a refresh attempt that ended.
+    pub fn refresh(&self, reason: &'static str, result: &'static str) {
         self.refreshes
-            .get_or_create(&vec![
-                ("reason", reason.to_string()),
-                ("result", result.to_string()),
-            ])
+            .get_or_create(&RefreshLabels { reason, result })
             .inc();
     }
 
-    pub fn actor_status(&self, status: &str, delta: i64) {
+    /// Moves `delta` actors into (or, negative, out of) `status`.
+    pub fn actor_status(&self, status: &'static str, delta: i64) {
         self.actors_by_status
-            .get_or_create(&vec![("status", status.to_string())])
+            .get_or_create(&StatusLabels { status })
             .inc_by(delta);
     }
 
-    pub fn sync(&self, op: &str, result: &str) {
-        self.syncs
-            .get_or_create(&vec![
-                ("op", op.to_string()),
-                ("result", result.to_string()),
-            ])
-            .inc();
+    /// Counts a microservice call that ended.
+    pub fn sync(&self, op: &'static str, result: &'static str) {
+        self.syncs.get_or_create(&SyncLabels { op, result }).inc();
     }
 
     /// The registry in Prometheus/OpenMetrics text.

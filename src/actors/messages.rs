@@ -29,7 +29,7 @@ impl RefreshReason {
     }
 }
 
-/// Where a user actor stands (CONTRACT section 4).
+/// Where a user actor stands (README: Admin routes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorStatus {

@@ -188,7 +188,10 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::{messages::ActorStatus, schedule::Schedule};
+    use crate::{
+        actors::{messages::ActorStatus, schedule::Schedule},
+        metrics::StatusLabels,
+    };
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
@@ -211,10 +214,10 @@ mod tests {
         (Registry::new(wakes, metrics.clone()), metrics)
     }
 
-    fn status_gauge(metrics: &Metrics, status: &str) -> i64 {
+    fn status_gauge(metrics: &Metrics, status: &'static str) -> i64 {
         metrics
             .actors_by_status
-            .get_or_create(&vec![("status", status.to_string())])
+            .get_or_create(&StatusLabels { status })
             .get()
     }
 

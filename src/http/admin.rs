@@ -1,4 +1,4 @@
-//! Operator routes (CONTRACT section 4): the actor registry, forced refresh, and the resync
+//! Operator routes (README: Admin routes): the actor registry, forced refresh, and the resync
 //! that pushes every connected user's tokens (the seed's upgrade path, without reconnects).
 
 use std::collections::HashMap;
@@ -99,7 +99,7 @@ async fn resync(
     let queued = app.store.queue_resync_all().await?;
     let (store, sync) = (app.store.clone(), app.sync.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::app::resume_unfinished_syncs(&store, &sync, false).await {
+        if let Err(e) = crate::sync::resume_unfinished_syncs(&store, &sync, false).await {
             tracing::error!(error = %e, "resync could not queue every user");
         }
     });
@@ -113,12 +113,13 @@ fn no_actor(user_id: &str) -> Error {
 
 fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>) -> Value {
     let user_id = view.user_id();
-    let sync = syncs.get(user_id).cloned().unwrap_or_default();
+    // An actor whose row is gone (it is about to stop) has no sync state: empty fields.
+    let sync = syncs.get(user_id);
     let sync = json!({
-        "state": sync.state,
-        "synced_at": sync.synced_at.map(rfc3339),
-        "attempts": sync.attempts,
-        "last_error": sync.last_error,
+        "state": sync.map_or("", |s| s.state.as_str()),
+        "synced_at": sync.and_then(|s| s.synced_at).map(rfc3339),
+        "attempts": sync.map_or(0, |s| s.attempts),
+        "last_error": sync.and_then(|s| s.last_error.as_deref()),
     });
     match view {
         ActorView::Live(info) => json!({

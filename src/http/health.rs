@@ -21,7 +21,7 @@ use crate::store::Store;
 /// write transaction (on SQLite, the write lock every refresh needs, on a pool of two
 /// connections), and anyone may send probes: reusing the answer keeps a flood of them to one
 /// check a second, while a locked database still shows within this plus the ping's own
-/// timeout (security review, issue 14).
+/// timeout (docs/reliability.md, Security: Low 3).
 const CHECK_REUSED_FOR: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {

@@ -1,4 +1,4 @@
-//! The user-facing Google Calendar routes (CONTRACT section 3): start a consent, take
+//! The user-facing Google Calendar routes (README: User routes): start a consent, take
 //! Google's callback, show the connection, disconnect. The callback never waits for the
 //! microservice: it saves, tells the supervisor and the sync dispatcher, and redirects.
 //! Only these routes answer the frontend's cross-origin calls, with credentials, because the
@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     google::TokenSet,
-    store::{NewTokens, StoreError, SyncInfo},
+    store::{NewTokens, StoreError, SyncInfo, SyncState},
 };
 
 /// How long a consent round-trip may take.
@@ -231,8 +231,8 @@ async fn refuse_partial_consent(
     if missing.is_empty() {
         return Ok(());
     }
-    let connected = match app.store.user(user_id).await {
-        Ok(row) => row.is_some_and(|r| r.google_calendar_connected),
+    let connected = match app.store.connection_status(user_id).await {
+        Ok(status) => status.is_some_and(|s| s.connected),
         // Unknown: keep whatever may exist rather than revoke a possibly good grant.
         Err(e) => {
             tracing::error!(userId = %user_id, error = %e, "cannot read the user's connection");
@@ -271,8 +271,7 @@ fn google_error_reason(error: &str) -> &'static str {
 
 #[tracing::instrument(skip_all, fields(userId = %user.user_id))]
 async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Value>, Error> {
-    let row = app.store.user(&user.user_id).await?;
-    let Some(row) = row else {
+    let Some(status) = app.store.connection_status(&user.user_id).await? else {
         return Ok(Json(json!({
             "connected": false,
             "google_email": null,
@@ -280,17 +279,17 @@ async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Valu
             "token_expiry": null,
             "scope": null,
             "needs_reconnect": false,
-            "sync": sync_json(&SyncInfo { state: "none".into(), ..Default::default() }),
+            "sync": sync_json(&SyncInfo { state: SyncState::None, ..Default::default() }),
         })));
     };
     Ok(Json(json!({
-        "connected": row.google_calendar_connected,
-        "google_email": row.google_email,
-        "calendar_id": row.google_calendar_id,
-        "token_expiry": row.google_token_expiry.map(rfc3339),
-        "scope": row.google_scope,
-        "needs_reconnect": row.needs_reconnect,
-        "sync": sync_json(&SyncInfo::from(&row)),
+        "connected": status.connected,
+        "google_email": status.google_email,
+        "calendar_id": status.calendar_id,
+        "token_expiry": status.token_expiry.map(rfc3339),
+        "scope": status.scope,
+        "needs_reconnect": status.needs_reconnect,
+        "sync": sync_json(&status.sync),
     })))
 }
 

@@ -1,6 +1,10 @@
 //! The axum front door: one file per resource, each with its own `router()`, merged here with
 //! the cross-cutting layers (body limit, deadline, CORS, request metrics and spans), and
 //! served by `serve` with limits on client connections.
+//!
+//! The deadline is tower's `TimeoutLayer` behind axum's `HandleErrorLayer`, which turns its
+//! error into the contract's JSON 504. tower-http's timeout answers an empty-bodied 504
+//! instead, with nothing to tell it from any other 504 short of guessing by status and body.
 
 mod admin;
 mod auth;
@@ -18,12 +22,14 @@ use std::{
 
 use axum::{
     Router,
+    error_handling::HandleErrorLayer,
     extract::{MatchedPath, Request, State},
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
+use tower::{BoxError, ServiceBuilder};
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
 pub use error::Error;
@@ -62,12 +68,12 @@ pub struct AppState {
 
 /// The whole front door.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(integrations::router(&state.config.frontend_url))
         .merge(admin::router())
         .merge(health::router())
-        .fallback(not_found)
-        .layer(middleware::from_fn(deadline))
+        .fallback(not_found);
+    with_deadline(routes, REQUEST_DEADLINE)
         .layer(middleware::from_fn(limit_body))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -91,11 +97,23 @@ async fn limit_body(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-async fn deadline(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => Error::Timeout.into_response(),
-    }
+/// Answers `504 {"error": "timeout"}` for a request still running after `limit` (its handler
+/// is dropped).
+fn with_deadline<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limit: Duration,
+) -> Router<S> {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(deadline_passed))
+            .timeout(limit),
+    )
+}
+
+/// The routes never fail (axum services are infallible), so the timeout's `Elapsed` is the
+/// only error that reaches here.
+async fn deadline_passed(_: BoxError) -> Error {
+    Error::Timeout
 }
 
 /// Records each request's duration by route (the matched pattern, never the raw path, so
@@ -140,4 +158,34 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 /// RFC 3339 in UTC with a `Z` and whole seconds, as the contract writes timestamps.
 pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_the_deadline_gets_the_json_504() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        );
+        let response = with_deadline(slow, Duration::from_secs(30))
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+        let body = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "timeout");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
 }

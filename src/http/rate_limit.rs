@@ -1,12 +1,21 @@
-//! A per-user token bucket held in memory: each user may start `burst` consents at once and
-//! then one every `period / burst`. The map is bounded: when it is full, buckets that have
-//! filled up again (equivalent to no entry) are swept, and if that is not enough an arbitrary
-//! one is dropped (that user merely gets a fresh bucket).
+//! The per-user limit on starting consents, by `governor`'s keyed GCRA limiter: each user may
+//! start `burst` consents at once and then one every `period / burst`. Owns the limiter and
+//! the bound on how many users it tracks; the route decides what to answer. The map is
+//! bounded: when it is full, users whose allowance has filled up again (the same as no entry)
+//! are dropped, and if that is not enough the whole map starts afresh (every user merely gets
+//! a full allowance back; it takes [`MAX_TRACKED`] users consenting within one period).
 
 use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+    num::NonZeroU32,
+    sync::{PoisonError, RwLock},
+    time::Duration,
+};
+
+use governor::{
+    Quota,
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::keyed::DashMapStateStore,
 };
 
 /// Consents a user may start per minute on `POST /api/integrations/google/connect`.
@@ -14,128 +23,139 @@ pub const CONNECTS_PER_MINUTE: u32 = 10;
 /// Most users tracked at once.
 const MAX_TRACKED: usize = 100_000;
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
+type Keyed<C> = governor::RateLimiter<
+    String,
+    DashMapStateStore<String>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
 
-/// Token buckets keyed by user id.
-pub struct RateLimiter {
-    burst: f64,
-    /// Tokens gained per second.
-    refill: f64,
+/// Allowances keyed by user id.
+pub struct RateLimiter<C: Clock + Clone = DefaultClock> {
+    /// Read-locked by every check (the map shards its own locking); write-locked only to
+    /// start afresh when the map is full.
+    limiter: RwLock<Keyed<C>>,
+    quota: Quota,
+    clock: C,
     max_tracked: usize,
-    /// A plain mutex: held for a few arithmetic operations, never across an await.
-    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
     /// `burst` requests at once, refilled evenly over `period`.
     pub fn new(burst: u32, period: Duration) -> Self {
-        Self::with_capacity(burst, period, MAX_TRACKED)
-    }
-
-    fn with_capacity(burst: u32, period: Duration, max_tracked: usize) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            burst,
-            refill: burst / period.as_secs_f64().max(f64::EPSILON),
-            max_tracked: max_tracked.max(1),
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self::with_clock(burst, period, MAX_TRACKED, DefaultClock::default())
     }
 
     /// The limit of the connect route.
     pub fn for_connect() -> Self {
         Self::new(CONNECTS_PER_MINUTE, Duration::from_secs(60))
     }
+}
 
-    /// Takes one token for `key`; `Err(wait)` when none is left, `wait` being how long until
-    /// one is.
+impl<C: Clock + Clone> RateLimiter<C> {
+    fn with_clock(burst: u32, period: Duration, max_tracked: usize, clock: C) -> Self {
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let every = (period / burst.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(every)
+            .expect("a period above zero")
+            .allow_burst(burst);
+        Self {
+            limiter: RwLock::new(Keyed::dashmap_with_clock(quota, clock.clone())),
+            quota,
+            clock,
+            max_tracked: max_tracked.max(1),
+        }
+    }
+
+    /// Takes one request from `key`'s allowance; `Err(wait)` when none is left, `wait` being
+    /// how long until one is.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
+        if self.tracked() >= self.max_tracked {
+            self.make_room();
+        }
+        let limiter = self.limiter.read().unwrap_or_else(PoisonError::into_inner);
+        limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !buckets.contains_key(key) && buckets.len() >= self.max_tracked {
-            self.evict(&mut buckets, now);
+    fn make_room(&self) {
+        let mut limiter = self.limiter.write().unwrap_or_else(PoisonError::into_inner);
+        // Another check may have made room while this one waited for the lock.
+        if limiter.len() < self.max_tracked {
+            return;
         }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        bucket.tokens = self.level(bucket, now);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.refill))
+        limiter.retain_recent();
+        if limiter.len() >= self.max_tracked {
+            *limiter = Keyed::dashmap_with_clock(self.quota, self.clock.clone());
         }
-    }
-
-    fn level(&self, bucket: &Bucket, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        (bucket.tokens + elapsed * self.refill).min(self.burst)
-    }
-
-    fn evict(&self, buckets: &mut HashMap<String, Bucket>, now: Instant) {
-        buckets.retain(|_, b| self.level(b, now) < self.burst);
-        if buckets.len() >= self.max_tracked
-            && let Some(key) = buckets.keys().next().cloned()
-        {
-            buckets.remove(&key);
-        }
+        limiter.shrink_to_fit();
     }
 
     /// Users tracked right now.
     pub fn tracked(&self) -> usize {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.limiter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn burst_then_refill_per_user() {
-        let limiter = RateLimiter::new(3, Duration::from_secs(3));
-        let t0 = Instant::now();
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(3, Duration::from_secs(3), 100, clock.clone());
         for _ in 0..3 {
-            assert!(limiter.check_at("a", t0).is_ok());
+            assert!(limiter.check("a").is_ok());
         }
-        let wait = limiter.check_at("a", t0).unwrap_err();
+        let wait = limiter.check("a").unwrap_err();
         assert!(
             wait <= Duration::from_secs(1) && wait > Duration::from_millis(900),
             "{wait:?}"
         );
-        // Another user has a bucket of their own.
-        assert!(limiter.check_at("b", t0).is_ok());
-        // One second later one token is back, and only one.
-        let t1 = t0 + Duration::from_secs(1);
-        assert!(limiter.check_at("a", t1).is_ok());
-        assert!(limiter.check_at("a", t1).is_err());
+        // Another user has an allowance of their own.
+        assert!(limiter.check("b").is_ok());
+        // One second later one request is allowed again, and only one.
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.check("a").is_ok());
+        assert!(limiter.check("a").is_err());
     }
 
     #[test]
     fn the_map_stays_bounded() {
-        let limiter = RateLimiter::with_capacity(2, Duration::from_secs(60), 100);
-        let t0 = Instant::now();
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(2, Duration::from_secs(60), 100, clock.clone());
         for i in 0..1000 {
-            let _ = limiter.check_at(&format!("user-{i}"), t0);
+            let _ = limiter.check(&format!("user-{i}"));
             assert!(limiter.tracked() <= 100);
         }
-        // Full buckets are swept first: after a refill, the map empties out as users come.
-        let later = t0 + Duration::from_secs(120);
-        assert!(limiter.check_at("new", later).is_ok());
+        // Full allowances are swept first: after a refill, the map empties out as users come.
+        clock.advance(Duration::from_secs(120));
+        assert!(limiter.check("new").is_ok());
         assert!(limiter.tracked() <= 2, "{}", limiter.tracked());
+    }
+
+    #[test]
+    fn the_connect_limit_waits_whole_refills() {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(
+            CONNECTS_PER_MINUTE,
+            Duration::from_secs(60),
+            MAX_TRACKED,
+            clock.clone(),
+        );
+        for _ in 0..CONNECTS_PER_MINUTE {
+            assert!(limiter.check("alice").is_ok());
+        }
+        let wait = limiter.check("alice").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(6));
+        clock.advance(Duration::from_secs(6));
+        assert!(limiter.check("alice").is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! Serving the router on a listener: HTTP/1 connections with a deadline on reading request
 //! headers, a cap on open connections, and a graceful shutdown that lets the requests in
 //! flight finish. axum's own `serve` sets neither limit: a client dribbling one header line a
-//! second kept its connection for as long as it liked (security review, issue 14).
+//! second kept its connection for as long as it liked (docs/reliability.md, Security: Medium).
 
 use std::{sync::Arc, time::Duration};
 

@@ -22,7 +22,10 @@ use sea_orm::{
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{StoreError, entity::user};
+use super::{
+    StoreError,
+    entity::user::{self, SyncState},
+};
 
 /// Most requests one batch carries (SQLite allows 32,766 bound values per statement).
 const MAX_BATCH: usize = 256;
@@ -261,7 +264,7 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
            refresh_count = users.refresh_count + 1, \
            google_scope = COALESCE(v.scope, users.google_scope), \
            token_version = v.expected + 1, \
-           sync_state = 'pending', \
+           sync_state = '{pending}', \
            sync_attempts = 0, \
            sync_last_error = NULL, \
            updated_at = v.now \
@@ -270,7 +273,8 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
            AND users.token_version = v.expected \
            AND users.google_calendar_connected = TRUE \
          RETURNING users.user_id AS user_id",
-        tuples.join(", ")
+        tuples.join(", "),
+        pending = SyncState::Pending,
     );
     params.statement(sql)
 }
@@ -292,7 +296,7 @@ fn mark_synced_statement(backend: DbBackend, acks: &[(&str, i64, DateTime<Utc>)]
     let sql = format!(
         "WITH v(uid, ver, now) AS (VALUES {}) \
          UPDATE users SET \
-           sync_state = 'synced', \
+           sync_state = '{synced}', \
            sync_last_error = NULL, \
            sync_attempts = 0, \
            synced_version = v.ver, \
@@ -300,7 +304,8 @@ fn mark_synced_statement(backend: DbBackend, acks: &[(&str, i64, DateTime<Utc>)]
            updated_at = v.now \
          FROM v \
          WHERE users.user_id = v.uid AND users.token_version = v.ver",
-        tuples.join(", ")
+        tuples.join(", "),
+        synced = SyncState::Synced,
     );
     params.statement(sql)
 }

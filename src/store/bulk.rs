@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use secrecy::ExposeSecret;
 
-use super::{Store, StoreError, entity::user};
+use super::{
+    Store, StoreError,
+    entity::user::{self, SyncState},
+};
 
 /// One user to seed, as a completed consent would have left it.
 pub struct SeedUser {
@@ -22,7 +25,7 @@ pub struct AuditRow {
     pub user_id: String,
     pub access_token: Option<String>,
     pub token_expiry: Option<DateTime<Utc>>,
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub token_version: i64,
     pub synced_version: i64,
     pub refresh_count: i64,
@@ -53,7 +56,7 @@ impl Store {
             google_scope: Set(Some(u.scope.clone())),
             needs_reconnect: Set(false),
             token_version: Set(1),
-            sync_state: Set("synced".into()),
+            sync_state: Set(SyncState::Synced),
             sync_attempts: Set(0),
             sync_last_error: Set(None),
             synced_version: Set(1),

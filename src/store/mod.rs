@@ -11,6 +11,7 @@ mod key_check;
 mod rotation;
 mod states;
 mod users;
+mod views;
 
 use std::time::Duration;
 
@@ -25,12 +26,12 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 #[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
+pub use entity::user::SyncState;
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
-pub use users::{
-    ActorSeed, NewTokens, RefreshCredentials, StoredTokens, SyncInfo, SyncSnapshot, TokenChange,
-};
+pub use users::{NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
+pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`).
 const SQLITE_CONNECTIONS: u32 = 2;

@@ -6,15 +6,15 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    Store, StoreError,
+    ActorSeed, Store, StoreError,
     batch::{self, RefreshedRow, Write},
-    entity::user,
+    entity::user::{self, SyncState},
 };
 
 /// Tokens from a code exchange, ready to be saved.
@@ -62,51 +62,6 @@ impl SyncSnapshot {
     }
 }
 
-/// What a user actor starts from: schedule data only, never token values.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
-pub struct ActorSeed {
-    pub user_id: String,
-    pub token_expiry: Option<DateTime<Utc>>,
-    pub needs_reconnect: bool,
-    pub version: i64,
-    pub refresh_count: i64,
-    pub last_refresh_at: Option<DateTime<Utc>>,
-}
-
-impl From<user::Model> for ActorSeed {
-    fn from(row: user::Model) -> Self {
-        Self {
-            user_id: row.user_id,
-            token_expiry: row.google_token_expiry,
-            needs_reconnect: row.needs_reconnect,
-            version: row.token_version,
-            refresh_count: row.refresh_count,
-            last_refresh_at: row.last_refresh_at,
-        }
-    }
-}
-
-/// The sync part of a user's row, as status and admin show it.
-#[derive(Debug, Clone, Default)]
-pub struct SyncInfo {
-    pub state: String,
-    pub synced_at: Option<DateTime<Utc>>,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-}
-
-impl From<&user::Model> for SyncInfo {
-    fn from(row: &user::Model) -> Self {
-        Self {
-            state: row.sync_state.clone(),
-            synced_at: row.synced_at,
-            attempts: row.sync_attempts,
-            last_error: row.sync_last_error.clone(),
-        }
-    }
-}
-
-const PENDING: &str = "pending";
 /// Bounded retries of an optimistic write that lost a race.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -119,14 +74,6 @@ pub(super) fn refresh_context(user_id: &str) -> String {
 }
 
 impl Store {
-    /// One user's row, if any.
-    pub async fn user(&self, user_id: &str) -> Result<Option<user::Model>, StoreError> {
-        self.reads
-            .call(user_id.to_string())
-            .await
-            .unwrap_or_else(|| Err(batch::lost()))
-    }
-
     /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
     /// token when Google sent none. Fails with `NoRefreshToken` when there is none at all.
     /// Returns what the user's actor needs to (re)start.
@@ -177,7 +124,7 @@ impl Store {
                 google_scope: Set(Some(tokens.scope.clone())),
                 needs_reconnect: Set(false),
                 token_version: Set(1),
-                sync_state: Set(PENDING.into()),
+                sync_state: Set(SyncState::Pending),
                 sync_attempts: Set(0),
                 sync_last_error: Set(None),
                 synced_version: Set(0),
@@ -409,7 +356,7 @@ impl Store {
 
     /// Records that sync is skipped (no microservice configured) for `version`.
     pub async fn mark_sync_skipped(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, "skipped", None)
+        self.set_sync_outcome(user_id, version, SyncState::Skipped, None)
             .await
     }
 
@@ -420,7 +367,7 @@ impl Store {
         version: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, "failed", Some(error))
+        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error))
             .await
     }
 
@@ -429,12 +376,12 @@ impl Store {
         &self,
         user_id: &str,
         version: i64,
-        state: &str,
+        state: SyncState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut update = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(state.to_string()))
+            .col_expr(user::Column::SyncState, Expr::value(state))
             .col_expr(
                 user::Column::SyncLastError,
                 Expr::value(error.map(str::to_string)),
@@ -459,47 +406,6 @@ impl Store {
         Ok(())
     }
 
-    /// A page of users an actor should run for (connected, or waiting for a reconnect),
-    /// ordered by user id, after `after`.
-    pub async fn actor_seeds(
-        &self,
-        after: Option<&str>,
-        limit: u64,
-    ) -> Result<Vec<ActorSeed>, StoreError> {
-        // Only the schedule columns: at a million users, decoding the token ciphertexts too
-        // would double the load time for data the actors never hold.
-        let mut query = user::Entity::find()
-            .select_only()
-            .columns([
-                user::Column::UserId,
-                user::Column::NeedsReconnect,
-                user::Column::RefreshCount,
-                user::Column::LastRefreshAt,
-            ])
-            .column_as(user::Column::GoogleTokenExpiry, "token_expiry")
-            .column_as(user::Column::TokenVersion, "version")
-            .filter(
-                user::Column::GoogleCalendarConnected
-                    .eq(true)
-                    .or(user::Column::NeedsReconnect.eq(true)),
-            )
-            .order_by_asc(user::Column::UserId)
-            .limit(limit);
-        if let Some(after) = after {
-            query = query.filter(user::Column::UserId.gt(after));
-        }
-        Ok(query.into_model::<ActorSeed>().all(&self.db).await?)
-    }
-
-    /// One user's actor seed, if an actor should run for them.
-    pub async fn actor_seed(&self, user_id: &str) -> Result<Option<ActorSeed>, StoreError> {
-        Ok(self
-            .user(user_id)
-            .await?
-            .filter(|row| row.google_calendar_connected || row.needs_reconnect)
-            .map(ActorSeed::from))
-    }
-
     /// A page of user ids whose last change has not reached the microservice yet; with
     /// `include_skipped`, also those skipped while no microservice was configured.
     pub async fn unfinished_syncs(
@@ -508,10 +414,10 @@ impl Store {
         limit: u64,
         include_skipped: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let states: &[&str] = if include_skipped {
-            &[PENDING, "failed", "skipped"]
+        let states: &[SyncState] = if include_skipped {
+            &[SyncState::Pending, SyncState::Failed, SyncState::Skipped]
         } else {
-            &[PENDING, "failed"]
+            &[SyncState::Pending, SyncState::Failed]
         };
         let mut query = user::Entity::find()
             .select_only()
@@ -525,28 +431,10 @@ impl Store {
         Ok(query.into_tuple::<String>().all(&self.db).await?)
     }
 
-    /// The sync state of each of `user_ids` that has a row.
-    pub async fn sync_infos(
-        &self,
-        user_ids: &[String],
-    ) -> Result<std::collections::HashMap<String, SyncInfo>, StoreError> {
-        if user_ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let rows = user::Entity::find()
-            .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.user_id.clone(), SyncInfo::from(row)))
-            .collect())
-    }
-
     /// Marks every connected user's tokens for a fresh push; returns how many.
     pub async fn queue_resync_all(&self) -> Result<u64, StoreError> {
         let result = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(PENDING))
+            .col_expr(user::Column::SyncState, Expr::value(SyncState::Pending))
             .col_expr(user::Column::SyncAttempts, Expr::value(0))
             .filter(user::Column::GoogleCalendarConnected.eq(true))
             .exec(&self.db)
@@ -563,7 +451,7 @@ fn with_pending_sync(
 ) -> sea_orm::UpdateMany<user::Entity> {
     update
         .col_expr(user::Column::TokenVersion, Expr::value(version))
-        .col_expr(user::Column::SyncState, Expr::value(PENDING))
+        .col_expr(user::Column::SyncState, Expr::value(SyncState::Pending))
         .col_expr(user::Column::SyncAttempts, Expr::value(0))
         .col_expr(
             user::Column::SyncLastError,

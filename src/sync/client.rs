@@ -1,40 +1,27 @@
-//! One delivery to the microservice: take the user's state (carried by the change, or read
-//! from the row), POST it (or DELETE when the user is disconnected), record the outcome in the
-//! database, and log with the seed's messages and fields, word for word, so existing runbooks
-//! keep working.
+//! The microservice's HTTP client: POST a user's tokens or DELETE them, judge the answer, and
+//! log with the seed's messages and fields, word for word, so existing runbooks keep working.
+//! HTTP only: it must not touch the store or the metrics (the delivery step in `delivery` reads
+//! the state to send and records how the call went).
 
 use chrono::SecondsFormat;
-use opentelemetry::Context;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use tokio::sync::Semaphore;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,
-    metrics::Metrics,
-    store::{Store, StoredTokens, SyncSnapshot},
+    store::StoredTokens,
 };
 
-/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as SEED.md shows.
+/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as the seed sends
+/// it (README: The microservice contract).
 #[derive(Serialize)]
 struct ConnectBody<'a> {
     access_token: &'a str,
     refresh_token: &'a str,
     token_expiry: String,
     scope: &'a str,
-}
-
-/// One call to make for one user.
-pub struct Call {
-    pub user_id: String,
-    /// The state to send, when the change that asked for the call carried it.
-    pub known: Option<SyncSnapshot>,
-    pub cx: Context,
-    pub attempt: u32,
 }
 
 /// How a single call went.
@@ -71,92 +58,6 @@ impl MicroserviceClient {
             shown_url: config.url.as_deref().map(without_userinfo),
             token: config.token.clone(),
         })
-    }
-
-    /// Brings the microservice up to the user's state: `call.known` when the change carried
-    /// it, else the row as it is now. Answers whether nothing is left to do for the version
-    /// sent, and that version. Only the HTTP call holds one of `permits` (which bound the
-    /// calls to the microservice); reading and recording wait in the store's batches outside
-    /// it. The call's span (`microservice.sync` or `microservice.delete`) joins `call.cx`, the
-    /// trace of the change that caused it.
-    pub async fn deliver(
-        &self,
-        store: &Store,
-        metrics: &Metrics,
-        permits: &Semaphore,
-        call: Call,
-    ) -> (bool, Option<i64>) {
-        let Call {
-            user_id,
-            known,
-            cx,
-            attempt,
-        } = call;
-        let user_id = user_id.as_str();
-        let snapshot = match known {
-            Some(snapshot) => snapshot,
-            None => match store.sync_snapshot(user_id).await {
-                Ok(Some(snapshot)) => snapshot,
-                Ok(None) => return (true, None),
-                Err(e) => {
-                    tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
-                    return (false, None);
-                }
-            },
-        };
-        let Ok(permit) = permits.acquire().await else {
-            return (false, None);
-        };
-        let version = snapshot.version();
-        let span = match &snapshot {
-            SyncSnapshot::Connected { .. } => tracing::info_span!(
-                "microservice.sync",
-                otel.kind = "client",
-                user.id = %user_id,
-                sync.attempt = attempt,
-                sync.version = version,
-                http.response.status_code = tracing::field::Empty,
-            ),
-            SyncSnapshot::Disconnected { .. } => tracing::info_span!(
-                "microservice.delete",
-                otel.kind = "client",
-                user.id = %user_id,
-                sync.attempt = attempt,
-                sync.version = version,
-                http.response.status_code = tracing::field::Empty,
-            ),
-        };
-        let _ = span.set_parent(cx);
-        let (op, outcome) = match &snapshot {
-            SyncSnapshot::Connected { tokens, .. } => {
-                ("connect", self.push(user_id, tokens).instrument(span).await)
-            }
-            SyncSnapshot::Disconnected { .. } => {
-                ("delete", self.delete(user_id).instrument(span).await)
-            }
-        };
-        drop(permit);
-        let recorded = match &outcome {
-            Delivery::Delivered => {
-                metrics.sync(op, "ok");
-                store.mark_synced(user_id, version).await
-            }
-            Delivery::Skipped => {
-                metrics.sync(op, "skipped");
-                store.mark_sync_skipped(user_id, version).await
-            }
-            Delivery::Failed { error, .. } => {
-                metrics.sync(op, "failed");
-                store.mark_sync_failed(user_id, version, error).await
-            }
-        };
-        if let Err(e) = &recorded {
-            // The outcome is lost, so the call is repeated later; the microservice's
-            // upsert and delete are idempotent.
-            tracing::warn!(userId = %user_id, error = %e, "cannot record sync outcome");
-        }
-        let done = recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. });
-        (done, Some(version))
     }
 
     fn shown_url(&self) -> &str {

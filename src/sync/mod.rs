@@ -1,4 +1,4 @@
-//! Pushes every token change to the microservice (CONTRACT section 5).
+//! Pushes every token change to the microservice (README: The microservice contract).
 //!
 //! The [`SyncDispatcher`] keeps one lane per user with at most one call in flight: a change
 //! that arrives meanwhile only marks the lane dirty, and the next call sends the newest state:
@@ -7,11 +7,18 @@
 //! its state. Versions only grow, so a carried state at or below a version already sent is
 //! dropped for a read. So calls for one user never overlap, the last call always carries the
 //! newest state, and intermediate states are skipped rather than replayed. The
-//! durable `sync_state` column (written by `store`) lets a restart find unfinished pushes.
-//! Failures retry with capped exponential backoff. This module never blocks its callers and
-//! never touches actors.
+//! durable `sync_state` column (written by `store`) lets a restart find unfinished pushes
+//! (`resume`). Failures retry with the service's one backoff policy ([`Backoff`]). This module
+//! never blocks its callers and never touches actors.
+//!
+//! - here: the dispatcher and its lanes;
+//! - `delivery`: one call for one user, from reading the state to recording the outcome;
+//! - `client`: the microservice's HTTP client, HTTP only;
+//! - `resume`: queues the pushes a restart or a resync must finish.
 
 mod client;
+mod delivery;
+mod resume;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::MicroserviceConfig,
     metrics::Metrics,
+    retry::Backoff,
     store::{Store, SyncSnapshot},
 };
-use client::Call;
 pub use client::{Delivery, MicroserviceClient};
+use delivery::{Call, Deliverer};
+pub use resume::{resume_at_start, resume_unfinished_syncs};
 
 /// How long a closed lane's last sent version is kept. A notice is sent right after its
 /// write, so one overtaken by a newer change arrives within moments; a minute covers any
@@ -93,12 +102,13 @@ impl SyncDispatcher {
             lanes: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
-            client: MicroserviceClient::new(config)?,
-            store,
-            metrics,
-            permits: Arc::new(Semaphore::new(config.concurrency)),
-            retry_base: config.retry_base,
-            retry_max: config.retry_max,
+            deliverer: Deliverer {
+                client: MicroserviceClient::new(config)?,
+                store,
+                metrics,
+                permits: Arc::new(Semaphore::new(config.concurrency)),
+            },
+            backoff: Backoff::new(config.retry_base, config.retry_max),
             tx: tx.downgrade(),
         };
         tokio::spawn(worker.run(rx, shutdown));
@@ -132,12 +142,9 @@ struct Worker {
     /// lane closed must still not push its older state.
     recent: HashMap<String, (i64, Instant)>,
     recent_order: VecDeque<(Instant, String)>,
-    client: MicroserviceClient,
-    store: Store,
-    metrics: Arc<Metrics>,
-    permits: Arc<Semaphore>,
-    retry_base: Duration,
-    retry_max: Duration,
+    deliverer: Deliverer,
+    /// Delays between the attempts of a failing lane.
+    backoff: Backoff,
     /// Weak, so that the worker stops once every `SyncDispatcher` handle is dropped.
     tx: mpsc::WeakUnboundedSender<Command>,
 }
@@ -164,10 +171,11 @@ impl Worker {
                     generation,
                 } => self.on_retry_due(user_id, generation),
             }
-            self.metrics.sync_queue_depth.set(self.lanes.len() as i64);
+            let depth = self.lanes.len() as i64;
+            self.deliverer.metrics.sync_queue_depth.set(depth);
         }
         // Unfinished work stays `pending` in the database and resumes at the next start.
-        self.permits.close();
+        self.deliverer.permits.close();
     }
 
     fn on_changed(&mut self, user_id: String, cx: Context, state: Option<SyncSnapshot>) {
@@ -214,7 +222,8 @@ impl Worker {
             lane.sent = lane.sent.max(version);
         }
         if delivered && let Some(since) = lane.in_flight_since.take() {
-            self.metrics.sync_lag.observe(since.elapsed().as_secs_f64());
+            let lag = since.elapsed().as_secs_f64();
+            self.deliverer.metrics.sync_lag.observe(lag);
         }
         if lane.dirty {
             self.start(user_id);
@@ -226,7 +235,7 @@ impl Worker {
             }
         } else {
             lane.failures += 1;
-            let delay = backoff(self.retry_base, self.retry_max, lane.failures);
+            let delay = self.backoff.delay(lane.failures);
             let generation = lane.generation;
             let tx = self.tx.clone();
             tokio::spawn(async move {
@@ -285,10 +294,7 @@ impl Worker {
         lane.must_read = false;
         let cx = lane.cx.clone();
         let attempt = lane.failures + 1;
-        let client = self.client.clone();
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let permits = self.permits.clone();
+        let deliverer = self.deliverer.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let call = Call {
@@ -297,7 +303,7 @@ impl Worker {
                 cx,
                 attempt,
             };
-            let (delivered, version) = client.deliver(&store, &metrics, &permits, call).await;
+            let (delivered, version) = deliverer.deliver(call).await;
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Command::Finished {
                     user_id,
@@ -306,33 +312,5 @@ impl Worker {
                 });
             }
         });
-    }
-}
-
-/// `base * 2^(failures-1)`, capped at `max`, with up to 20% random jitter so that many users
-/// failing together do not retry together.
-pub fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    let capped = exp.min(max);
-    let jitter = capped.mul_f64(rand::random::<f64>() * 0.2);
-    capped.saturating_sub(jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        let first = backoff(base, max, 1);
-        assert!(first <= base && first >= base.mul_f64(0.8), "{first:?}");
-        let third = backoff(base, max, 3);
-        assert!(third <= Duration::from_millis(400) && third >= Duration::from_millis(320));
-        for failures in [10, 31, 1000, u32::MAX] {
-            let d = backoff(base, max, failures);
-            assert!(d <= max && d >= max.mul_f64(0.8), "{failures}: {d:?}");
-        }
     }
 }

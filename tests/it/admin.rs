@@ -203,7 +203,7 @@ async fn panicking_actor_is_restarted_and_keeps_refreshing() {
     t.shutdown().await;
 }
 
-/// `/readyz` answers from one shared database check (security review, issue 14): probes do
+/// `/readyz` answers from one shared database check (docs/reliability.md, Security: Low 3): probes do
 /// not each take a database connection and a write lock, so a flood of them cannot starve
 /// the refreshes' writes; a locked database is still reported within about two seconds.
 async fn readiness_probes_share_one_database_check(backend: Backend) {

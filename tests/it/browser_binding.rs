@@ -1,6 +1,6 @@
-//! The OAuth state is bound to the browser that started the flow (CONTRACT section 3, RFC 9700
-//! section 4.7): a consent link forwarded to someone else must not attach their Google account
-//! to the sender's user.
+//! The OAuth state is bound to the browser that started the flow (README: The browser-binding
+//! cookie; RFC 9700 section 4.7): a consent link forwarded to someone else must not attach
+//! their Google account to the sender's user.
 
 use reqwest::{Client, Method, StatusCode, header, redirect::Policy};
 use sea_orm::EntityTrait;

@@ -78,7 +78,7 @@ fn migrate_applies_and_help_lists_commands() {
 }
 
 /// `--help` shows the environment's value of plain settings but never of secrets or of URLs
-/// that may carry credentials (security review, issue 14).
+/// that may carry credentials (docs/reliability.md, Security: Low 2).
 #[test]
 fn help_never_shows_secrets_or_credentials_in_urls() {
     const SECRET: &str = "hunter2secret";

@@ -101,7 +101,7 @@ async fn microservice_404_on_delete_counts_as_done() {
     t.shutdown().await;
 }
 
-/// Issue 14, Low 1: a row sealed with a key that was dropped from `TOKEN_ENCRYPTION_KEY`
+/// docs/reliability.md, Security: Low 1: a row sealed with a key that was dropped from `TOKEN_ENCRYPTION_KEY`
 /// used to make the disconnect answer 500 after clearing the row, before the actor stopped and
 /// the microservice's copy was deleted; a retry then answered 404 and the copy stayed.
 async fn disconnect_completes_when_the_refresh_token_cannot_be_decrypted(backend: Backend) {

@@ -1,4 +1,4 @@
-//! `/metrics` stays bounded whatever clients send (security review, issue 14): invented
+//! `/metrics` stays bounded whatever clients send (docs/reliability.md, Security: High 2): invented
 //! methods fold into `other` and unknown paths into `unmatched`, so a burst of junk requests
 //! adds no series and does not grow the scrape.
 

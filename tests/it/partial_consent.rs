@@ -1,5 +1,5 @@
-//! A consent in which the user unticked a calendar scope (CONTRACT section 3, partial
-//! consent): nothing stored, nothing pushed, `reason=missing_scope`; the partial grant is
+//! A consent in which the user unticked a calendar scope (README: Partial consent):
+//! nothing stored, nothing pushed, `reason=missing_scope`; the partial grant is
 //! revoked only when the user had no connection to lose.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Client connections are bounded (security review, issue 14): a client that sends its
+//! Client connections are bounded (docs/reliability.md, Security: Medium): a client that sends its
 //! headers too slowly is cut off after `HTTP_HEADER_READ_TIMEOUT_SECS`, and at most
 //! `HTTP_MAX_CONNECTIONS` connections are served at once. Raw TCP on loopback, so that the
 //! test controls every byte and every connection.

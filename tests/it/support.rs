@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use tokenwarden::{
     app::App,
-    config::{Config, ServeArgs},
+    config::{Config, Millis, Secs, ServeArgs},
 };
 use tokenwarden_sandbox::{
     MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
@@ -265,16 +265,17 @@ impl TestApp {
     /// The configuration the service runs with.
     pub fn config(&self, listen: std::net::SocketAddr) -> Config {
         let o = &self.options;
+        let url = |raw: String| raw.parse().expect("test URL");
         ServeArgs {
-            listen_addr: listen.to_string(),
+            listen_addr: listen,
             database_url: self.db.url.clone(),
             google_client_id: Some(CLIENT_ID.into()),
             google_client_secret: Some(CLIENT_SECRET.into()),
-            google_redirect_uri: format!("http://{listen}/api/integrations/google/callback"),
-            google_auth_url: self.google.auth_url(),
-            google_token_url: self.google.token_url(),
-            google_revoke_url: self.google.revoke_url(),
-            google_userinfo_url: self.google.userinfo_url(),
+            google_redirect_uri: url(format!("http://{listen}/api/integrations/google/callback")),
+            google_auth_url: url(self.google.auth_url()),
+            google_token_url: url(self.google.token_url()),
+            google_revoke_url: url(self.google.revoke_url()),
+            google_userinfo_url: url(self.google.userinfo_url()),
             microservice_url: o.with_microservice.then(|| {
                 let base = self.microservice.base_url();
                 match &o.microservice_userinfo {
@@ -282,23 +283,23 @@ impl TestApp {
                     None => base,
                 }
             }),
-            microservice_token: o.microservice_token.clone(),
-            microservice_timeout_ms: o.microservice_timeout_ms.to_string(),
-            refresh_lead_secs: o.refresh_lead_secs.to_string(),
-            refresh_jitter_secs: "0".into(),
-            actor_hibernate_after_secs: o.hibernate_after_secs.to_string(),
-            refresh_retry_base_ms: "100".into(),
-            refresh_retry_max_ms: o.refresh_retry_max_ms.to_string(),
-            sync_retry_base_ms: "100".into(),
-            sync_retry_max_ms: "1000".into(),
-            google_timeout_ms: "2000".into(),
-            http_header_read_timeout_secs: o.header_read_timeout_secs.to_string(),
-            http_max_connections: o.max_connections.to_string(),
-            frontend_url: "http://frontend.test".into(),
-            oauth_browser_binding: if o.browser_binding { "on" } else { "off" }.into(),
+            microservice_token: o.microservice_token.clone().map(Into::into),
+            microservice_timeout_ms: Millis(o.microservice_timeout_ms),
+            refresh_lead_secs: Secs(o.refresh_lead_secs),
+            refresh_jitter_secs: Secs(0),
+            actor_hibernate_after_secs: Secs(o.hibernate_after_secs),
+            refresh_retry_base_ms: Millis(100),
+            refresh_retry_max_ms: Millis(o.refresh_retry_max_ms),
+            sync_retry_base_ms: Millis(100),
+            sync_retry_max_ms: Millis(1000),
+            google_timeout_ms: Millis(2000),
+            http_header_read_timeout_secs: Secs(o.header_read_timeout_secs),
+            http_max_connections: o.max_connections,
+            frontend_url: url("http://frontend.test".into()),
+            oauth_browser_binding: o.browser_binding,
             auth_jwt_secret: Some(JWT_SECRET.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
-            token_encryption_key: Some(o.encryption_key.clone()),
+            token_encryption_key: Some(o.encryption_key.clone().into()),
             ..Default::default()
         }
         .into_config()

@@ -111,8 +111,8 @@ async fn bearer_token_is_sent_to_the_microservice() {
     t.shutdown().await;
 }
 
-/// Credentials in `GOOGLE_CALENDAR_MICROSERVICE_URL` never reach the logs (security review,
-/// issue 14): the seed's sync and failure lines show the URL without its userinfo.
+/// Credentials in `GOOGLE_CALENDAR_MICROSERVICE_URL` never reach the logs (docs/reliability.md,
+/// Security: Low 2): the seed's sync and failure lines show the URL without its userinfo.
 #[tokio::test]
 async fn microservice_url_credentials_stay_out_of_logs() {
     let t = TestApp::spawn_with(Options {

@@ -305,8 +305,8 @@ async fn unreachable_exporter_blocks_nothing() {
     t.shutdown().await;
 }
 
-/// A request span names its method from the standard set or `other` (security review,
-/// issue 14): an invented or 100 KB method must not reach span names and attributes.
+/// A request span names its method from the standard set or `other` (docs/reliability.md,
+/// Security: High 2): an invented or 100 KB method must not reach span names and attributes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_carry_a_bounded_method() {
     let (receiver, endpoint) = Receiver::start().await;

@@ -19,8 +19,7 @@ pub struct Model {
     pub needs_reconnect: bool,
     /// Bumped by every token change; guards writes against lost updates.
     pub token_version: i64,
-    /// `none`, `pending`, `synced`, `failed` or `skipped`.
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub sync_attempts: i32,
     pub sync_last_error: Option<String>,
     /// The `token_version` the microservice last acknowledged.
@@ -32,7 +31,83 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
 }
 
+/// Where the microservice's copy of a user stands, stored as the string of each variant (the
+/// column is a `VARCHAR(16)` that defaults to `none`); status and admin show the same strings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum SyncState {
+    /// Never changed since the row was made (the column's default).
+    #[default]
+    #[sea_orm(string_value = "none")]
+    None,
+    /// A change is waiting to be pushed (or is being pushed).
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// The microservice acknowledged the current version.
+    #[sea_orm(string_value = "synced")]
+    Synced,
+    /// The last push failed; it is retried.
+    #[sea_orm(string_value = "failed")]
+    Failed,
+    /// No microservice is configured; pushed once one is.
+    #[sea_orm(string_value = "skipped")]
+    Skipped,
+}
+
+impl SyncState {
+    /// The stored string, as status and admin show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Pending => "pending",
+            Self::Synced => "synced",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the stored string, as `http::Method` compares with `"GET"`.
+impl PartialEq<&str> for SyncState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for SyncState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, Iterable};
+
+    use super::SyncState;
+
+    #[test]
+    fn shown_strings_are_the_stored_ones() {
+        let shown: Vec<&str> = SyncState::iter().map(SyncState::as_str).collect();
+        assert_eq!(shown, ["none", "pending", "synced", "failed", "skipped"]);
+        for state in SyncState::iter() {
+            assert_eq!(state.to_value(), state.as_str());
+            assert_eq!(
+                SyncState::try_from_value(&state.as_str().to_string()),
+                Ok(state)
+            );
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
+}

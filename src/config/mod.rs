@@ -1,0 +1,333 @@
+//! Configuration: every variable of the README's Configuration table, read once at start
+//! (flags or environment, `.env` if present) into the typed [`Config`]. Nothing else in the
+//! crate reads the environment. A missing or malformed variable yields one line naming it.
+//!
+//! - `args`: the clap structs ([`ServeArgs`], [`TelemetryArgs`]), typed, with their defaults.
+//! - `values`: the typed values and their parsers, whose errors name the variable.
+//! - here: [`Config`] and the checks that need more than one value or a secret.
+
+mod args;
+mod values;
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::{crypto::TokenCipher, telemetry::TelemetryConfig};
+
+pub use args::{ServeArgs, TelemetryArgs};
+pub use values::{Millis, Secs};
+
+/// The calendar scopes asked for when `GOOGLE_CALENDAR_SCOPES` is unset.
+pub const DEFAULT_SCOPES: &str =
+    "https://www.googleapis.com/auth/calendar https://www.googleapis.com/auth/calendar.events";
+
+impl TelemetryArgs {
+    /// Validates the telemetry variables, naming the first one that is wrong.
+    pub fn into_config(self) -> Result<TelemetryConfig, ConfigError> {
+        let otlp_endpoint = match self.otel_endpoint.filter(|e| !e.trim().is_empty()) {
+            Some(e) => Some(parse_url("OTEL_EXPORTER_OTLP_ENDPOINT", &e)?.to_string()),
+            None => None,
+        };
+        Ok(TelemetryConfig {
+            log_format: self.log_format,
+            otlp_endpoint,
+            otlp_protocol: self.otel_protocol,
+            service_name: self.otel_service_name,
+            ..TelemetryConfig::default()
+        })
+    }
+}
+
+/// A variable that is missing or cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{var} is malformed: {reason}")]
+    Malformed { var: String, reason: String },
+}
+
+/// Where and how the service talks to Google.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub redirect_uri: Url,
+    /// Scopes asked for at consent: the configured ones plus `openid email`.
+    pub scopes: Vec<String>,
+    /// The configured (`GOOGLE_CALENDAR_SCOPES`) scopes: a consent that grants fewer is refused.
+    pub required_scopes: Vec<String>,
+    pub auth_url: Url,
+    pub token_url: Url,
+    pub revoke_url: Url,
+    pub userinfo_url: Url,
+    pub timeout: Duration,
+}
+
+/// Limits of the front door's client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpServerConfig {
+    /// Longest a client may take to send a request's headers (slow clients would otherwise
+    /// hold a connection forever).
+    pub header_read_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// Where and how tokens are pushed. Its `Debug` shows the URL without credentials.
+#[derive(Clone)]
+pub struct MicroserviceConfig {
+    /// Base URL without trailing slash; `None` means sync is skipped with the seed's warning.
+    pub url: Option<String>,
+    pub token: Option<SecretString>,
+    pub timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for MicroserviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicroserviceConfig")
+            .field("url", &self.url.as_deref().map(without_userinfo))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// When and how fast actors refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshConfig {
+    pub lead: Duration,
+    pub jitter_max: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub concurrency: usize,
+    /// Park an idle actor whose next refresh is further away than this.
+    pub hibernate_after: Duration,
+}
+
+/// Log output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The whole, validated configuration of `serve`. Its `Debug` leaves every secret out.
+#[derive(Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub http: HttpServerConfig,
+    pub google: GoogleConfig,
+    pub microservice: MicroserviceConfig,
+    pub refresh: RefreshConfig,
+    /// Without trailing slash.
+    pub frontend_url: String,
+    /// Whether a callback must present the cookie its connect set (`OAUTH_BROWSER_BINDING`).
+    pub browser_binding: bool,
+    pub jwt_secret: SecretString,
+    pub admin_token: SecretString,
+    /// The key that encrypts tokens at rest (the first of `TOKEN_ENCRYPTION_KEY`).
+    pub encryption_key: [u8; 32],
+    /// Keys of a rotation in progress: they still decrypt, never encrypt.
+    pub old_encryption_keys: Vec<[u8; 32]>,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Config {
+    /// The cipher of tokens at rest: encrypts with the current key, decrypts with any.
+    pub fn token_cipher(&self) -> TokenCipher {
+        TokenCipher::with_old_keys(&self.encryption_key, &self.old_encryption_keys)
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("http", &self.http)
+            .field("google", &self.google)
+            .field("microservice", &self.microservice)
+            .field("refresh", &self.refresh)
+            .field("frontend_url", &self.frontend_url)
+            .field("browser_binding", &self.browser_binding)
+            .field(
+                "encryption_keys",
+                &1_usize.saturating_add(self.old_encryption_keys.len()),
+            )
+            .field("telemetry", &self.telemetry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeArgs {
+    /// Checks what clap could not (required secrets, the keys, the optional microservice
+    /// URL), naming the first variable that is wrong, and builds the [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let google = GoogleConfig {
+            client_id: required("GOOGLE_CALENDAR_CLIENT_ID", self.google_client_id)?,
+            client_secret: required_secret(
+                "GOOGLE_CALENDAR_CLIENT_SECRET",
+                self.google_client_secret,
+            )?,
+            redirect_uri: self.google_redirect_uri,
+            scopes: requested_scopes(&self.google_scopes),
+            required_scopes: self
+                .google_scopes
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            auth_url: self.google_auth_url,
+            token_url: self.google_token_url,
+            revoke_url: self.google_revoke_url,
+            userinfo_url: self.google_userinfo_url,
+            timeout: self.google_timeout_ms.into(),
+        };
+        let microservice_url = match self.microservice_url.filter(|u| !u.trim().is_empty()) {
+            Some(u) => {
+                parse_url("GOOGLE_CALENDAR_MICROSERVICE_URL", &u)?;
+                Some(u.trim().trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let microservice = MicroserviceConfig {
+            url: microservice_url,
+            token: self
+                .microservice_token
+                .filter(|t| !t.expose_secret().is_empty()),
+            timeout: self.microservice_timeout_ms.into(),
+            retry_base: self.sync_retry_base_ms.into(),
+            retry_max: self.sync_retry_max_ms.into(),
+            concurrency: self.sync_concurrency,
+        };
+        let refresh = RefreshConfig {
+            lead: self.refresh_lead_secs.into(),
+            jitter_max: self.refresh_jitter_secs.into(),
+            retry_base: self.refresh_retry_base_ms.into(),
+            retry_max: self.refresh_retry_max_ms.into(),
+            concurrency: self.refresh_concurrency,
+            hibernate_after: self.actor_hibernate_after_secs.into(),
+        };
+        let http = HttpServerConfig {
+            header_read_timeout: self.http_header_read_timeout_secs.into(),
+            max_connections: self.http_max_connections,
+        };
+        let key = required_secret("TOKEN_ENCRYPTION_KEY", self.token_encryption_key)?;
+        let (encryption_key, old_encryption_keys) = parse_keys(key.expose_secret())?;
+        Ok(Config {
+            listen_addr: self.listen_addr,
+            database_url: self.database_url,
+            http,
+            google,
+            microservice,
+            refresh,
+            frontend_url: self.frontend_url.as_str().trim_end_matches('/').to_string(),
+            browser_binding: self.oauth_browser_binding,
+            jwt_secret: required_secret("AUTH_JWT_SECRET", self.auth_jwt_secret)?,
+            admin_token: required_secret("ADMIN_TOKEN", self.admin_token)?,
+            encryption_key,
+            old_encryption_keys,
+            telemetry: self.telemetry.into_config()?,
+        })
+    }
+}
+
+/// The configured scopes plus `openid email`, without duplicates, in a stable order.
+fn requested_scopes(configured: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in configured.split_whitespace().chain(["openid", "email"]) {
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_string());
+        }
+    }
+    scopes
+}
+
+fn required(var: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing(var))
+}
+
+fn required_secret(
+    var: &'static str,
+    value: Option<SecretString>,
+) -> Result<SecretString, ConfigError> {
+    value
+        .filter(|v| !v.expose_secret().trim().is_empty())
+        .ok_or(ConfigError::Missing(var))
+}
+
+fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {
+    ConfigError::Malformed {
+        var: var.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
+    values::http_url(value).map_err(|reason| malformed(var, reason))
+}
+
+/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
+/// and debug output; anything else about it is kept as written.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The last `@` ends the userinfo, as URL parsers read it.
+    match rest[..authority].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Decodes `TOKEN_ENCRYPTION_KEY`: one base64 key, or a comma-separated list whose first key
+/// is the current one and the rest old ones. The reason never echoes a value.
+pub fn parse_keys(value: &str) -> Result<([u8; 32], Vec<[u8; 32]>), ConfigError> {
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    let mut keys = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(malformed(
+                "TOKEN_ENCRYPTION_KEY",
+                format!("key {} of {} is empty", i + 1, parts.len()),
+            ));
+        }
+        keys.push(parse_key(part).map_err(|e| match e {
+            ConfigError::Malformed { var, reason } if parts.len() > 1 => ConfigError::Malformed {
+                var,
+                reason: format!("key {} of {}: {reason}", i + 1, parts.len()),
+            },
+            other => other,
+        })?);
+    }
+    let current = keys.remove(0);
+    Ok((current, keys))
+}
+
+/// Decodes one base64 AES-256 key; the reason never echoes the value.
+pub fn parse_key(value: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|_| malformed("TOKEN_ENCRYPTION_KEY", "not valid base64"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        malformed(
+            "TOKEN_ENCRYPTION_KEY",
+            format!("decodes to {} bytes, expected 32", b.len()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

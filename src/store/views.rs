@@ -1,0 +1,163 @@
+//! Reads that hand out views of a user's row without its token columns: what status and
+//! admin show, what an actor starts from. Only [`Store::user`] returns the raw row (ciphertext
+//! included), for the store's own writes and for tests and tools; the other rooms of the
+//! service take these views. Must not decrypt anything (that is `users`' job).
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::ExprTrait,
+};
+
+use super::{
+    Store, StoreError, batch,
+    entity::user::{self, SyncState},
+};
+
+/// What a user actor starts from: schedule data only, never token values.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct ActorSeed {
+    pub user_id: String,
+    pub token_expiry: Option<DateTime<Utc>>,
+    pub needs_reconnect: bool,
+    pub version: i64,
+    pub refresh_count: i64,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+}
+
+impl From<user::Model> for ActorSeed {
+    fn from(row: user::Model) -> Self {
+        Self {
+            user_id: row.user_id,
+            token_expiry: row.google_token_expiry,
+            needs_reconnect: row.needs_reconnect,
+            version: row.token_version,
+            refresh_count: row.refresh_count,
+            last_refresh_at: row.last_refresh_at,
+        }
+    }
+}
+
+/// The sync part of a user's row, as status and admin show it.
+#[derive(Debug, Clone, Default)]
+pub struct SyncInfo {
+    pub state: SyncState,
+    pub synced_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+impl From<&user::Model> for SyncInfo {
+    fn from(row: &user::Model) -> Self {
+        Self {
+            state: row.sync_state,
+            synced_at: row.synced_at,
+            attempts: row.sync_attempts,
+            last_error: row.sync_last_error.clone(),
+        }
+    }
+}
+
+/// A user's connection as the status route shows it: no token values, no ciphertext.
+#[derive(Debug, Clone)]
+pub struct ConnectionStatus {
+    pub connected: bool,
+    pub google_email: Option<String>,
+    pub calendar_id: String,
+    pub token_expiry: Option<DateTime<Utc>>,
+    pub scope: Option<String>,
+    pub needs_reconnect: bool,
+    pub sync: SyncInfo,
+}
+
+impl From<user::Model> for ConnectionStatus {
+    fn from(row: user::Model) -> Self {
+        Self {
+            sync: SyncInfo::from(&row),
+            connected: row.google_calendar_connected,
+            google_email: row.google_email,
+            calendar_id: row.google_calendar_id,
+            token_expiry: row.google_token_expiry,
+            scope: row.google_scope,
+            needs_reconnect: row.needs_reconnect,
+        }
+    }
+}
+
+impl Store {
+    /// One user's row, if any, ciphertext columns included: for the store itself, tests and
+    /// tools. The service's other rooms take the views below.
+    pub async fn user(&self, user_id: &str) -> Result<Option<user::Model>, StoreError> {
+        self.reads
+            .call(user_id.to_string())
+            .await
+            .unwrap_or_else(|| Err(batch::lost()))
+    }
+
+    /// A user's connection as status shows it, if the user has a row.
+    pub async fn connection_status(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<ConnectionStatus>, StoreError> {
+        Ok(self.user(user_id).await?.map(ConnectionStatus::from))
+    }
+
+    /// A page of users an actor should run for (connected, or waiting for a reconnect),
+    /// ordered by user id, after `after`.
+    pub async fn actor_seeds(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<ActorSeed>, StoreError> {
+        // Only the schedule columns: at a million users, decoding the token ciphertexts too
+        // would double the load time for data the actors never hold.
+        let mut query = user::Entity::find()
+            .select_only()
+            .columns([
+                user::Column::UserId,
+                user::Column::NeedsReconnect,
+                user::Column::RefreshCount,
+                user::Column::LastRefreshAt,
+            ])
+            .column_as(user::Column::GoogleTokenExpiry, "token_expiry")
+            .column_as(user::Column::TokenVersion, "version")
+            .filter(
+                user::Column::GoogleCalendarConnected
+                    .eq(true)
+                    .or(user::Column::NeedsReconnect.eq(true)),
+            )
+            .order_by_asc(user::Column::UserId)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(user::Column::UserId.gt(after));
+        }
+        Ok(query.into_model::<ActorSeed>().all(&self.db).await?)
+    }
+
+    /// One user's actor seed, if an actor should run for them.
+    pub async fn actor_seed(&self, user_id: &str) -> Result<Option<ActorSeed>, StoreError> {
+        Ok(self
+            .user(user_id)
+            .await?
+            .filter(|row| row.google_calendar_connected || row.needs_reconnect)
+            .map(ActorSeed::from))
+    }
+
+    /// The sync state of each of `user_ids` that has a row.
+    pub async fn sync_infos(
+        &self,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, SyncInfo>, StoreError> {
+        if user_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows = user::Entity::find()
+            .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.user_id.clone(), SyncInfo::from(row)))
+            .collect())
+    }
+}

@@ -1,0 +1,119 @@
+//! One delivery for one user: take the state to send (the one the change carried, or the row
+//! as it is now), make the call through the [`MicroserviceClient`] under one of the shared
+//! permits, and record how it went in the database and the metrics. Must not touch: HTTP
+//! (the client's job) or the lanes (the dispatcher's, in `mod.rs`).
+
+use std::sync::Arc;
+
+use opentelemetry::Context;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::client::{Delivery, MicroserviceClient};
+use crate::{
+    metrics::Metrics,
+    store::{Store, SyncSnapshot},
+};
+
+/// One call to make for one user.
+pub(super) struct Call {
+    pub user_id: String,
+    /// The state to send, when the change that asked for the call carried it.
+    pub known: Option<SyncSnapshot>,
+    /// The trace of the change that caused the call.
+    pub cx: Context,
+    pub attempt: u32,
+}
+
+/// What every delivery shares; cheap to clone into each call's task.
+#[derive(Clone)]
+pub(super) struct Deliverer {
+    pub client: MicroserviceClient,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Bound the calls in flight to the microservice (`SYNC_CONCURRENCY`).
+    pub permits: Arc<Semaphore>,
+}
+
+impl Deliverer {
+    /// Brings the microservice up to the user's state: `call.known` when the change carried
+    /// it, else the row as it is now. Answers whether nothing is left to do for the version
+    /// sent, and that version. Only the HTTP call holds a permit; reading and recording wait
+    /// in the store's batches outside it. The call's span (`microservice.sync` or
+    /// `microservice.delete`) joins `call.cx`.
+    pub async fn deliver(&self, call: Call) -> (bool, Option<i64>) {
+        let Call {
+            user_id,
+            known,
+            cx,
+            attempt,
+        } = call;
+        let user_id = user_id.as_str();
+        let snapshot = match known {
+            Some(snapshot) => snapshot,
+            None => match self.store.sync_snapshot(user_id).await {
+                Ok(Some(snapshot)) => snapshot,
+                Ok(None) => return (true, None),
+                Err(e) => {
+                    tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
+                    return (false, None);
+                }
+            },
+        };
+        let Ok(permit) = self.permits.acquire().await else {
+            return (false, None);
+        };
+        let version = snapshot.version();
+        let span = match &snapshot {
+            SyncSnapshot::Connected { .. } => tracing::info_span!(
+                "microservice.sync",
+                otel.kind = "client",
+                user.id = %user_id,
+                sync.attempt = attempt,
+                sync.version = version,
+                http.response.status_code = tracing::field::Empty,
+            ),
+            SyncSnapshot::Disconnected { .. } => tracing::info_span!(
+                "microservice.delete",
+                otel.kind = "client",
+                user.id = %user_id,
+                sync.attempt = attempt,
+                sync.version = version,
+                http.response.status_code = tracing::field::Empty,
+            ),
+        };
+        let _ = span.set_parent(cx);
+        let (op, outcome) = match &snapshot {
+            SyncSnapshot::Connected { tokens, .. } => (
+                "connect",
+                self.client.push(user_id, tokens).instrument(span).await,
+            ),
+            SyncSnapshot::Disconnected { .. } => {
+                ("delete", self.client.delete(user_id).instrument(span).await)
+            }
+        };
+        drop(permit);
+        let recorded = match &outcome {
+            Delivery::Delivered => {
+                self.metrics.sync(op, "ok");
+                self.store.mark_synced(user_id, version).await
+            }
+            Delivery::Skipped => {
+                self.metrics.sync(op, "skipped");
+                self.store.mark_sync_skipped(user_id, version).await
+            }
+            Delivery::Failed { error, .. } => {
+                self.metrics.sync(op, "failed");
+                self.store.mark_sync_failed(user_id, version, error).await
+            }
+        };
+        if let Err(e) = &recorded {
+            // The outcome is lost, so the call is repeated later; the microservice's
+            // upsert and delete are idempotent.
+            tracing::warn!(userId = %user_id, error = %e, "cannot record sync outcome");
+        }
+        let done = recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. });
+        (done, Some(version))
+    }
+}
