@@ -105,6 +105,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub microservice_token: Option<SecretString>,
+    /// Standard Webhooks secret (`whsec_<base64>`) that signs every push; during a rotation
+    /// two, comma-separated, and every push carries a signature by each. Unset: unsigned.
+    #[arg(
+        long,
+        env = "GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET",
+        hide_env_values = true
+    )]
+    pub microservice_signing_secret: Option<SecretString>,
     /// Per-request timeout towards the microservice, in milliseconds.
     #[arg(
         long,

@@ -9,13 +9,13 @@
 mod args;
 mod values;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::{crypto::TokenCipher, telemetry::TelemetryConfig};
+use crate::{crypto::TokenCipher, sync::Signer, telemetry::TelemetryConfig};
 
 pub use args::{ServeArgs, TelemetryArgs};
 pub use values::{Millis, Secs};
@@ -83,6 +83,8 @@ pub struct MicroserviceConfig {
     /// Base URL without trailing slash; `None` means sync is skipped with the seed's warning.
     pub url: Option<String>,
     pub token: Option<SecretString>,
+    /// Signs every push when `GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET` is set.
+    pub signer: Option<Arc<Signer>>,
     pub timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -94,6 +96,7 @@ impl std::fmt::Debug for MicroserviceConfig {
         f.debug_struct("MicroserviceConfig")
             .field("url", &self.url.as_deref().map(without_userinfo))
             .field("token", &self.token)
+            .field("signer", &self.signer)
             .field("timeout", &self.timeout)
             .field("retry_base", &self.retry_base)
             .field("retry_max", &self.retry_max)
@@ -199,16 +202,26 @@ impl ServeArgs {
             }
             None => None,
         };
-        let microservice = MicroserviceConfig {
-            url: microservice_url,
-            token: self
-                .microservice_token
-                .filter(|t| !t.expose_secret().is_empty()),
-            timeout: self.microservice_timeout_ms.into(),
-            retry_base: self.sync_retry_base_ms.into(),
-            retry_max: self.sync_retry_max_ms.into(),
-            concurrency: self.sync_concurrency,
-        };
+        let microservice =
+            MicroserviceConfig {
+                url: microservice_url,
+                token: self
+                    .microservice_token
+                    .filter(|t| !t.expose_secret().is_empty()),
+                signer: match self
+                    .microservice_signing_secret
+                    .filter(|s| !s.expose_secret().trim().is_empty())
+                {
+                    Some(secret) => Some(Arc::new(Signer::from_secrets(&secret).map_err(|e| {
+                        malformed("GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET", e)
+                    })?)),
+                    None => None,
+                },
+                timeout: self.microservice_timeout_ms.into(),
+                retry_base: self.sync_retry_base_ms.into(),
+                retry_max: self.sync_retry_max_ms.into(),
+                concurrency: self.sync_concurrency,
+            };
         let refresh = RefreshConfig {
             lead: self.refresh_lead_secs.into(),
             jitter_max: self.refresh_jitter_secs.into(),

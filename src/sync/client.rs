@@ -1,13 +1,19 @@
 //! The microservice's HTTP client: POST a user's tokens or DELETE them, judge the answer, and
 //! log with the seed's messages and fields, word for word, so existing runbooks keep working.
+//! Every call carries the user's `Token-Version` (and, when configured, Standard Webhooks
+//! signatures), so a microservice can refuse a push older than what it holds; its `409` means
+//! a newer change got there first, which is as good as delivered.
 //! HTTP only: it must not touch the store or the metrics (the delivery step in `delivery` reads
 //! the state to send and records how the call went).
 
+use std::sync::Arc;
+
 use chrono::SecondsFormat;
-use reqwest::StatusCode;
+use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+use super::signing::Signer;
 use crate::{
     config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,
@@ -24,10 +30,15 @@ struct ConnectBody<'a> {
     scope: &'a str,
 }
 
+/// The header carrying the user's change counter on every push.
+pub const TOKEN_VERSION: &str = "Token-Version";
+
 /// How a single call went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     Delivered,
+    /// `409`: the microservice already holds this version or a newer one.
+    Superseded,
     Skipped,
     /// `error` and `details` as the seed logs them.
     Failed {
@@ -45,6 +56,7 @@ pub struct MicroserviceClient {
     /// carry a password written into the URL.
     shown_url: Option<String>,
     token: Option<SecretString>,
+    signer: Option<Arc<Signer>>,
 }
 
 impl MicroserviceClient {
@@ -57,6 +69,7 @@ impl MicroserviceClient {
             base_url: config.url.clone(),
             shown_url: config.url.as_deref().map(without_userinfo),
             token: config.token.clone(),
+            signer: config.signer.clone(),
         })
     }
 
@@ -73,15 +86,30 @@ impl MicroserviceClient {
         url
     }
 
-    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(token) => request.bearer_auth(token.expose_secret()),
-            None => request,
+    /// Adds what every call carries besides its body: the trace, the bearer token, the
+    /// version and the signatures over `body` (empty for a DELETE).
+    fn prepared(
+        &self,
+        request: reqwest::RequestBuilder,
+        user_id: &str,
+        version: i64,
+        body: &[u8],
+    ) -> reqwest::RequestBuilder {
+        let mut request = request
+            .headers(trace_headers())
+            .header(TOKEN_VERSION, version.to_string());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose_secret());
         }
+        if let Some(signer) = &self.signer {
+            let now = chrono::Utc::now().timestamp();
+            request = request.headers(signer.headers(user_id, version, now, body));
+        }
+        request
     }
 
-    /// POSTs the tokens.
-    pub async fn push(&self, user_id: &str, tokens: &StoredTokens) -> Delivery {
+    /// POSTs the tokens of the user's change `version`.
+    pub async fn push(&self, user_id: &str, version: i64, tokens: &StoredTokens) -> Delivery {
         let Some(base) = &self.base_url else {
             tracing::warn!(
                 userId = %user_id,
@@ -107,8 +135,22 @@ impl MicroserviceClient {
             base,
             &["api", "users", user_id, "google-calendar", "connect"],
         );
-        let request = self.http.post(url).json(&body).headers(trace_headers());
-        let result = self.authorized(request).send().await;
+        // Serialized once: the signature covers exactly the bytes sent.
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(e) => {
+                return Delivery::Failed {
+                    error: format!("cannot encode the body: {e}"),
+                    details: "{ status: undefined, statusText: undefined }".into(),
+                };
+            }
+        };
+        let request = self.prepared(self.http.post(url), user_id, version, &body);
+        let result = request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
         match judge(result, false) {
             Delivery::Delivered => {
                 tracing::info!(
@@ -117,6 +159,14 @@ impl MicroserviceClient {
                     "✅ Tokens synced to microservice successfully"
                 );
                 Delivery::Delivered
+            }
+            Delivery::Superseded => {
+                tracing::info!(
+                    userId = %user_id,
+                    tokenVersion = version,
+                    "microservice already holds a newer change; nothing to sync"
+                );
+                Delivery::Superseded
             }
             failed => {
                 if let Delivery::Failed { error, details } = &failed {
@@ -133,8 +183,9 @@ impl MicroserviceClient {
         }
     }
 
-    /// DELETEs the user's tokens; a 404 means they are already gone, which is what we want.
-    pub async fn delete(&self, user_id: &str) -> Delivery {
+    /// DELETEs the user's tokens at change `version`; a 404 means they are already gone,
+    /// which is what we want.
+    pub async fn delete(&self, user_id: &str, version: i64) -> Delivery {
         let Some(base) = &self.base_url else {
             tracing::warn!(
                 userId = %user_id,
@@ -148,12 +199,19 @@ impl MicroserviceClient {
             "🔄 Deleting Google Calendar tokens from microservice"
         );
         let url = self.endpoint(base, &["api", "google-tokens", user_id]);
-        let request = self.http.delete(url).headers(trace_headers());
-        let result = self.authorized(request).send().await;
-        match judge(result, true) {
+        let request = self.prepared(self.http.delete(url), user_id, version, b"");
+        match judge(request.send().await, true) {
             Delivery::Delivered => {
                 tracing::info!(userId = %user_id, "✅ Tokens deleted from microservice successfully");
                 Delivery::Delivered
+            }
+            Delivery::Superseded => {
+                tracing::info!(
+                    userId = %user_id,
+                    tokenVersion = version,
+                    "microservice already holds a newer change; nothing to delete"
+                );
+                Delivery::Superseded
             }
             failed => {
                 if let Delivery::Failed { error, details } = &failed {
@@ -171,8 +229,8 @@ impl MicroserviceClient {
     }
 }
 
-/// 2xx (and 404 for a delete) is delivered; anything else is a failure described the way
-/// the seed's logs describe it.
+/// 2xx (and 404 for a delete) is delivered, 409 superseded; anything else is a failure
+/// described the way the seed's logs describe it.
 fn judge(result: Result<reqwest::Response, reqwest::Error>, not_found_ok: bool) -> Delivery {
     match result {
         Ok(response) => {
@@ -180,6 +238,8 @@ fn judge(result: Result<reqwest::Response, reqwest::Error>, not_found_ok: bool) 
             tracing::Span::current().record("http.response.status_code", status.as_u16());
             if status.is_success() || (not_found_ok && status == StatusCode::NOT_FOUND) {
                 Delivery::Delivered
+            } else if status == StatusCode::CONFLICT {
+                Delivery::Superseded
             } else {
                 Delivery::Failed {
                     error: format!("Request failed with status code {}", status.as_u16()),

@@ -87,16 +87,26 @@ impl Deliverer {
         let (op, outcome) = match &snapshot {
             SyncSnapshot::Connected { tokens, .. } => (
                 "connect",
-                self.client.push(user_id, tokens).instrument(span).await,
+                self.client
+                    .push(user_id, version, tokens)
+                    .instrument(span)
+                    .await,
             ),
-            SyncSnapshot::Disconnected { .. } => {
-                ("delete", self.client.delete(user_id).instrument(span).await)
-            }
+            SyncSnapshot::Disconnected { .. } => (
+                "delete",
+                self.client.delete(user_id, version).instrument(span).await,
+            ),
         };
         drop(permit);
         let recorded = match &outcome {
             Delivery::Delivered => {
                 self.metrics.sync(op, "ok");
+                self.store.mark_synced(user_id, version).await
+            }
+            // A newer change reached the microservice first: this version needs no more work
+            // (the newer one is the lane's next call, or was already acknowledged).
+            Delivery::Superseded => {
+                self.metrics.sync(op, "superseded");
                 self.store.mark_synced(user_id, version).await
             }
             Delivery::Skipped => {

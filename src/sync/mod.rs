@@ -19,6 +19,7 @@
 mod client;
 mod delivery;
 mod resume;
+mod signing;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -39,6 +40,7 @@ use crate::{
 pub use client::{Delivery, MicroserviceClient};
 use delivery::{Call, Deliverer};
 pub use resume::{resume_at_start, resume_unfinished_syncs};
+pub use signing::{Signer, message_id};
 
 /// How long a closed lane's last sent version is kept. A notice is sent right after its
 /// write, so one overtaken by a newer change arrives within moments; a minute covers any

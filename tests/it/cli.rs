@@ -42,6 +42,25 @@ fn missing_or_malformed_variables_are_named_on_one_line() {
     assert!(!stderr.contains("dG9vIHNob3J0"), "the value is not echoed");
 
     let output = required_env(&mut tokenwarden(dir.path()))
+        .env(
+            "GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET",
+            "whsec_c2VjcmV0,not-a-webhook-secret",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET is malformed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("c2VjcmV0") && !stderr.contains("not-a-webhook"),
+        "{stderr}"
+    );
+
+    let output = required_env(&mut tokenwarden(dir.path()))
         .env("REFRESH_LEAD_SECS", "soon")
         .output()
         .unwrap();
