@@ -54,7 +54,6 @@ struct Held<'a>(&'a Inner);
 impl<'a> Held<'a> {
     fn new(inner: &'a Inner) -> Self {
         inner.stalled.fetch_add(1, Ordering::SeqCst);
-        inner.changes.send_replace(());
         Self(inner)
     }
 }

@@ -607,17 +607,19 @@ impl Write for LogWriter {
 async fn refusals_are_logged_with_the_reason_and_never_the_secret() {
     let logs = captured_logs();
     let ms = signing_microservice(SECRET, None).await;
-    connect(&ms, "u", "a", &Push::default()).await;
+    // A user of its own: under `cargo test` other tests log into the same process.
+    let user = "logged-refusals";
+    connect(&ms, user, "a", &Push::default()).await;
     let old = Push {
         timestamp_offset: -600,
         ..Push::signed(SECRET)
     };
-    connect(&ms, "u", "a", &old).await;
-    connect(&ms, "u", "a", &Push::signed(UNKNOWN_SECRET)).await;
+    connect(&ms, user, "a", &old).await;
+    connect(&ms, user, "a", &Push::signed(UNKNOWN_SECRET)).await;
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let refusals: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("bad webhook signature"))
+        .filter(|l| l.contains("bad webhook signature") && l.contains(user))
         .collect();
     assert_eq!(refusals.len(), 3, "{text}");
     assert!(refusals[0].contains("missing header id"), "{}", refusals[0]);
