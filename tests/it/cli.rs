@@ -113,6 +113,7 @@ fn help_never_shows_secrets_or_credentials_in_urls() {
         &["loadtest", "--help"],
         &["microservice", "--help"],
         &["sandbox-google", "--help"],
+        &["check-microservice", "--help"],
     ] {
         let mut command = tokenwarden(dir.path());
         command.args(args).env("LISTEN_ADDR", "127.0.0.1:3999");
@@ -137,6 +138,8 @@ fn help_never_shows_secrets_or_credentials_in_urls() {
         for var in [
             "GOOGLE_CALENDAR_CLIENT_SECRET",
             "GOOGLE_CALENDAR_MICROSERVICE_TOKEN",
+            "GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET",
+            "MICROSERVICE_SIGNING_SECRET",
             "AUTH_JWT_SECRET",
             "ADMIN_TOKEN",
             "TOKEN_ENCRYPTION_KEY",
@@ -259,10 +262,24 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
         .await
         .unwrap();
     let landed = crate::support::location(&callback);
+    // The demo signs its pushes and its microservice verifies them: the copy arrives.
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        let state: serde_json::Value = browser
+            .get(format!("{page}/demo/state?user_id=demo-user"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state["microservice"].is_object()
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(
         landed,
         format!("{page}/dashboard/integrations?google=connected")
     );
+    assert!(mirrored, "the signed push reached the demo's microservice");
 }

@@ -18,6 +18,7 @@ mod reference_microservice;
 mod refresh;
 mod restart;
 mod rotation;
+mod signed_pushes;
 mod slow_clients;
 mod store_batch;
 mod support;

@@ -167,6 +167,10 @@ pub struct Options {
     pub refresh_retry_max_ms: u64,
     /// `OAUTH_BROWSER_BINDING`.
     pub browser_binding: bool,
+    /// `GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET` of the service.
+    pub signing_secret: Option<String>,
+    /// The secret the reference microservice verifies pushes with.
+    pub microservice_signing_secret: Option<String>,
     /// `user:password` written into `GOOGLE_CALENDAR_MICROSERVICE_URL` (the reference
     /// microservice ignores it unless it requires a bearer token).
     pub microservice_userinfo: Option<String>,
@@ -189,6 +193,8 @@ impl Default for Options {
             hibernate_after_secs: 60,
             refresh_retry_max_ms: 1000,
             browser_binding: true,
+            signing_secret: None,
+            microservice_signing_secret: None,
             microservice_userinfo: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
@@ -236,6 +242,7 @@ impl TestApp {
         let microservice = ReferenceMicroservice::start(
             MicroserviceConfig {
                 bearer_token: options.microservice_token.clone(),
+                signing_secret: options.microservice_signing_secret.clone(),
                 sandbox_controls: true,
                 ..Default::default()
             },
@@ -297,6 +304,7 @@ impl TestApp {
             http_max_connections: o.max_connections,
             frontend_url: url("http://frontend.test".into()),
             oauth_browser_binding: o.browser_binding,
+            microservice_signing_secret: o.signing_secret.clone().map(Into::into),
             auth_jwt_secret: Some(JWT_SECRET.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             token_encryption_key: Some(o.encryption_key.clone().into()),

@@ -76,6 +76,8 @@ pub struct DemoService {
     pub admin_token: String,
     /// 32 random bytes, base64.
     pub encryption_key: String,
+    /// `whsec_...`: the demo signs its pushes, and its microservice verifies them.
+    pub signing_secret: String,
 }
 
 /// The stand-ins running, and the page ready to open once the service runs.
@@ -112,9 +114,14 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         sandbox::bind_loopback().await?,
     )
     .await?;
+    let signing_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(random_secret())
+    );
     let microservice = ReferenceMicroservice::start(
         sandbox::MicroserviceConfig {
             sandbox_controls: true,
+            signing_secret: Some(signing_secret.clone()),
             ..Default::default()
         },
         sandbox::bind_loopback().await?,
@@ -145,6 +152,7 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         jwt_secret: jwt_secret.clone(),
         admin_token: admin_token.clone(),
         encryption_key: base64::engine::general_purpose::STANDARD.encode(key),
+        signing_secret,
     };
     let demo = Demo {
         service_url,

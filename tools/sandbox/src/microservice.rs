@@ -3,15 +3,32 @@
 //!
 //! It owns that table (SQLite or PostgreSQL through sea-orm raw SQL), the exact success and
 //! error bodies of the contract, a record of every `/api` request it received (so tests can
-//! check order, headers and payloads), and fault modes that make it fail, hang, flap or slow
-//! down on purpose. It can stop listening and come back on the same port with its data intact,
-//! to stand for an outage.
+//! check order, headers and payloads), and fault modes that make it fail, hang, flap, stall or
+//! slow down on purpose. It can stop listening and come back on the same port with its data
+//! intact, to stand for an outage.
+//!
+//! It also keeps CONTRACT 5a: a push carrying `Token-Version: n` is refused with `409` when the
+//! user is already at `n` or newer (a DELETE's version counts, kept as a tombstone), and when
+//! started with a signing secret every push must carry a valid Standard Webhooks signature.
 //!
 //! Beyond the contract it has two test routes, served only when started with sandbox controls
 //! (`--sandbox-controls`; tests, the demo and the load test turn them on): the fault controls
 //! (`POST /sandbox/control`, unauthenticated) and `GET /api/users/{user_id}/google-calendar`,
 //! which shows the stored tokens in plaintext. Without them, a copy deployed as a real
 //! microservice offers nothing but the contract, and its bearer check is constant time.
+//!
+//! # Layout
+//! - this file: configuration, the handle, the router, the `/api` guard and handlers, errors;
+//! - `store`: the seed's table and the version table beside it, compare-and-write;
+//! - `verify`: the `Token-Version` header and the signature check;
+//! - `faults`: fault modes, latency and `POST /sandbox/control`.
+
+mod faults;
+mod store;
+mod verify;
+
+pub use faults::FaultMode;
+pub use verify::TOKEN_VERSION_HEADER;
 
 use std::{
     collections::HashMap,
@@ -19,7 +36,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -28,34 +45,23 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::{FromRequest, FromRequestParts, Path, Request, State},
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    http::{HeaderMap, Method, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement,
-    TransactionTrait, Value,
-};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sea_orm::DbErr;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::Instrument;
 
-use super::{MAX_HANG, RunningServer, wait_while};
-
-/// The table of SEED.md, created at start when missing; the DDL is valid on both backends.
-const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS google_calendar_tokens (
-  user_id VARCHAR(50) PRIMARY KEY,
-  access_token TEXT NOT NULL,
-  refresh_token TEXT NOT NULL,
-  token_expiry TIMESTAMP NOT NULL,
-  scope TEXT NOT NULL,
-  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-)";
+use super::RunningServer;
+use faults::Faults;
+use store::{Applied, Store};
+use verify::{SigningKeys, TokenVersion};
 
 /// Largest request body read; the contract's bodies are a few kilobytes.
 const MAX_BODY: usize = 1024 * 1024;
@@ -72,6 +78,9 @@ const REQUIRED_FIELDS: [&str; 4] = ["access_token", "refresh_token", "token_expi
 pub struct MicroserviceConfig {
     /// When set, every `/api` call must carry `Authorization: Bearer <this>`.
     pub bearer_token: Option<String>,
+    /// When set (`whsec_<base64>`, or several comma-separated during a rotation), every push
+    /// must carry a Standard Webhooks signature by one of them over its exact body.
+    pub signing_secret: Option<String>,
     /// Where the table lives: `sqlite::memory:`, `sqlite://file?mode=rwc` or `postgres://...`.
     pub database_url: String,
     /// Keep every `/api` request for [`ReferenceMicroservice::received`]; load tests turn it off.
@@ -85,28 +94,12 @@ impl Default for MicroserviceConfig {
     fn default() -> Self {
         Self {
             bearer_token: None,
+            signing_secret: None,
             database_url: "sqlite::memory:".to_owned(),
             record_requests: true,
             sandbox_controls: false,
         }
     }
-}
-
-/// How the microservice misbehaves on `/api` calls.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum FaultMode {
-    /// Answers normally.
-    #[default]
-    Healthy,
-    /// Answers every call 500 without touching the store.
-    Error500,
-    /// Holds every call (at most 120 s, or until the mode changes or the server stops), then
-    /// answers 500 without touching the store.
-    Hang,
-    /// Answers 500 to every other call, starting with the first after the mode is set.
-    FlakyEveryOther,
-    /// Answers 500 with this probability (0.0 to 1.0).
-    ErrorRate(f64),
 }
 
 /// One `/api` request as the microservice received it.
@@ -124,6 +117,14 @@ pub struct ReceivedRequest {
     pub authorization: Option<String>,
     /// The W3C `traceparent` header, verbatim.
     pub traceparent: Option<String>,
+    /// The `Token-Version` header, verbatim.
+    pub token_version: Option<String>,
+    /// The `webhook-id` header, verbatim.
+    pub webhook_id: Option<String>,
+    /// The `webhook-timestamp` header, verbatim.
+    pub webhook_timestamp: Option<String>,
+    /// The `webhook-signature` header, verbatim.
+    pub webhook_signature: Option<String>,
     /// The status answered.
     pub status: u16,
     /// When the request arrived (before any injected latency).
@@ -159,6 +160,8 @@ struct Inner {
     addr: SocketAddr,
     /// The bearer token `/api` calls must present, if configured.
     bearer_token: Option<SecretString>,
+    /// The secrets pushes must be signed with, if configured.
+    signing: Option<SigningKeys>,
     /// Whether the test routes are served (see [`MicroserviceConfig::sandbox_controls`]).
     sandbox_controls: bool,
     store: Store,
@@ -166,6 +169,10 @@ struct Inner {
     faults: Mutex<Faults>,
     /// Counts calls under `FlakyEveryOther`; reset when a mode is set.
     flaky_calls: AtomicU64,
+    /// Counts releases of stalled calls; a stalled call goes on once it changes.
+    releases: AtomicU64,
+    /// Calls held by `StallThenApply` right now, so tests can wait for a push to arrive.
+    stalled: AtomicUsize,
     /// The request log, when recording is on.
     received: Option<Mutex<Vec<ReceivedRequest>>>,
     /// Announces fault changes and stops, so hanging requests re-check their condition.
@@ -176,20 +183,20 @@ struct Inner {
     server: tokio::sync::Mutex<Option<RunningServer>>,
 }
 
-#[derive(Clone, Copy)]
-struct Faults {
-    mode: FaultMode,
-    latency: Duration,
-}
-
 impl ReferenceMicroservice {
-    /// Connects the database, creates the table if missing and serves on `listener` in a
-    /// spawned task.
+    /// Checks the signing secrets, connects the database, creates the tables if missing and
+    /// serves on `listener` in a spawned task.
     pub async fn start(config: MicroserviceConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        let signing = config
+            .signing_secret
+            .as_deref()
+            .map(SigningKeys::parse)
+            .transpose()?;
         let store = Store::connect(&config.database_url).await?;
         let inner = Arc::new(Inner {
             addr: listener.local_addr()?,
             bearer_token: config.bearer_token.map(SecretString::from),
+            signing,
             sandbox_controls: config.sandbox_controls,
             store,
             faults: Mutex::new(Faults {
@@ -197,6 +204,8 @@ impl ReferenceMicroservice {
                 latency: Duration::ZERO,
             }),
             flaky_calls: AtomicU64::new(0),
+            releases: AtomicU64::new(0),
+            stalled: AtomicUsize::new(0),
             received: config.record_requests.then(|| Mutex::new(Vec::new())),
             changes: watch::Sender::new(()),
             stopping: AtomicBool::new(false),
@@ -223,6 +232,17 @@ impl ReferenceMicroservice {
         self.inner.changes.send_replace(());
     }
 
+    /// Lets the calls held by [`FaultMode::StallThenApply`] go on and be applied; the mode
+    /// stays, so later calls are held again.
+    pub fn release_stalled(&self) {
+        self.inner.release_stalled();
+    }
+
+    /// How many calls [`FaultMode::StallThenApply`] holds right now.
+    pub fn stalled(&self) -> usize {
+        self.inner.stalled.load(Ordering::SeqCst)
+    }
+
     /// Every `/api` request received so far, oldest first (empty when recording is off).
     pub fn received(&self) -> Vec<ReceivedRequest> {
         self.inner
@@ -235,6 +255,12 @@ impl ReferenceMicroservice {
     /// What the table holds for `user_id`.
     pub async fn stored(&self, user_id: &str) -> anyhow::Result<Option<StoredTokens>> {
         Ok(self.inner.store.get(user_id).await?)
+    }
+
+    /// The newest `Token-Version` accepted for `user_id` (a DELETE's included), if any.
+    pub async fn token_version(&self, user_id: &str) -> anyhow::Result<Option<u64>> {
+        let version = self.inner.store.version(user_id).await?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()))
     }
 
     /// How many users the table holds tokens for.
@@ -269,16 +295,6 @@ impl ReferenceMicroservice {
 }
 
 impl Inner {
-    fn set_mode(&self, mode: FaultMode) {
-        lock(&self.faults).mode = mode;
-        self.flaky_calls.store(0, Ordering::SeqCst);
-        self.changes.send_replace(());
-    }
-
-    fn faults(&self) -> Faults {
-        *lock(&self.faults)
-    }
-
     async fn stop_server(&self, server: &mut Option<RunningServer>) {
         let Some(running) = server.take() else {
             return;
@@ -287,37 +303,6 @@ impl Inner {
         self.changes.send_replace(());
         running.stop().await;
         self.stopping.store(false, Ordering::SeqCst);
-    }
-
-    /// Applies latency and the fault mode; returns the failure to answer, if any.
-    async fn injected_fault(&self) -> Option<ApiError> {
-        let Faults { mode, latency } = self.faults();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let fail = match mode {
-            FaultMode::Healthy => false,
-            FaultMode::Error500 => true,
-            FaultMode::Hang => {
-                self.hang().await;
-                true
-            }
-            FaultMode::FlakyEveryOther => self
-                .flaky_calls
-                .fetch_add(1, Ordering::SeqCst)
-                .is_multiple_of(2),
-            FaultMode::ErrorRate(rate) => rand::random::<f64>() < rate,
-        };
-        fail.then(|| ApiError::internal(format!("Injected fault: {}", mode_name(mode))))
-    }
-
-    /// Holds a request while the mode stays `Hang`, at most [`MAX_HANG`].
-    async fn hang(&self) {
-        let deadline = tokio::time::Instant::now() + MAX_HANG;
-        wait_while(&self.changes, deadline, || {
-            !self.stopping.load(Ordering::SeqCst) && self.faults().mode == FaultMode::Hang
-        })
-        .await;
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -332,21 +317,24 @@ impl Inner {
         presented.is_some_and(|presented| crate::secrets_match(presented, expected))
     }
 
+    /// Checks a push's signature over its exact body, when signing is configured. Only pushes
+    /// (POST and DELETE) are signed: the sandbox's token read is not one.
+    fn signature_refusal(
+        &self,
+        method: &Method,
+        body: &[u8],
+        headers: &HeaderMap,
+    ) -> Option<String> {
+        let keys = self.signing.as_ref()?;
+        if *method != Method::POST && *method != Method::DELETE {
+            return None;
+        }
+        keys.verify(body, headers).err().map(|e| e.to_string())
+    }
+
     fn record(&self, request: ReceivedRequest) {
         if let Some(received) = &self.received {
             lock(received).push(request);
-        }
-    }
-
-    fn controls(&self) -> ControlsView {
-        let Faults { mode, latency } = self.faults();
-        ControlsView {
-            mode: mode_name(mode),
-            error_rate: match mode {
-                FaultMode::ErrorRate(rate) => rate,
-                _ => 0.0,
-            },
-            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -370,7 +358,7 @@ fn router(inner: Arc<Inner>) -> Router {
     let api = api.route_layer(middleware::from_fn_with_state(inner.clone(), guard));
     let mut router = Router::new().merge(api);
     if inner.sandbox_controls {
-        router = router.route("/sandbox/control", post(control));
+        router = router.route("/sandbox/control", post(faults::control));
     }
     router.fallback(unknown_route).with_state(inner)
 }
@@ -379,7 +367,8 @@ async fn unknown_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not found")
 }
 
-/// Wraps every `/api` call: injects faults, checks the bearer token and records the exchange.
+/// Wraps every `/api` call: injects faults, checks the bearer token and the signature, and
+/// records the exchange.
 async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {
     let received_at = Utc::now();
     let (mut parts, body) = request.into_parts();
@@ -405,6 +394,10 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
         body: serde_json::from_slice(&bytes).ok(),
         authorization: header("authorization"),
         traceparent: header("traceparent"),
+        token_version: header(TOKEN_VERSION_HEADER),
+        webhook_id: header(standardwebhooks::HEADER_WEBHOOK_ID),
+        webhook_timestamp: header(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP),
+        webhook_signature: header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE),
         status: 0,
         received_at,
         injected_fault: false,
@@ -418,34 +411,56 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
         http.response.status_code = tracing::field::Empty,
     );
     crate::continue_trace(&span, &parts.headers);
-    let handling = inner.clone();
-    let (response, injected_fault) = async move {
-        if let Some(fault) = handling.injected_fault().await {
-            (fault.into_response(), true)
-        } else if !handling.authorized(&parts.headers) {
-            let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized");
-            (refused.into_response(), false)
-        } else {
-            let request = Request::from_parts(parts, Body::from(bytes));
-            (next.run(request).await, false)
-        }
+    // Handled on a task of its own, so a call whose sender gave up (closed the connection)
+    // still completes and is recorded, as on a server that does not notice the disconnect:
+    // that is how a timed-out push lands late.
+    let handled = tokio::spawn(async move {
+        let (response, injected_fault) = handle(&inner, parts, bytes, next)
+            .instrument(span.clone())
+            .await;
+        record.injected_fault = injected_fault;
+        record.status = response.status().as_u16();
+        span.record("http.response.status_code", record.status);
+        inner.record(record);
+        response
+    });
+    handled.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reference microservice handler failed");
+        ApiError::internal("Internal server error").into_response()
+    })
+}
+
+/// Fault injection, then the bearer and signature checks, then the route's handler; whether
+/// the answer is an injected fault.
+async fn handle(inner: &Inner, parts: Parts, bytes: Bytes, next: Next) -> (Response, bool) {
+    if let Some(fault) = inner.injected_fault().await {
+        return (fault.into_response(), true);
     }
-    .instrument(span.clone())
-    .await;
-    record.injected_fault = injected_fault;
-    record.status = response.status().as_u16();
-    span.record("http.response.status_code", record.status);
-    inner.record(record);
-    response
+    if !inner.authorized(&parts.headers) {
+        let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized");
+        return (refused.into_response(), false);
+    }
+    if let Some(reason) = inner.signature_refusal(&parts.method, &bytes, &parts.headers) {
+        // The reason is the crate's (a missing header, a timestamp out of tolerance, no
+        // signature matching); it never includes a secret.
+        tracing::warn!(%reason, "reference microservice refused a push: bad webhook signature");
+        let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Invalid webhook signature");
+        return (refused.into_response(), false);
+    }
+    let request = Request::from_parts(parts, Body::from(bytes));
+    (next.run(request).await, false)
 }
 
 async fn connect(
     State(inner): State<Arc<Inner>>,
     UserId(user_id): UserId,
+    TokenVersion(version): TokenVersion,
     body: ConnectBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    inner.store.upsert(&user_id, &body).await?;
-    tracing::debug!(%user_id, "reference microservice stored tokens");
+    if let Applied::Stale { pushed, held } = inner.store.upsert(&user_id, &body, version).await? {
+        return Err(ApiError::stale(pushed, held));
+    }
+    tracing::debug!(%user_id, ?version, "reference microservice stored tokens");
     Ok(Json(json!({
         "success": true,
         "message": "Google Calendar connected successfully",
@@ -457,11 +472,14 @@ async fn connect(
 async fn disconnect(
     State(inner): State<Arc<Inner>>,
     UserId(user_id): UserId,
+    TokenVersion(version): TokenVersion,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !inner.store.delete(&user_id).await? {
-        return Err(ApiError::not_found());
+    match inner.store.delete(&user_id, version).await? {
+        Applied::Stale { pushed, held } => return Err(ApiError::stale(pushed, held)),
+        Applied::NothingToDelete => return Err(ApiError::not_found()),
+        Applied::Done => {}
     }
-    tracing::debug!(%user_id, "reference microservice deleted tokens");
+    tracing::debug!(%user_id, ?version, "reference microservice deleted tokens");
     Ok(Json(json!({
         "success": true,
         "message": "Google Calendar disconnected successfully",
@@ -487,73 +505,8 @@ async fn show(
         "token_expiry": tokens.token_expiry,
         "scope": tokens.scope,
         "updated_at": tokens.updated_at,
+        "token_version": inner.store.version(&user_id).await?,
     })))
-}
-
-/// The fault controls as `POST /sandbox/control` takes them; every field optional.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ControlUpdate {
-    mode: Option<ModeName>,
-    error_rate: Option<f64>,
-    latency_ms: Option<u64>,
-}
-
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ModeName {
-    Healthy,
-    Error500,
-    Hang,
-    FlakyEveryOther,
-    ErrorRate,
-}
-
-/// The fault controls as `POST /sandbox/control` answers them.
-#[derive(Serialize)]
-struct ControlsView {
-    mode: &'static str,
-    error_rate: f64,
-    latency_ms: u64,
-}
-
-async fn control(State(inner): State<Arc<Inner>>, body: Bytes) -> Result<Response, ApiError> {
-    let update: ControlUpdate = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid control: {e}")))?;
-    if update.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        return Err(ApiError::bad_request(
-            "error_rate must be between 0.0 and 1.0",
-        ));
-    }
-    let mode = match (update.mode, update.error_rate) {
-        (None, _) => None,
-        (Some(ModeName::ErrorRate), None) => {
-            return Err(ApiError::bad_request("mode error_rate needs an error_rate"));
-        }
-        (Some(ModeName::ErrorRate), Some(rate)) => Some(FaultMode::ErrorRate(rate)),
-        (Some(ModeName::Healthy), _) => Some(FaultMode::Healthy),
-        (Some(ModeName::Error500), _) => Some(FaultMode::Error500),
-        (Some(ModeName::Hang), _) => Some(FaultMode::Hang),
-        (Some(ModeName::FlakyEveryOther), _) => Some(FaultMode::FlakyEveryOther),
-    };
-    if let Some(latency_ms) = update.latency_ms {
-        lock(&inner.faults).latency = Duration::from_millis(latency_ms);
-    }
-    if let Some(mode) = mode {
-        inner.set_mode(mode);
-    }
-    inner.changes.send_replace(());
-    Ok(Json(inner.controls()).into_response())
-}
-
-fn mode_name(mode: FaultMode) -> &'static str {
-    match mode {
-        FaultMode::Healthy => "healthy",
-        FaultMode::Error500 => "error500",
-        FaultMode::Hang => "hang",
-        FaultMode::FlakyEveryOther => "flaky_every_other",
-        FaultMode::ErrorRate(_) => "error_rate",
-    }
 }
 
 /// An `/api` error answer: `{"success": false, "message": ...}` with a status.
@@ -577,6 +530,14 @@ impl ApiError {
 
     fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "No tokens found for user")
+    }
+
+    /// `409`: the user is already at version `held`, which is `pushed` or newer.
+    fn stale(pushed: i64, held: i64) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            format!("Stale Token-Version {pushed}: version {held} is already held for this user"),
+        )
     }
 
     fn internal(message: impl Into<String>) -> Self {
@@ -676,124 +637,6 @@ impl ConnectBody {
     }
 }
 
-/// The `google_calendar_tokens` table, through raw SQL valid on SQLite and PostgreSQL.
-struct Store {
-    db: DatabaseConnection,
-}
-
-impl Store {
-    async fn connect(url: &str) -> anyhow::Result<Self> {
-        let mut options = ConnectOptions::new(url);
-        options.sqlx_logging(false);
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            // Each connection to an in-memory SQLite is its own database, and the database
-            // vanishes with its last connection: keep exactly one, forever.
-            options
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        let db = Database::connect(options).await?;
-        db.execute_unprepared(CREATE_TABLE).await?;
-        Ok(Self { db })
-    }
-
-    /// A statement for this connection's backend; `sql` numbers its parameters `$1`, `$2`...,
-    /// which SQLite accepts as well as PostgreSQL.
-    fn statement(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
-        Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
-    }
-
-    async fn upsert(&self, user_id: &str, body: &ConnectBody) -> Result<(), DbErr> {
-        let sql = "INSERT INTO google_calendar_tokens \
-            (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
-            VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
-            ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
-            refresh_token = excluded.refresh_token, token_expiry = excluded.token_expiry, \
-            scope = excluded.scope, updated_at = CURRENT_TIMESTAMP";
-        let values = [
-            user_id.into(),
-            body.access_token.as_str().into(),
-            body.refresh_token.as_str().into(),
-            body.expiry.into(),
-            body.scope.as_str().into(),
-        ];
-        self.db.execute_raw(self.statement(sql, values)).await?;
-        Ok(())
-    }
-
-    async fn get(&self, user_id: &str) -> Result<Option<StoredTokens>, DbErr> {
-        let sql = "SELECT access_token, refresh_token, token_expiry, scope, updated_at \
-            FROM google_calendar_tokens WHERE user_id = $1";
-        let Some(row) = self
-            .db
-            .query_one_raw(self.statement(sql, [user_id.into()]))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let timestamp = |col: &str| -> Result<String, DbErr> {
-            let at: NaiveDateTime = row.try_get("", col)?;
-            Ok(at.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        };
-        Ok(Some(StoredTokens {
-            access_token: row.try_get("", "access_token")?,
-            refresh_token: row.try_get("", "refresh_token")?,
-            token_expiry: timestamp("token_expiry")?,
-            scope: row.try_get("", "scope")?,
-            updated_at: timestamp("updated_at")?,
-        }))
-    }
-
-    /// Deletes the user's row; false if there was none.
-    async fn delete(&self, user_id: &str) -> Result<bool, DbErr> {
-        let sql = "DELETE FROM google_calendar_tokens WHERE user_id = $1";
-        let result = self
-            .db
-            .execute_raw(self.statement(sql, [user_id.into()]))
-            .await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    async fn seed(&self, rows: &[(String, StoredTokens)]) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
-        for (user_id, tokens) in rows {
-            let expiry = DateTime::parse_from_rfc3339(&tokens.token_expiry)
-                .map(|t| t.naive_utc())
-                .map_err(|e| DbErr::Custom(format!("token_expiry: {e}")))?;
-            let sql = "INSERT INTO google_calendar_tokens \
-                (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
-                VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
-                ON CONFLICT (user_id) DO NOTHING";
-            let values = [
-                user_id.as_str().into(),
-                tokens.access_token.as_str().into(),
-                tokens.refresh_token.as_str().into(),
-                expiry.into(),
-                tokens.scope.as_str().into(),
-            ];
-            txn.execute_raw(self.statement(sql, values)).await?;
-        }
-        txn.commit().await
-    }
-
-    async fn access_tokens(&self) -> Result<HashMap<String, String>, DbErr> {
-        let sql = "SELECT user_id, access_token FROM google_calendar_tokens";
-        let rows = self.db.query_all_raw(self.statement(sql, [])).await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get("", "user_id")?, r.try_get("", "access_token")?)))
-            .collect()
-    }
-
-    async fn count(&self) -> Result<u64, DbErr> {
-        let sql = "SELECT COUNT(*) AS n FROM google_calendar_tokens";
-        let row = self.db.query_one_raw(self.statement(sql, [])).await?;
-        let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-}
-
 /// Command-line flags of `tokenwarden microservice`.
 #[derive(clap::Args, Clone)]
 pub struct MicroserviceArgs {
@@ -815,6 +658,11 @@ pub struct MicroserviceArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Standard Webhooks secret (whsec_<base64>; several comma-separated during a rotation):
+    /// every push must then carry webhook-id, webhook-timestamp (within 5 minutes) and a
+    /// webhook-signature by one of them over its exact body, or is refused with 401
+    #[arg(long, env = "MICROSERVICE_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
     /// Also serve the test routes: POST /sandbox/control (fault injection, no authentication)
     /// and GET /api/users/{user_id}/google-calendar (stored tokens in plaintext). For tests and
     /// demos only; never on a copy that holds real tokens
@@ -828,6 +676,10 @@ impl fmt::Debug for MicroserviceArgs {
             .field("listen", &self.listen)
             .field("database_url", &without_password(&self.database_url))
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("sandbox_controls", &self.sandbox_controls)
             .finish()
     }
@@ -846,8 +698,11 @@ fn without_password(database_url: &str) -> String {
 
 /// Runs the reference microservice alone until Ctrl-C.
 pub async fn run(args: MicroserviceArgs) -> anyhow::Result<()> {
+    let bearer = args.token.is_some();
+    let signed = args.signing_secret.is_some();
     let config = MicroserviceConfig {
         bearer_token: args.token,
+        signing_secret: args.signing_secret,
         database_url: args.database_url,
         // Nothing out of process can read the log, so it would only grow.
         record_requests: false,
@@ -858,12 +713,19 @@ pub async fn run(args: MicroserviceArgs) -> anyhow::Result<()> {
     if args.sandbox_controls {
         tracing::warn!(
             url = %microservice.base_url(),
+            bearer,
+            signed,
             control_url = %format!("{}/sandbox/control", microservice.base_url()),
             "reference microservice listening with sandbox controls: anyone who can reach it \
              can inject faults and read stored tokens"
         );
     } else {
-        tracing::info!(url = %microservice.base_url(), "reference microservice listening");
+        tracing::info!(
+            url = %microservice.base_url(),
+            bearer,
+            signed,
+            "reference microservice listening"
+        );
     }
     tokio::signal::ctrl_c().await?;
     tracing::info!("reference microservice stopping");

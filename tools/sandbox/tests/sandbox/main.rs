@@ -1,5 +1,8 @@
 //! The sandbox Google provider and the reference microservice, driven over real HTTP on
-//! loopback the way tokenwarden and the load tests drive them.
+//! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
+//! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode.
+
+mod pushes;
 
 use std::time::{Duration, Instant};
 
@@ -890,7 +893,7 @@ async fn bearer_token_refuses_wrong_tokens_of_any_length() {
     assert_eq!(attempt(Some("Bearer ms-secret")).await, StatusCode::OK);
 
     // Timing is not observable in a test: check that the comparison is the constant-time one.
-    let source = include_str!("../src/microservice.rs");
+    let source = include_str!("../../src/microservice.rs");
     let check = &source[source.find("fn authorized(").unwrap()..];
     let check = &check[..check.find("\n    }\n").unwrap()];
     assert!(check.contains("secrets_match("), "{check}");
@@ -1013,7 +1016,7 @@ async fn controls_over_http() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"mode": "error_rate", "error_rate": 1.0, "latency_ms": 0})
+        json!({"mode": "error_rate", "error_rate": 1.0, "latency_ms": 0, "stalled": 0})
     );
     assert_eq!(
         push(&ms, "u", &tokens_body("a")).await.0,
@@ -1195,7 +1198,7 @@ fn command_line_flags_parse_with_defaults() {
     let command = <tokenwarden_sandbox::MicroserviceArgs as clap::Args>::augment_args(
         clap::Command::new("ms"),
     );
-    for secret in ["token", "database_url"] {
+    for secret in ["token", "signing_secret", "database_url"] {
         let arg = command
             .get_arguments()
             .find(|a| a.get_id() == secret)
@@ -1211,6 +1214,7 @@ async fn run_serves_until_stopped() {
         listen,
         database_url: "sqlite::memory:".into(),
         token: None,
+        signing_secret: None,
         sandbox_controls: false,
     };
     let server = tokio::spawn(tokenwarden_sandbox::microservice::run(args));

@@ -1,0 +1,274 @@
+//! The microservice's storage: SEED.md's `google_calendar_tokens` table, exactly as the seed
+//! shows it, and beside it `google_calendar_token_versions`, the newest `Token-Version` seen
+//! per user (a DELETE's included, as a tombstone), so a stale push can be refused.
+//!
+//! Raw SQL valid on SQLite and PostgreSQL. A versioned push compares and writes in one
+//! transaction: a conditional upsert on the version row (which takes that row's lock on
+//! PostgreSQL, and the database's write lock on SQLite) and then the token write, so concurrent
+//! pushes of one user apply in version order or not at all.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
+
+use super::{ConnectBody, StoredTokens};
+
+/// The table of SEED.md, created at start when missing; the DDL is valid on both backends.
+const CREATE_TOKENS: &str = "CREATE TABLE IF NOT EXISTS google_calendar_tokens (
+  user_id VARCHAR(50) PRIMARY KEY,
+  access_token TEXT NOT NULL,
+  refresh_token TEXT NOT NULL,
+  token_expiry TIMESTAMP NOT NULL,
+  scope TEXT NOT NULL,
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)";
+
+/// The newest version seen per user. A table of its own so the seed's table keeps exactly its
+/// columns, and so a DELETE can leave its version behind (`deleted`) when the tokens go.
+const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS google_calendar_token_versions (
+  user_id VARCHAR(50) PRIMARY KEY,
+  version BIGINT NOT NULL,
+  deleted BOOLEAN NOT NULL DEFAULT FALSE,
+  updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)";
+
+/// Records `version` for a user unless the row already holds that version or a newer one. On
+/// PostgreSQL the conflicting row is locked whether or not the `WHERE` holds, so a concurrent
+/// push of the same user waits for this transaction and then compares against what it wrote.
+const CLAIM_VERSION: &str = "INSERT INTO google_calendar_token_versions \
+    (user_id, version, deleted, updated_at) VALUES ($1, $2, $3, CURRENT_TIMESTAMP) \
+    ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, \
+    deleted = excluded.deleted, updated_at = CURRENT_TIMESTAMP \
+    WHERE google_calendar_token_versions.version < excluded.version";
+
+const UPSERT_TOKENS: &str = "INSERT INTO google_calendar_tokens \
+    (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
+    ON CONFLICT (user_id) DO UPDATE SET access_token = excluded.access_token, \
+    refresh_token = excluded.refresh_token, token_expiry = excluded.token_expiry, \
+    scope = excluded.scope, updated_at = CURRENT_TIMESTAMP";
+
+const DELETE_TOKENS: &str = "DELETE FROM google_calendar_tokens WHERE user_id = $1";
+
+/// What became of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Written (for a DELETE: the tokens were there and are gone).
+    Done,
+    /// A DELETE of a user without tokens; its version, if any, is recorded all the same.
+    NothingToDelete,
+    /// Refused: the user is already at version `held`, which is `pushed` or newer.
+    Stale { pushed: i64, held: i64 },
+}
+
+/// Both tables, behind one connection pool.
+pub(super) struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub(super) async fn connect(url: &str) -> anyhow::Result<Self> {
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // Each connection to an in-memory SQLite is its own database, and the database
+            // vanishes with its last connection: keep exactly one, forever.
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let db = Database::connect(options).await?;
+        db.execute_unprepared(CREATE_TOKENS).await?;
+        db.execute_unprepared(CREATE_VERSIONS).await?;
+        Ok(Self { db })
+    }
+
+    /// A statement for this connection's backend; `sql` numbers its parameters `$1`, `$2`...,
+    /// which SQLite accepts as well as PostgreSQL.
+    fn statement(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+        Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at `BEGIN` (waiting its turn
+    /// through the busy timeout): a deferred one that had read first could not upgrade while
+    /// another writer commits, and would fail with "database is locked" instead of waiting.
+    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+    }
+
+    /// Claims `version` for the user inside `txn`; `Some(held)` when the user is already at
+    /// `held`, which is `version` or newer, and nothing was written.
+    async fn claim(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: &str,
+        version: i64,
+        deleted: bool,
+    ) -> Result<Option<i64>, DbErr> {
+        let values = [user_id.into(), version.into(), deleted.into()];
+        let claimed = txn
+            .execute_raw(self.statement(CLAIM_VERSION, values))
+            .await?;
+        if claimed.rows_affected() > 0 {
+            return Ok(None);
+        }
+        let sql = "SELECT version FROM google_calendar_token_versions WHERE user_id = $1";
+        let row = txn
+            .query_one_raw(self.statement(sql, [user_id.into()]))
+            .await?
+            .ok_or_else(|| DbErr::Custom(format!("no version row for {user_id}")))?;
+        Ok(Some(row.try_get("", "version")?))
+    }
+
+    /// Stores the user's tokens; with a version, only if it is newer than the one held.
+    pub(super) async fn upsert(
+        &self,
+        user_id: &str,
+        body: &ConnectBody,
+        version: Option<i64>,
+    ) -> Result<Applied, DbErr> {
+        let values = [
+            user_id.into(),
+            body.access_token.as_str().into(),
+            body.refresh_token.as_str().into(),
+            body.expiry.into(),
+            body.scope.as_str().into(),
+        ];
+        let Some(version) = version else {
+            self.db
+                .execute_raw(self.statement(UPSERT_TOKENS, values))
+                .await?;
+            return Ok(Applied::Done);
+        };
+        let txn = self.begin_write().await?;
+        if let Some(held) = self.claim(&txn, user_id, version, false).await? {
+            txn.rollback().await?;
+            return Ok(Applied::Stale {
+                pushed: version,
+                held,
+            });
+        }
+        txn.execute_raw(self.statement(UPSERT_TOKENS, values))
+            .await?;
+        txn.commit().await?;
+        Ok(Applied::Done)
+    }
+
+    /// Deletes the user's tokens; with a version, only if it is newer than the one held, and
+    /// the version stays behind as a tombstone even when there were no tokens.
+    pub(super) async fn delete(
+        &self,
+        user_id: &str,
+        version: Option<i64>,
+    ) -> Result<Applied, DbErr> {
+        let deleted = |rows: u64| {
+            if rows > 0 {
+                Applied::Done
+            } else {
+                Applied::NothingToDelete
+            }
+        };
+        let Some(version) = version else {
+            let result = self
+                .db
+                .execute_raw(self.statement(DELETE_TOKENS, [user_id.into()]))
+                .await?;
+            return Ok(deleted(result.rows_affected()));
+        };
+        let txn = self.begin_write().await?;
+        if let Some(held) = self.claim(&txn, user_id, version, true).await? {
+            txn.rollback().await?;
+            return Ok(Applied::Stale {
+                pushed: version,
+                held,
+            });
+        }
+        let result = txn
+            .execute_raw(self.statement(DELETE_TOKENS, [user_id.into()]))
+            .await?;
+        txn.commit().await?;
+        Ok(deleted(result.rows_affected()))
+    }
+
+    pub(super) async fn get(&self, user_id: &str) -> Result<Option<StoredTokens>, DbErr> {
+        let sql = "SELECT access_token, refresh_token, token_expiry, scope, updated_at \
+            FROM google_calendar_tokens WHERE user_id = $1";
+        let Some(row) = self
+            .db
+            .query_one_raw(self.statement(sql, [user_id.into()]))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let timestamp = |col: &str| -> Result<String, DbErr> {
+            let at: NaiveDateTime = row.try_get("", col)?;
+            Ok(at.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        };
+        Ok(Some(StoredTokens {
+            access_token: row.try_get("", "access_token")?,
+            refresh_token: row.try_get("", "refresh_token")?,
+            token_expiry: timestamp("token_expiry")?,
+            scope: row.try_get("", "scope")?,
+            updated_at: timestamp("updated_at")?,
+        }))
+    }
+
+    /// The newest version recorded for the user (a DELETE's included).
+    pub(super) async fn version(&self, user_id: &str) -> Result<Option<i64>, DbErr> {
+        let sql = "SELECT version FROM google_calendar_token_versions WHERE user_id = $1";
+        self.db
+            .query_one_raw(self.statement(sql, [user_id.into()]))
+            .await?
+            .map(|row| row.try_get("", "version"))
+            .transpose()
+    }
+
+    pub(super) async fn seed(&self, rows: &[(String, StoredTokens)]) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        for (user_id, tokens) in rows {
+            let expiry = DateTime::parse_from_rfc3339(&tokens.token_expiry)
+                .map(|t| t.naive_utc())
+                .map_err(|e| DbErr::Custom(format!("token_expiry: {e}")))?;
+            let sql = "INSERT INTO google_calendar_tokens \
+                (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
+                VALUES ($1, $2, $3, $4, $5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) \
+                ON CONFLICT (user_id) DO NOTHING";
+            let values = [
+                user_id.as_str().into(),
+                tokens.access_token.as_str().into(),
+                tokens.refresh_token.as_str().into(),
+                expiry.into(),
+                tokens.scope.as_str().into(),
+            ];
+            txn.execute_raw(self.statement(sql, values)).await?;
+        }
+        txn.commit().await
+    }
+
+    pub(super) async fn access_tokens(&self) -> Result<HashMap<String, String>, DbErr> {
+        let sql = "SELECT user_id, access_token FROM google_calendar_tokens";
+        let rows = self.db.query_all_raw(self.statement(sql, [])).await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("", "user_id")?, r.try_get("", "access_token")?)))
+            .collect()
+    }
+
+    pub(super) async fn count(&self) -> Result<u64, DbErr> {
+        let sql = "SELECT COUNT(*) AS n FROM google_calendar_tokens";
+        let row = self.db.query_one_raw(self.statement(sql, [])).await?;
+        let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
