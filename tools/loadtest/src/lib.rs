@@ -161,7 +161,11 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     let mut report = Report {
         date: Utc::now().to_rfc3339(),
         machine: machine(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // A database URL may carry a password: the report shows it without one.
+        command: std::env::args()
+            .map(|arg| tokenwarden::config::without_userinfo(&arg))
+            .collect::<Vec<_>>()
+            .join(" "),
         database: if database_url.starts_with("postgres") {
             "PostgreSQL"
         } else {
