@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
 pub use report::{Report, Sample};
-pub use sample::{parse_metrics, quantile, rss_kib};
+pub use sample::{cpu_secs, parse_metrics, quantile, rss_kib};
 
 use tokenwarden::{
     config::DEFAULT_SCOPES,
@@ -54,9 +54,13 @@ pub struct LoadtestArgs {
     /// Users connected through the real consent path while the run goes on.
     #[arg(long, default_value_t = 0)]
     pub connect_users: u64,
-    /// Connects per second for `--connect-users`.
+    /// Connects per second for `--connect-users`; 0 connects as fast as the service takes
+    /// them (connect saturation, `--connect-workers` at a time).
     #[arg(long, default_value_t = 50)]
     pub connect_rate: u64,
+    /// Consents in flight at once under connect saturation.
+    #[arg(long, default_value_t = 32)]
+    pub connect_workers: u64,
     /// Length of the run phase, in seconds.
     #[arg(long, default_value_t = 60)]
     pub duration_secs: u64,
@@ -194,7 +198,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         service.jwt_secret.clone(),
         callbacks.clone(),
     ));
-    run_phase(&args, &service, &progress, &mut report).await?;
+    run_phase(&args, &service, &progress, &mut report, &callbacks).await?;
     connects.abort();
     microservice.set_latency(Duration::ZERO);
     microservice.set_mode(FaultMode::Healthy);
@@ -473,10 +477,13 @@ async fn run_phase(
     service: &Service,
     progress: &Progress,
     report: &mut Report,
+    connects: &Mutex<Vec<f64>>,
 ) -> anyhow::Result<()> {
     progress.stage("running", args.duration_secs);
     let lateness = "tokenwarden_refresh_lateness_seconds";
     let first = service.scrape().await?;
+    let cpu_at_start = cpu_secs(service.pid());
+    let connects_at_start = connects.lock().expect("connect latencies").len();
     let mut previous = first.clone();
     let started = Instant::now();
     let mut previous_at = started;
@@ -516,8 +523,20 @@ async fn run_phase(
         previous_at = now;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(service.pid())
+        .zip(cpu_at_start)
+        .map_or(0.0, |(end, start)| end - start);
     let last = &previous;
     report.refreshes = last.refreshes_ok - first.refreshes_ok;
+    report.connects_in_run =
+        (connects.lock().expect("connect latencies").len() - connects_at_start) as u64;
+    report.service_cpu_secs = cpu;
+    // Attributed only when one kind of work ran alone: a mixed run has no honest split.
+    if report.connects_in_run == 0 {
+        report.cpu_ms_per_refresh = sample::cpu_ms_per(cpu, report.refreshes);
+    } else if report.refreshes < 1.0 {
+        report.cpu_ms_per_connect = sample::cpu_ms_per(cpu, report.connects_in_run as f64);
+    }
     report.refreshes_per_sec_avg = report.refreshes / elapsed.max(1.0);
     report.refreshes_per_sec_peak_10s = report
         .samples
@@ -573,6 +592,9 @@ async fn connect_users(
         Ok(http) => http,
         Err(_) => return,
     };
+    if args.connect_rate == 0 {
+        return saturate_connects(args, http, url, jwt_secret, latencies).await;
+    }
     let mut every = tokio::time::interval(Duration::from_secs_f64(
         1.0 / args.connect_rate.max(1) as f64,
     ));
@@ -591,6 +613,46 @@ async fn connect_users(
                 Err(e) => eprintln!("connect of {user} failed: {e:#}"),
             }
         });
+    }
+}
+
+/// Connect saturation (`--connect-rate 0`): `--connect-workers` loops each run one consent
+/// after another, as fast as the service (and the stand-ins) take them.
+async fn saturate_connects(
+    args: LoadtestArgs,
+    http: reqwest::Client,
+    url: String,
+    jwt_secret: String,
+    latencies: Arc<Mutex<Vec<f64>>>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..args.connect_workers.max(1))
+        .map(|_| {
+            let (http, url, secret, latencies, next) = (
+                http.clone(),
+                url.clone(),
+                jwt_secret.clone(),
+                latencies.clone(),
+                next.clone(),
+            );
+            let total = args.connect_users;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total {
+                        return;
+                    }
+                    let user = format!("lt-connect-{i:08}");
+                    match connect_one(&http, &url, &secret, &user).await {
+                        Ok(ms) => latencies.lock().expect("latencies").push(ms),
+                        Err(e) => eprintln!("connect of {user} failed: {e:#}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
     }
 }
 

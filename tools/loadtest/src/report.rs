@@ -53,6 +53,15 @@ pub struct Report {
     pub sync_failures: f64,
     pub callback_p50_ms: Option<f64>,
     pub callback_p99_ms: Option<f64>,
+    /// Connects completed through the consent path while the run was sampled.
+    pub connects_in_run: u64,
+    /// The service process's CPU time (user + system, `/proc/<pid>/stat`) over the run.
+    pub service_cpu_secs: f64,
+    /// `service_cpu_secs` per refresh, when the run did refreshes and no connects (so the CPU
+    /// is theirs alone).
+    pub cpu_ms_per_refresh: Option<f64>,
+    /// `service_cpu_secs` per connect, when the run did connects and no refreshes.
+    pub cpu_ms_per_connect: Option<f64>,
     /// Refreshes that came after the previous access token had expired (sandbox count).
     pub expired_before_refresh: u64,
     /// Users whose database token is expired at the end.
@@ -91,6 +100,16 @@ impl Report {
                 format!(
                     "{:.0} /s / {:.0} /s",
                     self.refreshes_per_sec_avg, self.refreshes_per_sec_peak_10s
+                ),
+            ),
+            (
+                "service CPU per refresh / per connect",
+                format!(
+                    "{} / {}  ({:.1} s of CPU, {} connects in the run)",
+                    opt(self.cpu_ms_per_refresh, 1.0, "ms"),
+                    opt(self.cpu_ms_per_connect, 1.0, "ms"),
+                    self.service_cpu_secs,
+                    self.connects_in_run
                 ),
             ),
             (

@@ -1,7 +1,22 @@
-//! Reading the service under load from the outside: RSS from `/proc`, counters and histograms
-//! from `/metrics` (OpenMetrics text), percentiles from cumulative histogram buckets.
+//! Reading the service under load from the outside: RSS and CPU time from `/proc`, counters
+//! and histograms from `/metrics` (OpenMetrics text), percentiles from cumulative histogram
+//! buckets.
 
 use std::collections::BTreeMap;
+
+/// CPU time the process has used so far (user + system), in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
+/// CPU milliseconds per unit of work, when there was work.
+pub fn cpu_ms_per(cpu_secs: f64, units: f64) -> Option<f64> {
+    (units >= 1.0).then(|| cpu_secs * 1000.0 / units)
+}
 
 /// The series of one `/metrics` scrape that the report uses.
 #[derive(Debug, Clone, Default)]

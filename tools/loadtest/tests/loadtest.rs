@@ -30,6 +30,7 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         users: 1000,
         connect_users: 20,
         connect_rate: 10,
+        connect_workers: 32,
         duration_secs: 30,
         token_lifetime_secs: 20,
         refresh_lead_secs: 10,
