@@ -41,6 +41,7 @@ use crate::{
     actors::Supervisor,
     config::Config,
     google::GoogleClient,
+    history::History,
     metrics::{HttpLabels, HttpMethod, Metrics},
     store::Store,
     sync::SyncDispatcher,
@@ -60,6 +61,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
+    /// Recent refreshes and pushes, for the console.
+    pub history: Arc<History>,
     /// Per-user limit on starting consents.
     pub connect_limiter: Arc<RateLimiter>,
     /// The database check `/readyz` probes share.
