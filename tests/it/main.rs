@@ -7,6 +7,7 @@ mod bad_input;
 mod browser_binding;
 mod cli;
 mod connect;
+mod console;
 mod disconnect;
 mod faults;
 mod fuzz;
