@@ -14,6 +14,7 @@ use crate::{
     actors::{ActorContext, Supervisor, UserScope},
     config::Config,
     google::GoogleClient,
+    history::History,
     http::{self, AppState},
     metrics::Metrics,
     store::Store,
@@ -60,6 +61,7 @@ impl App {
             .await
             .context("stored tokens cannot be read")?;
         let metrics = Arc::new(Metrics::default());
+        let history = Arc::new(History::default());
         let shutdown = CancellationToken::new();
         let stop_sync = CancellationToken::new();
         let google = GoogleClient::new(&config.google)?;
@@ -67,6 +69,7 @@ impl App {
             store.clone(),
             &config.microservice,
             metrics.clone(),
+            history.clone(),
             stop_sync.clone(),
         )?;
         let refresh_permits = Arc::new(Semaphore::new(config.refresh.concurrency));
@@ -75,6 +78,7 @@ impl App {
             google: google.clone(),
             sync: sync.clone(),
             metrics: metrics.clone(),
+            history: history.clone(),
             refresh: config.refresh.clone(),
             permits: refresh_permits.clone(),
             refreshing: Default::default(),
@@ -92,6 +96,7 @@ impl App {
             supervisor: supervisor.clone(),
             sync: sync.clone(),
             metrics: metrics.clone(),
+            history,
             connect_limiter: Arc::new(http::RateLimiter::for_connect()),
             readiness: Default::default(),
         };

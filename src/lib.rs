@@ -8,8 +8,10 @@
 //! - [`google`]: the OAuth client that talks to Google (or the sandbox standing in for it).
 //! - [`sync`]: pushes every token change to the microservice, in order, with durable retries.
 //! - [`actors`]: the root supervisor and one actor per connected user that owns refreshing.
-//! - [`http`]: the axum front door (user API, admin API, health, metrics).
+//! - [`http`]: the axum front door (user API, admin API, operator console, health, metrics).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`history`]: each user's recent refreshes and pushes, and per-minute counts, in memory
+//!   for the operator console.
 //! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
 //! - [`telemetry`]: logging (pretty or JSON) and the OTLP export of traces.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod google;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod retry;

@@ -13,6 +13,7 @@ use super::messages::RefreshOutcome;
 use crate::{
     config::RefreshConfig,
     google::{GoogleClient, GoogleError},
+    history::History,
     metrics::Metrics,
     store::{Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
@@ -24,6 +25,8 @@ pub struct ActorContext {
     pub google: GoogleClient,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
+    /// Where refresh outcomes are recorded for the console.
+    pub history: Arc<History>,
     pub refresh: RefreshConfig,
     /// Bounds refreshes in flight towards Google, so a crowd of users due at the same time
     /// does not open a crowd of connections.

@@ -147,6 +147,19 @@ impl RefreshOutcome {
             Self::Superseded(_) => "superseded",
         }
     }
+
+    /// The error of a failed attempt, if it has one to tell.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Self::Transient(e) | Self::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the attempt failed (a superseded one did not: newer tokens won).
+    pub fn failed(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::Rejected(_) | Self::Revoked)
+    }
 }
 
 /// Messages of one user's token actor.

@@ -18,7 +18,7 @@ use super::{
     messages::{ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg},
     schedule::{Schedule, delay_until},
 };
-use crate::{config::RefreshConfig, retry::Backoff};
+use crate::{config::RefreshConfig, history::Activity, retry::Backoff};
 
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
@@ -309,6 +309,13 @@ impl UserTokenState {
     fn finish_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, outcome: RefreshOutcome) {
         let reason = self.in_flight.take().unwrap_or(RefreshReason::Scheduled);
         self.ctx.metrics.refresh(reason.as_str(), outcome.label());
+        self.ctx.history.record(
+            &self.user_id,
+            Activity::Refresh(reason.as_str()),
+            outcome.label(),
+            outcome.failed(),
+            outcome.error(),
+        );
         if let (Some(planned), RefreshOutcome::Refreshed(_)) =
             (self.planned_for_in_flight.take(), &outcome)
         {

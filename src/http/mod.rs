@@ -1,4 +1,5 @@
-//! The axum front door: one file per resource, each with its own `router()`, merged here with
+//! The axum front door: one file per resource (the operator console a folder of its own,
+//! `console/`), each with its own `router()`, merged here with
 //! the cross-cutting layers (body limit, deadline, CORS, request metrics and spans), and
 //! served by `serve` with limits on client connections.
 //!
@@ -9,6 +10,7 @@
 mod admin;
 mod auth;
 mod browser_binding;
+mod console;
 mod error;
 mod health;
 mod integrations;
@@ -32,6 +34,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tower::{BoxError, ServiceBuilder};
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
+#[cfg(feature = "test-util")]
+pub use console::forge_cookie as forge_console_cookie;
+pub use console::{COOKIE as CONSOLE_COOKIE, LIFETIME as CONSOLE_SESSION_LIFETIME};
 pub use error::Error;
 pub use health::Readiness;
 pub use rate_limit::{CONNECTS_PER_MINUTE, RateLimiter};
@@ -41,6 +46,7 @@ use crate::{
     actors::Supervisor,
     config::Config,
     google::GoogleClient,
+    history::History,
     metrics::{HttpLabels, HttpMethod, Metrics},
     store::Store,
     sync::SyncDispatcher,
@@ -60,6 +66,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
+    /// Recent refreshes and pushes, for the console.
+    pub history: Arc<History>,
     /// Per-user limit on starting consents.
     pub connect_limiter: Arc<RateLimiter>,
     /// The database check `/readyz` probes share.
@@ -71,6 +79,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(integrations::router(&state.config.frontend_url))
         .merge(admin::router())
+        .merge(console::router(state.clone()))
         .merge(health::router())
         .fallback(not_found);
     with_deadline(routes, REQUEST_DEADLINE)

@@ -6,6 +6,7 @@
 mod batch;
 #[cfg(feature = "test-util")]
 mod bulk;
+mod console;
 pub mod entity;
 mod key_check;
 mod rotation;
@@ -26,6 +27,7 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 #[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
+pub use console::{SyncBacklog, UserListing};
 pub use entity::user::SyncState;
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};

@@ -12,6 +12,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::client::{Delivery, MicroserviceClient};
 use crate::{
+    history::{Activity, History},
     metrics::Metrics,
     store::{Store, SyncSnapshot},
 };
@@ -32,6 +33,8 @@ pub(super) struct Deliverer {
     pub client: MicroserviceClient,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// Where deliveries are recorded for the console.
+    pub history: Arc<History>,
     /// Bound the calls in flight to the microservice (`SYNC_CONCURRENCY`).
     pub permits: Arc<Semaphore>,
 }
@@ -98,6 +101,7 @@ impl Deliverer {
             ),
         };
         drop(permit);
+        self.remember(user_id, op, &outcome);
         let recorded = match &outcome {
             Delivery::Delivered => {
                 self.metrics.sync(op, "ok");
@@ -125,5 +129,22 @@ impl Deliverer {
         }
         let done = recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. });
         (done, Some(version))
+    }
+
+    /// Records a call's outcome in the console's history (a skipped call made none).
+    fn remember(&self, user_id: &str, op: &str, outcome: &Delivery) {
+        let activity = if op == "delete" {
+            Activity::Delete
+        } else {
+            Activity::Push
+        };
+        let (label, error) = match outcome {
+            Delivery::Delivered => ("ok", None),
+            Delivery::Superseded => ("superseded", None),
+            Delivery::Skipped => return,
+            Delivery::Failed { error, .. } => ("failed", Some(error.as_str())),
+        };
+        self.history
+            .record(user_id, activity, label, error.is_some(), error);
     }
 }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::MicroserviceConfig,
+    history::History,
     metrics::Metrics,
     retry::Backoff,
     store::{Store, SyncSnapshot},
@@ -97,6 +98,7 @@ impl SyncDispatcher {
         store: Store,
         config: &MicroserviceConfig,
         metrics: Arc<Metrics>,
+        history: Arc<History>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -108,6 +110,7 @@ impl SyncDispatcher {
                 client: MicroserviceClient::new(config)?,
                 store,
                 metrics,
+                history,
                 permits: Arc::new(Semaphore::new(config.concurrency)),
             },
             backoff: Backoff::new(config.retry_base, config.retry_max),
