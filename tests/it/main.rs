@@ -9,6 +9,7 @@ mod browser_binding;
 mod browser_demo;
 mod cli;
 mod connect;
+mod console;
 mod disconnect;
 mod faults;
 mod fuzz;

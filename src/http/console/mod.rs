@@ -118,14 +118,11 @@ impl Operator {
         Frame { title, csrf, flash }
     }
 
-    /// Refuses an action whose form did not carry this session's CSRF token.
-    fn check(&self, form: &FormFields) -> Result<(), Response> {
-        match form.get("csrf") {
-            Some(token) if self.keys.csrf_matches(&self.session, token) => Ok(()),
-            _ => Err(forbidden(
-                "The form's security token is missing or stale: reload the page and try again.",
-            )),
-        }
+    /// Whether an action's form carried this session's CSRF token; if not, the action
+    /// answers [`stale_form`].
+    fn csrf_ok(&self, form: &FormFields) -> bool {
+        form.get("csrf")
+            .is_some_and(|token| self.keys.csrf_matches(&self.session, token))
     }
 }
 
@@ -215,6 +212,11 @@ fn forbidden(message: &str) -> Response {
     (StatusCode::FORBIDDEN, pages::refusal("Forbidden", message)).into_response()
 }
 
+/// The answer to a post without its session's CSRF token.
+fn stale_form() -> Response {
+    forbidden("The form's security token is missing or stale: reload the page and try again.")
+}
+
 fn secure_cookie(app: &AppState) -> bool {
     app.config.google.redirect_uri.scheme() == "https"
 }
@@ -275,8 +277,8 @@ async fn sign_out(
     let keys = Keys::from_admin_token(&app.config.admin_token);
     if let Some(session) = keys.session(&headers, Utc::now()) {
         let operator = Operator { keys, session };
-        if let Err(refused) = operator.check(&FormFields::parse(&body)) {
-            return refused;
+        if !operator.csrf_ok(&FormFields::parse(&body)) {
+            return stale_form();
         }
         audit("sign_out", None, &peer);
     }
@@ -406,8 +408,8 @@ async fn refresh_now(
     Path(user_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = operator.check(&FormFields::parse(&body)) {
-        return refused;
+    if !operator.csrf_ok(&FormFields::parse(&body)) {
+        return stale_form();
     }
     audit("refresh_now", Some(&user_id), &peer);
     let queued = app.supervisor.refresh_now(&user_id).await;
@@ -423,8 +425,8 @@ async fn resync(
     Path(user_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    if let Err(refused) = operator.check(&FormFields::parse(&body)) {
-        return Ok(refused);
+    if !operator.csrf_ok(&FormFields::parse(&body)) {
+        return Ok(stale_form());
     }
     audit("resync", Some(&user_id), &peer);
     if !app.store.queue_resync(&user_id).await? {

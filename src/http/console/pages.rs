@@ -23,8 +23,10 @@ text-align:left;vertical-align:top}.flash{background:#e6f4ea;padding:.5em 1em}\
 .status-retrying{color:#a15c00}.muted{color:#777}.cards{display:flex;gap:1em;flex-wrap:wrap}\
 .card{border:1px solid #ddd;padding:.5em 1em;min-width:10em}.card b{font-size:1.4em;display:block}";
 
-/// Turns every `data-due` element's text into a live countdown to its RFC 3339 time.
-const SCRIPT: &str = "function twTick(){for(const e of document.querySelectorAll('[data-due]')){\
+/// Turns every `data-due` element's text into a live countdown to its RFC 3339 time, and
+/// makes the page a plain entry of the history, so that reloading the page the sign-in post
+/// answered asks for it again instead of posting the form again.
+const SCRIPT: &str = "history.replaceState(null,'',location.href);function twTick(){for(const e of document.querySelectorAll('[data-due]')){\
 const s=Math.round((Date.parse(e.dataset.due)-Date.now())/1000);\
 e.textContent=s>0?'in '+Math.floor(s/60)+'m '+String(s%60).padStart(2,'0')+'s':'due now';}}\
 twTick();setInterval(twTick,1000);";

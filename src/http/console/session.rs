@@ -68,9 +68,11 @@ impl Keys {
     pub fn issue(&self, now: DateTime<Utc>, secure: bool) -> (Session, HeaderValue) {
         let mut raw = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut raw);
+        // Whole seconds, as the cookie carries it.
+        let expires_at = DateTime::from_timestamp((now + LIFETIME).timestamp(), 0).unwrap_or(now);
         let session = Session {
             id: URL_SAFE_NO_PAD.encode(raw),
-            expires_at: now + LIFETIME,
+            expires_at,
         };
         let payload = format!("{}.{}", session.id, session.expires_at.timestamp());
         let mut jar = CookieJar::new();
