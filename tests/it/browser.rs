@@ -256,65 +256,85 @@ impl Browser {
         .await
     }
 
-    /// Waits for the element with CSS selector `css`.
-    pub async fn css(&self, css: &str) -> anyhow::Result<Element> {
-        self.find(Locator::Css(css)).await
-    }
-
-    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let element = self.css(css).await?;
-        self.bounded(&format!("click {css}"), element.click()).await
-    }
-
-    /// Replaces the value of the input `css` with `text`.
-    pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        let element = self.css(css).await?;
-        self.bounded(&format!("clear {css}"), element.clear())
-            .await?;
-        self.bounded(&format!("type into {css}"), element.send_keys(text))
+    pub async fn click(&self, locator: Locator<'_>) -> anyhow::Result<()> {
+        let element = self.find(locator).await?;
+        self.bounded(&format!("click {locator:?}"), element.click())
             .await
     }
 
-    /// The visible text of `css` now (empty when there is no such element).
-    pub async fn text_now(&self, css: &str) -> anyhow::Result<String> {
-        let found = self
-            .bounded("find", self.client.find_all(Locator::Css(css)))
+    /// Replaces the value of the input `locator` finds with `text`.
+    pub async fn fill(&self, locator: Locator<'_>, text: &str) -> anyhow::Result<()> {
+        let element = self.find(locator).await?;
+        self.bounded(&format!("clear {locator:?}"), element.clear())
             .await?;
+        self.bounded(&format!("type into {locator:?}"), element.send_keys(text))
+            .await
+    }
+
+    /// The attribute `name` of what `locator` finds (waiting for it as [`Self::find`] does).
+    pub async fn attr(&self, locator: Locator<'_>, name: &str) -> anyhow::Result<Option<String>> {
+        let element = self.find(locator).await?;
+        self.bounded(&format!("{name} of {locator:?}"), element.attr(name))
+            .await
+    }
+
+    /// How many elements `locator` finds now.
+    pub async fn count(&self, locator: Locator<'_>) -> anyhow::Result<usize> {
+        let found = self.bounded("find", self.client.find_all(locator)).await?;
+        Ok(found.len())
+    }
+
+    /// The visible text of what `locator` finds now (empty when it finds nothing).
+    pub async fn text_now(&self, locator: Locator<'_>) -> anyhow::Result<String> {
+        let found = self.bounded("find", self.client.find_all(locator)).await?;
         match found.first() {
             Some(element) => self.bounded("text", element.text()).await,
             None => Ok(String::new()),
         }
     }
 
-    /// Waits (bounded by [`WAIT`]) until the text of `css` satisfies `check`; returns it.
+    /// Waits (bounded by [`WAIT`]) until the text of what `locator` finds satisfies `check`;
+    /// returns it. For pages that update themselves.
     pub async fn wait_text(
         &self,
-        css: &str,
+        locator: Locator<'_>,
         what: &str,
         check: impl Fn(&str) -> bool,
     ) -> anyhow::Result<String> {
-        self.wait_text_for(css, what, WAIT, check).await
+        self.poll_text(locator, what, false, check).await
     }
 
-    /// [`Self::wait_text`] with a limit of its own.
-    pub async fn wait_text_for(
+    /// [`Self::wait_text`] for server-rendered pages: reloads the page before each look.
+    pub async fn wait_text_reloading(
         &self,
-        css: &str,
+        locator: Locator<'_>,
         what: &str,
-        limit: Duration,
         check: impl Fn(&str) -> bool,
     ) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + limit;
+        self.poll_text(locator, what, true, check).await
+    }
+
+    async fn poll_text(
+        &self,
+        locator: Locator<'_>,
+        what: &str,
+        reload: bool,
+        check: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             // A page that navigates away under us makes a read fail: try again.
-            let text = self.text_now(css).await.unwrap_or_default();
+            let text = self.text_now(locator).await.unwrap_or_default();
             if check(&text) {
                 return Ok(text);
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("{css}: waited {limit:?} for {what}; it shows:\n{text}");
+                bail!("{locator:?}: waited {WAIT:?} for {what}; it shows:\n{text}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(if reload { 250 } else { 100 })).await;
+            if reload {
+                self.bounded("reload", self.client.refresh()).await?;
+            }
         }
     }
 
@@ -346,7 +366,7 @@ impl Browser {
 
     /// The whole page's visible text.
     pub async fn page_text(&self) -> anyhow::Result<String> {
-        self.text_now("body").await
+        self.text_now(Locator::Css("body")).await
     }
 
     /// Ends the test: on `Err`, saves `<nn>-failed.png` and panics with the error and the

@@ -3,6 +3,8 @@
 //! passes through, so this proves the flow works where it matters: in a browser that applies
 //! its own cookie rules.
 
+use fantoccini::Locator;
+
 use crate::browser::{Browser, within_limit};
 use crate::process::DemoProcess;
 
@@ -39,33 +41,37 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
 
     browser.goto(&format!("{page}/")).await?;
     browser
-        .wait_text("#connection", "the first poll", |t| t == "not connected")
+        .wait_text(Locator::Css("#connection"), "the first poll", |t| {
+            t == "not connected"
+        })
         .await?;
     browser.screenshot("page").await?;
 
     // Connect: the page asks the demo's backend for a consent URL (which passes the service's
     // binding cookie on), the sandbox consents at once, the service's callback checks the
     // cookie and sends the browser back to the page.
-    browser.fill("#user", USER).await?;
-    browser.click("#connect").await?;
+    browser.fill(Locator::Css("#user"), USER).await?;
+    browser.click(Locator::Css("#connect")).await?;
     browser
         .wait_url("the way back to the page", |url| {
             url.starts_with(page.as_str()) && url.contains("google=connected")
         })
         .await?;
     browser
-        .wait_text("#banner", "the connected banner", |t| {
+        .wait_text(Locator::Css("#banner"), "the connected banner", |t| {
             t == "Google Calendar connected"
         })
         .await?;
     browser
-        .wait_text("#connection", "connected", |t| t == "connected")
+        .wait_text(Locator::Css("#connection"), "connected", |t| {
+            t == "connected"
+        })
         .await?;
     browser
-        .wait_text(&row, "the user's actor", |t| t.contains(USER))
+        .wait_text(Locator::Css(&row), "the user's actor", |t| t.contains(USER))
         .await?;
     let copy = browser
-        .wait_text("#copy", "the microservice's copy", |t| {
+        .wait_text(Locator::Css("#copy"), "the microservice's copy", |t| {
             shown_access_token(t).is_some()
         })
         .await?;
@@ -74,20 +80,24 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
         before.starts_with("ya29.") && before.contains('…'),
         "the page shows the token cut short, not {before:?}"
     );
-    let count_before: u64 = browser.text_now(&refreshes).await?.parse()?;
+    let count_before: u64 = browser.text_now(Locator::Css(&refreshes)).await?.parse()?;
     browser.screenshot("connected").await?;
 
-    browser.click("#refresh").await?;
+    browser.click(Locator::Css("#refresh")).await?;
     browser
-        .wait_text("#banner", "the refresh answer", |t| t == "refresh queued")
-        .await?;
-    let copy = browser
-        .wait_text("#copy", "a new token in the microservice's copy", |t| {
-            shown_access_token(t).is_some_and(|token| token != before)
+        .wait_text(Locator::Css("#banner"), "the refresh answer", |t| {
+            t == "refresh queued"
         })
         .await?;
+    let copy = browser
+        .wait_text(
+            Locator::Css("#copy"),
+            "a new token in the microservice's copy",
+            |t| shown_access_token(t).is_some_and(|token| token != before),
+        )
+        .await?;
     browser
-        .wait_text(&refreshes, "the refresh count to move", |t| {
+        .wait_text(Locator::Css(&refreshes), "the refresh count to move", |t| {
             t.parse::<u64>().is_ok_and(|n| n > count_before)
         })
         .await?;
@@ -95,20 +105,22 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
     anyhow::ensure!(after != before);
     browser.screenshot("refreshed").await?;
 
-    browser.click("#disconnect").await?;
+    browser.click(Locator::Css("#disconnect")).await?;
     browser
-        .wait_text("#banner", "the disconnect answer", |t| {
+        .wait_text(Locator::Css("#banner"), "the disconnect answer", |t| {
             t == "Google Calendar disconnected successfully"
         })
         .await?;
     browser
-        .wait_text("#connection", "not connected", |t| t == "not connected")
+        .wait_text(Locator::Css("#connection"), "not connected", |t| {
+            t == "not connected"
+        })
         .await?;
     browser
-        .wait_text("#copy", "the copy removed", |t| t == "null")
+        .wait_text(Locator::Css("#copy"), "the copy removed", |t| t == "null")
         .await?;
     browser
-        .wait_text(&row, "the actor gone", str::is_empty)
+        .wait_text(Locator::Css(&row), "the actor gone", str::is_empty)
         .await?;
     browser.screenshot("disconnected").await?;
     Ok(())

@@ -6,6 +6,7 @@ mod admin;
 mod bad_input;
 mod browser;
 mod browser_binding;
+mod browser_console;
 mod browser_demo;
 mod cli;
 mod connect;
