@@ -197,14 +197,13 @@ impl Browser {
         .await
         .expect("Chromium started within the time limit")
         .unwrap_or_else(|e| panic!("Chromium did not start: {e}"));
-        client
-            .update_timeouts(TimeoutConfiguration::new(
-                Some(COMMAND),
-                Some(COMMAND),
-                Some(Duration::ZERO),
-            ))
+        // Page loads and scripts bounded; no implicit wait: every wait here is explicit.
+        let timeouts =
+            TimeoutConfiguration::new(Some(COMMAND), Some(COMMAND), Some(Duration::ZERO));
+        tokio::time::timeout(COMMAND, client.update_timeouts(timeouts))
             .await
-            .expect("timeouts");
+            .expect("WebDriver answered within the time limit")
+            .expect("timeouts set");
         Some(Self {
             client,
             test: test.into(),
