@@ -128,6 +128,7 @@ async fn a_good_token_sets_the_session_cookie_and_shows_the_console(backend: Bac
         "SameSite=Strict",
         "Path=/console",
         "Max-Age=28800",
+        "Expires=",
     ] {
         assert!(
             set_cookie.contains(attribute),

@@ -202,7 +202,15 @@ fn attributes(cookie: Cookie<'static>, max_age: Duration, secure: bool) -> Cooki
     cookie.set_same_site(SameSite::Strict);
     cookie.set_secure(secure);
     cookie.set_path(COOKIE_PATH);
-    cookie.set_max_age(cookie::time::Duration::seconds(max_age.num_seconds()));
+    let max_age = cookie::time::Duration::seconds(max_age.num_seconds());
+    cookie.set_max_age(max_age);
+    // `Expires` too, for clients that predate `Max-Age`; a removal's lies in the past.
+    let now = cookie::time::OffsetDateTime::now_utc();
+    cookie.set_expires(if max_age.is_positive() {
+        now + max_age
+    } else {
+        now - cookie::time::Duration::days(365)
+    });
     cookie
 }
 
@@ -270,6 +278,7 @@ mod tests {
             "Secure",
             "Path=/console",
             "Max-Age=28800",
+            "Expires=",
         ] {
             assert!(text.contains(attribute), "{attribute} missing in {text}");
         }
