@@ -210,36 +210,8 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_connects_a_browser_through_the_binding_cookie() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("demo.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = tokenwarden(dir.path())
-        .args([
-            "demo",
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--page-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--database-url", "sqlite://demo.db?mode=rwc"])
-        .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
-        .stderr(std::process::Stdio::from(out))
-        .spawn()
-        .unwrap();
-    let page_url = |text: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("open the demo page:"))
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-    };
-    let started = eventually(Duration::from_secs(20), || async {
-        page_url(&std::fs::read_to_string(&log).unwrap_or_default()).is_some()
-    })
-    .await;
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    if !started {
-        let _ = child.kill();
-        panic!("demo did not start:\n{output}");
-    }
-    let page = page_url(&output).unwrap();
+    let demo = crate::process::DemoProcess::start(dir.path()).await;
+    let page = demo.page_url.clone();
 
     let browser = crate::process::client();
     let answer: serde_json::Value = browser
@@ -275,8 +247,7 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
         state["microservice"].is_object()
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(demo);
     assert_eq!(
         landed,
         format!("{page}/dashboard/integrations?google=connected")

@@ -4,7 +4,10 @@
 
 mod admin;
 mod bad_input;
+mod browser;
 mod browser_binding;
+mod browser_console;
+mod browser_demo;
 mod cli;
 mod connect;
 mod console;

@@ -176,3 +176,88 @@ pub async fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `tokenwarden demo` running as a child process, on free ports, with its own SQLite file.
+pub struct DemoProcess {
+    child: Child,
+    /// The demo page, without a trailing slash.
+    pub page_url: String,
+    /// The service the demo runs, without a trailing slash.
+    pub service_url: String,
+    /// The admin token the demo made up and printed.
+    pub admin_token: String,
+    log: PathBuf,
+}
+
+impl DemoProcess {
+    /// Starts the demo in `dir` and waits (at most 20 s) until it prints where its page is.
+    pub async fn start(dir: &Path) -> Self {
+        let log = dir.join("demo.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = tokenwarden(dir)
+            .args([
+                "demo",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--page-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", "sqlite://demo.db?mode=rwc"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        let mut demo = Self {
+            child,
+            page_url: String::new(),
+            service_url: String::new(),
+            admin_token: String::new(),
+            log,
+        };
+        let started = eventually(Duration::from_secs(20), || async {
+            demo.read_addresses().is_some()
+        })
+        .await;
+        match demo.read_addresses() {
+            Some((page, service, token)) if started => {
+                (demo.page_url, demo.service_url, demo.admin_token) = (page, service, token);
+                demo
+            }
+            _ => panic!("demo did not start:\n{}", demo.output()),
+        }
+    }
+
+    /// The page, the service and the admin token, once the demo printed them:
+    /// `open the demo page: URL/` and `service: URL  (admin token: T)`.
+    fn read_addresses(&self) -> Option<(String, String, String)> {
+        let output = self.output();
+        let field = |prefix: &str| {
+            output
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+        };
+        let page = field("open the demo page:")?
+            .trim_end_matches('/')
+            .to_string();
+        let service_line = field("service:")?;
+        let (service, rest) = service_line.split_once(char::is_whitespace)?;
+        let token = rest
+            .trim()
+            .strip_prefix("(admin token:")?
+            .trim_end_matches(')')
+            .trim();
+        Some((page, service.to_string(), token.to_string()))
+    }
+
+    /// Everything the demo printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -188,7 +188,10 @@ async fn refuse_cross_site(
 }
 
 /// Headers of every console answer: never cached (pages show live state, actions answer
-/// once), never framed, no referrer, and the content security policy of `pages`.
+/// once), never framed, no referrer to other origins, and the content security policy of
+/// `pages`. The referrer policy is `same-origin`, not `no-referrer`: under `no-referrer` a
+/// browser sends `Origin: null` with every form post (Fetch, "serializing a request origin"),
+/// and [`refuse_cross_site`] would refuse the console's own forms, sign-in first.
 async fn page_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -199,7 +202,7 @@ async fn page_headers(mut response: Response) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

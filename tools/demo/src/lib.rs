@@ -209,10 +209,16 @@ impl PreparedDemo {
     }
 }
 
-/// A short prefix of a token, enough to see it change, never the whole value.
+/// A token cut to its first 6 and last 4 characters, enough to see it change, never the whole
+/// value (a prefix alone is the same for every token: Google's access tokens all start `ya29.`).
 fn redacted(token: &str) -> String {
-    let prefix: String = token.chars().take(6).collect();
-    format!("{prefix}…")
+    let chars: Vec<char> = token.chars().collect();
+    if chars.len() <= 16 {
+        return "…".into();
+    }
+    let prefix: String = chars[..6].iter().collect();
+    let suffix: String = chars[chars.len() - 4..].iter().collect();
+    format!("{prefix}…{suffix}")
 }
 
 /// The contract's user ids: 1 to 50 of `A-Z a-z 0-9 - _ . @`.
@@ -376,7 +382,7 @@ async fn refresh(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Res
     )
 }
 
-/// Everything the page shows, with the microservice's tokens cut to a prefix.
+/// Everything the page shows, with the microservice's tokens cut short.
 async fn state(State(demo): State<Arc<Demo>>, Query(p): Query<UserParam>) -> Response {
     answer(
         async {

@@ -1,0 +1,127 @@
+//! The demo page in a real browser: the `tokenwarden demo` binary, Chromium typing a user and
+//! clicking through the consent. The OAuth state is bound to the browser by a cookie the demo
+//! passes through, so this proves the flow works where it matters: in a browser that applies
+//! its own cookie rules.
+
+use fantoccini::Locator;
+
+use crate::browser::{Browser, within_limit};
+use crate::process::DemoProcess;
+
+const USER: &str = "browser-user";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_connects_refreshes_and_disconnects() {
+    const TEST: &str = "demo_page_connects_refreshes_and_disconnects";
+    within_limit(TEST, async {
+        let Some(mut browser) = Browser::start(TEST).await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let demo = DemoProcess::start(dir.path()).await;
+        let result = walk_through(&mut browser, &demo).await;
+        if result.is_err() {
+            eprintln!("the demo printed:\n{}", demo.output());
+        }
+        browser.finish(result).await;
+    })
+    .await;
+}
+
+/// The microservice's copy of the access token as the page shows it (cut short).
+fn shown_access_token(copy: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(copy).ok()?;
+    value["access_token"].as_str().map(str::to_string)
+}
+
+async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Result<()> {
+    let page = &demo.page_url;
+    let row = format!("#actors tr[data-user=\"{USER}\"]");
+    let refreshes = format!("{row} td[data-field=\"refresh_count\"]");
+
+    browser.goto(&format!("{page}/")).await?;
+    browser
+        .wait_text(Locator::Css("#connection"), "the first poll", |t| {
+            t == "not connected"
+        })
+        .await?;
+    browser.screenshot("page").await?;
+
+    // Connect: the page asks the demo's backend for a consent URL (which passes the service's
+    // binding cookie on), the sandbox consents at once, the service's callback checks the
+    // cookie and sends the browser back to the page.
+    browser.fill(Locator::Css("#user"), USER).await?;
+    browser.click(Locator::Css("#connect")).await?;
+    browser
+        .wait_url("the way back to the page", |url| {
+            url.starts_with(page.as_str()) && url.contains("google=connected")
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#banner"), "the connected banner", |t| {
+            t == "Google Calendar connected"
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#connection"), "connected", |t| {
+            t == "connected"
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css(&row), "the user's actor", |t| t.contains(USER))
+        .await?;
+    let copy = browser
+        .wait_text(Locator::Css("#copy"), "the microservice's copy", |t| {
+            shown_access_token(t).is_some()
+        })
+        .await?;
+    let before = shown_access_token(&copy).expect("checked above");
+    anyhow::ensure!(
+        before.starts_with("ya29.") && before.contains('…'),
+        "the page shows the token cut short, not {before:?}"
+    );
+    let count_before: u64 = browser.text_now(Locator::Css(&refreshes)).await?.parse()?;
+    browser.screenshot("connected").await?;
+
+    browser.click(Locator::Css("#refresh")).await?;
+    browser
+        .wait_text(Locator::Css("#banner"), "the refresh answer", |t| {
+            t == "refresh queued"
+        })
+        .await?;
+    let copy = browser
+        .wait_text(
+            Locator::Css("#copy"),
+            "a new token in the microservice's copy",
+            |t| shown_access_token(t).is_some_and(|token| token != before),
+        )
+        .await?;
+    browser
+        .wait_text(Locator::Css(&refreshes), "the refresh count to move", |t| {
+            t.parse::<u64>().is_ok_and(|n| n > count_before)
+        })
+        .await?;
+    let after = shown_access_token(&copy).expect("checked above");
+    anyhow::ensure!(after != before);
+    browser.screenshot("refreshed").await?;
+
+    browser.click(Locator::Css("#disconnect")).await?;
+    browser
+        .wait_text(Locator::Css("#banner"), "the disconnect answer", |t| {
+            t == "Google Calendar disconnected successfully"
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#connection"), "not connected", |t| {
+            t == "not connected"
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#copy"), "the copy removed", |t| t == "null")
+        .await?;
+    browser
+        .wait_text(Locator::Css(&row), "the actor gone", str::is_empty)
+        .await?;
+    browser.screenshot("disconnected").await?;
+    Ok(())
+}
