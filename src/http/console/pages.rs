@@ -275,7 +275,9 @@ fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
         3600..86_400 => format!("{}h {:02}m", span / 3600, span % 3600 / 60),
         _ => format!("{}d {}h", span / 86_400, span % 86_400 / 3600),
     };
-    if secs >= 0 {
+    if secs == 0 {
+        "now".into()
+    } else if secs > 0 {
         format!("in {text}")
     } else {
         format!("{text} ago")

@@ -209,16 +209,15 @@ impl PreparedDemo {
     }
 }
 
-/// A token cut to its first 6 and last 4 characters, enough to see it change, never the whole
-/// value (a prefix alone is the same for every token: Google's access tokens all start `ya29.`).
+/// A token as the page may show it: its first 6 characters and a fingerprint (the first 8 hex
+/// digits of its SHA-256), enough to see it change, never any more of the value itself (a
+/// prefix alone is the same for every token: Google's access tokens all start `ya29.`).
 fn redacted(token: &str) -> String {
-    let chars: Vec<char> = token.chars().collect();
-    if chars.len() <= 16 {
-        return "…".into();
-    }
-    let prefix: String = chars[..6].iter().collect();
-    let suffix: String = chars[chars.len() - 4..].iter().collect();
-    format!("{prefix}…{suffix}")
+    use sha2::Digest;
+    let prefix: String = token.chars().take(6).collect();
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let fingerprint: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}… #{fingerprint}")
 }
 
 /// The contract's user ids: 1 to 50 of `A-Z a-z 0-9 - _ . @`.
