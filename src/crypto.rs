@@ -70,11 +70,7 @@ impl KeyEntry {
 /// The public id of a key: the first 4 bytes of its SHA-256, in hex. Safe to show and store:
 /// it tells keys apart without saying anything usable about them.
 pub fn key_id(key: &[u8; 32]) -> String {
-    let digest = Sha256::digest(key);
-    digest[..KEY_ID_LEN / 2]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(key)[..KEY_ID_LEN / 2])
 }
 
 /// Encrypts and decrypts token columns.

@@ -105,10 +105,7 @@ fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
 }
 
 fn digest_hex(value: &str) -> String {
-    Sha256::digest(value.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 fn header_value(cookie: &Cookie<'_>) -> HeaderValue {

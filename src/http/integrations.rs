@@ -107,7 +107,11 @@ async fn callback(
             .into_owned()
             .collect();
     let base = format!("{}/dashboard/integrations", app.config.frontend_url);
-    let mut response = match complete_consent(&app, &headers, &params).await {
+    let state = params
+        .get("state")
+        .map(String::as_str)
+        .filter(|s| valid_state_shape(s));
+    let mut response = match complete_consent(&app, &headers, state, &params).await {
         Ok(user_id) => {
             tracing::info!(userId = %user_id, "Google Calendar connected");
             found(&format!("{base}?google=connected"))
@@ -119,7 +123,7 @@ async fn callback(
     };
     // The round-trip is over either way (a state is single-use): drop its cookie.
     if app.config.browser_binding
-        && let Some(state) = params.get("state").filter(|s| valid_state_shape(s))
+        && let Some(state) = state
     {
         response
             .headers_mut()
@@ -137,13 +141,14 @@ fn valid_state_shape(state: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Runs the callback's steps; the error is the `reason` code of the redirect.
+/// Runs the callback's steps for `state` (already checked for shape); the error is the
+/// `reason` code of the redirect.
 async fn complete_consent(
     app: &AppState,
     headers: &HeaderMap,
+    state: Option<&str>,
     params: &HashMap<String, String>,
 ) -> Result<String, &'static str> {
-    let state = params.get("state").filter(|s| valid_state_shape(s));
     let taken = match state {
         Some(state) => app.store.take_oauth_state(state).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read OAuth state");

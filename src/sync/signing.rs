@@ -85,8 +85,7 @@ impl Signer {
 /// retries of one change, different for every other change.
 pub fn message_id(user_id: &str, version: i64) -> String {
     let digest = Sha256::digest(format!("{user_id}\n{version}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    format!("msg_{}", hex::encode(&digest[..16]))
 }
 
 #[cfg(test)]
