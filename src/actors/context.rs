@@ -16,7 +16,7 @@ use crate::{
     google::{GoogleClient, GoogleError},
     history::History,
     metrics::Metrics,
-    store::{Store, StoredTokens, SyncSnapshot},
+    store::{Expected, Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
 };
 
@@ -89,12 +89,11 @@ impl ActorContext {
                     .store
                     .save_refreshed(
                         user_id,
-                        version,
+                        Expected { version, epoch },
                         &tokens.access_token,
                         tokens.refresh_token.as_ref(),
                         tokens.expires_at,
                         tokens.scope.as_deref(),
-                        epoch,
                     )
                     .await;
                 let saved = tokens.scope.map(|scope| StoredTokens {

@@ -45,6 +45,7 @@ impl LeaseLoop {
         let shard_count = i64::from(self.ownership.shard_count);
         let mut claim = 0i64;
         let mut round = 0u64;
+        let mut renewed_at_once = false;
         loop {
             let release = self.ownership.drained();
             let request = LeaseRequest {
@@ -64,7 +65,10 @@ impl LeaseLoop {
                 Ok(Ok(grant)) => {
                     let (gained, lost) = self.ownership.apply(&grant.held, sent + valid_for);
                     if !lost.is_empty() {
-                        tracing::warn!(shards = lost.len(), "shard leases lost to other nodes");
+                        let taken = lost.iter().filter(|s| !release.contains(s)).count();
+                        if taken > 0 {
+                            tracing::warn!(shards = taken, "shard leases lost to other nodes");
+                        }
                         self.supervisor.shards_lost(lost);
                     }
                     // Round 0 only announces the node; round 1 is its first claim, after
@@ -83,7 +87,10 @@ impl LeaseLoop {
                         tracing::info!(shards = release.len(), "shard leases handed over");
                         let _ = self.store.notify(REBALANCE).await;
                     }
-                    again_now = round == 0;
+                    // The first round only learns the cluster's size; a share still to claim
+                    // (a node left, or handed shards over) is claimed at once, not a period
+                    // later, but only once in a row: the shards may all be held elsewhere.
+                    again_now = round == 0 || (claim > 0 && !renewed_at_once);
                     round += 1;
                 }
                 Ok(Err(e)) => {
@@ -91,6 +98,7 @@ impl LeaseLoop {
                 }
                 Err(_) => tracing::warn!("cannot renew shard leases: timed out"),
             }
+            renewed_at_once = again_now;
             if again_now {
                 continue;
             }

@@ -210,7 +210,7 @@ async fn complete_consent(
             return Err("server_error");
         }
     };
-    user_changed(&app, &user_id, Change::Connected(seed)).await;
+    user_changed(app, &user_id, Change::Connected(seed)).await;
     Ok(user_id)
 }
 

@@ -36,7 +36,7 @@ pub use exclusive::{SqliteHold, hold_sqlite_file};
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
-pub use users::{NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
+pub use users::{Expected, NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
 pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`).

@@ -42,6 +42,14 @@ pub struct TokenChange {
     pub token_expiry: Option<DateTime<Utc>>,
 }
 
+/// What a refresh-path write expects of the row: its version as read, and the writer's epoch
+/// of the row's shard (the fence; `None` on a single node).
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    pub version: i64,
+    pub epoch: Option<i64>,
+}
+
 /// What a refresh needs.
 pub struct RefreshCredentials {
     pub refresh_token: SecretString,
@@ -213,13 +221,16 @@ impl Store {
     pub async fn save_refreshed(
         &self,
         user_id: &str,
-        expected_version: i64,
+        expected: Expected,
         access_token: &SecretString,
         rotated_refresh_token: Option<&SecretString>,
         expires_at: DateTime<Utc>,
         scope: Option<&str>,
-        epoch: Option<i64>,
     ) -> Result<Option<TokenChange>, StoreError> {
+        let Expected {
+            version: expected_version,
+            epoch,
+        } = expected;
         let now = Utc::now();
         let row = RefreshedRow {
             user_id: user_id.to_string(),

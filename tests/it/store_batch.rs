@@ -7,7 +7,7 @@ use futures::future::join_all;
 use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::{
     crypto::TokenCipher,
-    store::{SeedUser, Store},
+    store::{Expected, SeedUser, Store},
 };
 
 use crate::{
@@ -54,12 +54,14 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
             store
                 .save_refreshed(
                     &user(i),
-                    expected,
+                    Expected {
+                        version: expected,
+                        epoch: None,
+                    },
                     &access,
                     rotated.as_ref(),
                     expiry,
                     scope,
-                    None,
                 )
                 .await
         }
