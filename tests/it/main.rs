@@ -16,6 +16,7 @@ mod faults;
 mod fuzz;
 mod metrics_labels;
 mod partial_consent;
+mod pg_outage;
 mod process;
 mod rate_limit;
 mod reference_microservice;
