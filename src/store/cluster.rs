@@ -65,9 +65,9 @@ struct GrantRow {
 }
 
 /// Renews the held leases (but those released), claims up to `claim` free or lapsed ones
-/// (each claim bumps the epoch), releases the given ones and upserts the node's heartbeat,
-/// all in one statement. The two updates touch disjoint rows: a lapsed lease of our own is
-/// renewed, never claimed.
+/// (each claim bumps the epoch), releases the given ones and upserts the node's heartbeat (and
+/// forgets nodes gone for an hour), all in one statement. The two updates touch disjoint rows: a
+/// lapsed lease of our own is renewed, never claimed.
 const RENEW_SQL: &str = "
 WITH claimable AS (
   SELECT shard FROM shard_leases
@@ -91,6 +91,9 @@ WITH claimable AS (
   VALUES ($2, $1, $6, $7, now(), now() + make_interval(secs => $3), $8)
   ON CONFLICT (process_token) DO UPDATE SET last_seen = now(), expires_at = EXCLUDED.expires_at,
     actors = EXCLUDED.actors
+  RETURNING 1
+), forgotten AS (
+  DELETE FROM cluster_nodes WHERE expires_at < now() - interval '1 hour'
   RETURNING 1
 ), held AS (
   SELECT shard, epoch FROM renewed UNION ALL SELECT shard, epoch FROM claimed
