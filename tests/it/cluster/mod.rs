@@ -171,7 +171,10 @@ impl Cluster {
             .unwrap();
         let mut nodes = Vec::new();
         for i in 0..settings.nodes {
-            let port = free_port().await;
+            let mut port = free_port().await;
+            while nodes.iter().any(|n: &Node| n.port == port) {
+                port = free_port().await;
+            }
             nodes.push(Node {
                 id: format!("node-{i}"),
                 port,
