@@ -11,13 +11,14 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    actors::{ActorContext, Supervisor, UserScope},
+    actors::{ActorContext, Supervisor},
+    cluster::{self, ClusterNode, LeaseLoop, NoticeTargets, Ownership},
     config::Config,
     google::GoogleClient,
     history::History,
     http::{self, AppState},
     metrics::Metrics,
-    store::Store,
+    store::{NodeIdentity, SqliteHold, Store, hold_sqlite_file},
     sync::{self, SyncDispatcher},
 };
 
@@ -46,6 +47,13 @@ pub struct App {
     /// How long a push in flight can still take (the microservice timeout plus a margin).
     push_drain: Duration,
     server: JoinHandle<std::io::Result<()>>,
+    /// This process in its cluster (a cluster of one on SQLite).
+    pub cluster: ClusterNode,
+    /// Stops the lease loop of a cluster node, which renews until the work has ended.
+    stop_leases: CancellationToken,
+    leases: Option<JoinHandle<()>>,
+    /// The OS lock of a SQLite file, held while serving it.
+    _sqlite_hold: Option<SqliteHold>,
 }
 
 impl App {
@@ -53,14 +61,27 @@ impl App {
     pub async fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         warn_on_plain_http(&config);
         let config = Arc::new(config);
+        let sqlite_hold = hold_sqlite_file(&config.database_url)?;
         let store = Store::connect(&config.database_url, config.token_cipher())
             .await
             .context("cannot open the database (DATABASE_URL)")?;
+        let identity = NodeIdentity {
+            node_id: config.cluster.node_id.clone(),
+            process_token: hex::encode(rand::random::<[u8; 16]>()),
+            advertise_url: config.cluster.advertise_url.clone(),
+            started_at: chrono::Utc::now(),
+        };
+        // PostgreSQL always runs as a cluster (of one, alone); SQLite is single-node.
+        let ownership = Arc::new(if store.is_postgres() {
+            Ownership::cluster(identity.node_id.clone(), store.shard_count())
+        } else {
+            Ownership::single(identity.node_id.clone())
+        });
         store
             .check_keys()
             .await
             .context("stored tokens cannot be read")?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::for_node(&identity.node_id));
         let history = Arc::new(History::default());
         let shutdown = CancellationToken::new();
         let stop_sync = CancellationToken::new();
@@ -70,11 +91,13 @@ impl App {
             &config.microservice,
             metrics.clone(),
             history.clone(),
+            ownership.clone(),
             stop_sync.clone(),
         )?;
         let refresh_permits = Arc::new(Semaphore::new(config.refresh.concurrency));
         let ctx = Arc::new(ActorContext {
             store: store.clone(),
+            ownership: ownership.clone(),
             google: google.clone(),
             sync: sync.clone(),
             metrics: metrics.clone(),
@@ -84,10 +107,47 @@ impl App {
             refreshing: Default::default(),
             backlog: Default::default(),
         });
-        let supervisor = Supervisor::start(ctx, UserScope::All).await?;
-        // Queued before the front door opens, so a change made through it is never
-        // followed by a second, redundant push from the resume.
-        sync::resume_at_start(&store, &sync, config.microservice.url.is_some()).await;
+        let supervisor = Supervisor::start(ctx).await?;
+        let stop_leases = CancellationToken::new();
+        let leases = if ownership.is_cluster() {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let targets = NoticeTargets {
+                store: store.clone(),
+                ownership: ownership.clone(),
+                supervisor: supervisor.clone(),
+                sync: sync.clone(),
+                wake: wake.clone(),
+            };
+            tokio::spawn(cluster::listen(
+                config.database_url.clone(),
+                targets,
+                stop_sync.clone(),
+            ));
+            let lease_loop = LeaseLoop {
+                store: store.clone(),
+                ownership: ownership.clone(),
+                supervisor: supervisor.clone(),
+                node: identity.clone(),
+                ttl: config.cluster.lease_ttl,
+                metrics: metrics.clone(),
+                wake,
+            };
+            tracing::info!(node = %identity.node_id, "joining the cluster");
+            Some(tokio::spawn(lease_loop.run(stop_leases.clone())))
+        } else {
+            // Queued before the front door opens, so a change made through it is never
+            // followed by a second, redundant push from the resume. (A cluster node resumes
+            // each shard's pushes as it gains the shard.)
+            sync::resume_at_start(&store, &sync, config.microservice.url.is_some()).await;
+            None
+        };
+        let cluster = ClusterNode {
+            ownership,
+            identity,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+        };
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {
             config: config.clone(),
@@ -99,6 +159,7 @@ impl App {
             history,
             connect_limiter: Arc::new(http::RateLimiter::for_connect()),
             readiness: Default::default(),
+            cluster: cluster.clone(),
         };
         let addr = listener.local_addr()?;
         let router = http::router(state);
@@ -117,6 +178,10 @@ impl App {
             refresh_concurrency: config.refresh.concurrency,
             push_drain: config.microservice.timeout + PUSH_RECORD_MARGIN,
             server,
+            cluster,
+            stop_leases,
+            leases,
+            _sqlite_hold: sqlite_hold,
         })
     }
 
@@ -143,7 +208,8 @@ impl App {
     ///    and its push queued);
     /// 4. pushes in flight, and those the last refreshes queued, get as long as a microservice
     ///    call can take to be delivered and recorded;
-    /// 5. the sync dispatcher stops.
+    /// 5. a cluster node releases its shard leases (the other nodes claim them at once);
+    /// 6. the sync dispatcher stops.
     ///
     /// Whatever is still unfinished then stays `pending` in the database and is pushed at the
     /// next start: a shutdown delays work, it never loses it.
@@ -165,8 +231,11 @@ impl App {
         self.refresh_permits.close();
         let drain_until = deadline.min(Instant::now() + self.push_drain);
         let mut pushes_done = false;
+        let ownership = &self.cluster.ownership;
+        // A cluster node waits for its own users' pushes only.
+        let mine = ownership.is_cluster().then(|| ownership.held_shards());
         loop {
-            if matches!(self.store.unfinished_syncs(None, 1, false).await, Ok(left) if left.is_empty())
+            if matches!(self.store.unfinished_syncs(None, 1, false, mine.as_deref()).await, Ok(left) if left.is_empty())
             {
                 pushes_done = true;
                 break;
@@ -175,6 +244,19 @@ impl App {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(leases) = self.leases {
+            self.stop_leases.cancel();
+            let _ = leases.await;
+            match self.store.release_all(&self.cluster.identity).await {
+                Ok(()) => {
+                    let shards = self.cluster.ownership.clear().len();
+                    tracing::info!(shards, "shard leases released");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release shard leases; they lapse after the TTL")
+                }
+            }
         }
         self.stop_sync.cancel();
         tracing::info!(

@@ -147,11 +147,35 @@ pub struct Metrics {
     pub actor_restarts: Counter,
     /// Users whose latest change is not yet acknowledged by the microservice.
     pub sync_queue_depth: Gauge,
+    /// Shard leases this node holds (a cluster node; 0 on a single node).
+    pub shards_owned: Gauge,
+    /// Refresh-path writes the database refused because the shard's epoch had moved.
+    pub fenced_writes: Counter,
+    /// Refreshes and pushes not started, or answers dropped, because the lease was not valid
+    /// by this node's own clock (or the user belongs to another node).
+    pub lease_skips: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("tokenwarden");
+        Self::with_registry(Registry::with_prefix("tokenwarden"))
+    }
+}
+
+impl Metrics {
+    /// The metrics of node `node_id`: every series carries it as the `node` label.
+    pub fn for_node(node_id: &str) -> Self {
+        let labels = [(
+            std::borrow::Cow::Borrowed("node"),
+            std::borrow::Cow::Owned(node_id.to_string()),
+        )];
+        Self::with_registry(Registry::with_prefix_and_labels(
+            "tokenwarden",
+            labels.into_iter(),
+        ))
+    }
+
+    fn with_registry(mut registry: Registry) -> Self {
         let refreshes = Family::<RefreshLabels, Counter>::default();
         let actors_by_status = Family::<StatusLabels, Gauge>::default();
         for status in ["active", "refreshing", "retrying", "needs_reconnect"] {
@@ -212,8 +236,29 @@ impl Default for Metrics {
             "Users with a change not yet acknowledged by the microservice",
             sync_queue_depth.clone(),
         );
+        let shards_owned = Gauge::default();
+        let fenced_writes = Counter::default();
+        let lease_skips = Counter::default();
+        registry.register(
+            "cluster_shards_owned",
+            "Shard leases this node holds",
+            shards_owned.clone(),
+        );
+        registry.register(
+            "cluster_fenced_writes",
+            "Refresh-path writes refused by the database because the shard has a new owner",
+            fenced_writes.clone(),
+        );
+        registry.register(
+            "cluster_lease_skips",
+            "Refreshes and pushes not started, or answers dropped, for want of a valid lease",
+            lease_skips.clone(),
+        );
         Self {
             registry,
+            shards_owned,
+            fenced_writes,
+            lease_skips,
             refreshes,
             actors_by_status,
             syncs,

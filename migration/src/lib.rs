@@ -7,6 +7,18 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_users;
 mod m20261126_000002_create_oauth_states;
 mod m20261130_000003_add_browser_binding;
+mod m20261130_000004_add_cluster;
+
+/// Shards every user falls into, fixed at the migration that created them (CONTRACT section 8):
+/// 256 leases per cluster keep a share even for a handful of nodes and cost one small row
+/// update each per renewal.
+pub const SHARD_COUNT: u32 = 256;
+
+/// The shard of `user_id` among `shard_count`: CRC-32 of the id's bytes, a function that
+/// never changes, since rows keep the shard they were given.
+pub fn shard_of(user_id: &str, shard_count: u32) -> u32 {
+    crc32fast::hash(user_id.as_bytes()) % Ord::max(shard_count, 1)
+}
 
 /// Every migration, in the order they apply.
 pub struct Migrator;
@@ -18,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_users::Migration),
             Box::new(m20261126_000002_create_oauth_states::Migration),
             Box::new(m20261130_000003_add_browser_binding::Migration),
+            Box::new(m20261130_000004_add_cluster::Migration),
         ]
     }
 }

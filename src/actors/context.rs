@@ -11,17 +11,20 @@ use tokio::sync::Semaphore;
 
 use super::messages::RefreshOutcome;
 use crate::{
+    cluster::{Acting, Ownership},
     config::RefreshConfig,
     google::{GoogleClient, GoogleError},
     history::History,
     metrics::Metrics,
-    store::{Store, StoredTokens, SyncSnapshot},
+    store::{Expected, Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
 };
 
 /// Shared by all user actors; read-only after start.
 pub struct ActorContext {
     pub store: Store,
+    /// Which users this process acts for, and the fence of their writes.
+    pub ownership: Arc<Ownership>,
     pub google: GoogleClient,
     pub sync: SyncDispatcher,
     pub metrics: Arc<Metrics>,
@@ -51,6 +54,16 @@ impl ActorContext {
         let Ok(_permit) = self.permits.acquire().await else {
             return RefreshOutcome::Transient("shutting down".into());
         };
+        // Asked after the permit, which may have been a long wait: a node calls Google only
+        // inside a lease valid by its own clock.
+        let acting = match self.ownership.act(user_id) {
+            Ok(acting) => acting,
+            Err(why) => {
+                self.metrics.lease_skips.inc();
+                return RefreshOutcome::NotHere(why);
+            }
+        };
+        let epoch = acting.epoch();
         let credentials = match self.store.refresh_credentials(user_id).await {
             Ok(Some(credentials)) => credentials,
             Ok(None) => return self.superseded(user_id).await,
@@ -65,12 +78,18 @@ impl ActorContext {
             .refresh(user_id, &credentials.refresh_token)
             .await
         {
+            // An answer that comes back after the lease is gone is dropped: another node may
+            // own the user by now, and an `invalid_grant` met this way is not a revocation.
+            Ok(_) | Err(GoogleError::Revoked(_)) if !acting.still_valid() => {
+                self.metrics.lease_skips.inc();
+                return RefreshOutcome::NotHere(crate::cluster::NotActing::Uncertain);
+            }
             Ok(tokens) => {
                 let result = self
                     .store
                     .save_refreshed(
                         user_id,
-                        version,
+                        Expected { version, epoch },
                         &tokens.access_token,
                         tokens.refresh_token.as_ref(),
                         tokens.expires_at,
@@ -85,7 +104,9 @@ impl ActorContext {
                 });
                 (result, saved)
             }
-            Err(GoogleError::Revoked(_)) => (self.store.mark_revoked(user_id, version).await, None),
+            Err(GoogleError::Revoked(_)) => {
+                (self.store.mark_revoked(user_id, version, epoch).await, None)
+            }
             Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
             Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
         };
@@ -111,9 +132,23 @@ impl ActorContext {
                     RefreshOutcome::Revoked
                 }
             }
-            Ok(None) => self.superseded(user_id).await,
+            Ok(None) => self.refused(user_id, &acting).await,
             Err(e) => RefreshOutcome::Transient(format!("database: {e}")),
         }
+    }
+
+    /// A write refused: by the fence (another node claimed the shard since this one started)
+    /// or because a newer change won.
+    async fn refused(&self, user_id: &str, acting: &Acting<'_>) -> RefreshOutcome {
+        if let Some(epoch) = acting.epoch() {
+            let shard = self.ownership.shard_of(user_id);
+            if matches!(self.store.shard_epoch(shard).await, Ok(Some(now)) if now != epoch) {
+                self.metrics.fenced_writes.inc();
+                tracing::warn!(userId = %user_id, shard, epoch, "refresh refused by the fence: the shard has a new owner");
+                return RefreshOutcome::NotHere(crate::cluster::NotActing::NotHeld);
+            }
+        }
+        self.superseded(user_id).await
     }
 
     async fn superseded(&self, user_id: &str) -> RefreshOutcome {

@@ -49,22 +49,59 @@ pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id
     });
 }
 
-/// Pages through every user an actor should run for and hands each page to the supervisor,
-/// waiting for it to be adopted before reading the next. A database failure is retried.
-pub async fn load_all(myself: ActorRef<SupervisorMsg>, ctx: Arc<ActorContext>) {
+/// Pages through every user an actor should run for (of `shards` only, when given) and hands
+/// each page to the supervisor, waiting for it to be adopted before reading the next. A
+/// database failure is retried. A cluster node then queues the shards' unfinished pushes (the
+/// previous owner may have left some). `announce`: tell the supervisor when done.
+pub async fn load_all(
+    myself: ActorRef<SupervisorMsg>,
+    ctx: Arc<ActorContext>,
+    shards: Option<Vec<i32>>,
+    announce: bool,
+) {
     let started = tokio::time::Instant::now();
+    let loaded = match shards.as_deref() {
+        Some([]) => 0,
+        _ => match load_pages(&myself, &ctx, shards.as_deref()).await {
+            Some(loaded) => loaded,
+            None => return,
+        },
+    };
+    tracing::info!(
+        users = loaded,
+        elapsedMs = started.elapsed().as_millis() as u64,
+        "user rows loaded"
+    );
+    if let Some(shards) = shards.as_deref().filter(|s| !s.is_empty()) {
+        let resumed =
+            crate::sync::resume_unfinished_syncs(&ctx.store, &ctx.sync, false, Some(shards)).await;
+        if let Err(e) = resumed {
+            tracing::warn!(error = %e, "cannot list the unfinished pushes of gained shards");
+        }
+    }
+    if announce {
+        let _ = myself.send_message(SupervisorMsg::Loaded);
+    }
+}
+
+/// The pages of [`load_all`]; `None` if the supervisor stopped meanwhile.
+async fn load_pages(
+    myself: &ActorRef<SupervisorMsg>,
+    ctx: &ActorContext,
+    shards: Option<&[i32]>,
+) -> Option<usize> {
     let mut after: Option<String> = None;
     let mut loaded = 0usize;
     loop {
         let page = LOAD_RETRY
             .retry(
                 None,
-                || ctx.store.actor_seeds(after.as_deref(), LOAD_PAGE),
+                || ctx.store.actor_seeds(after.as_deref(), LOAD_PAGE, shards),
                 |e, _| tracing::warn!(error = %e, "cannot load users, retrying"),
             )
             .await;
         // Without a limit on tries only a success comes back.
-        let Ok(page) = page else { return };
+        let Ok(page) = page else { return None };
         let Some(last) = page.last() else { break };
         after = Some(last.user_id.clone());
         loaded += page.len();
@@ -74,16 +111,11 @@ pub async fn load_all(myself: ActorRef<SupervisorMsg>, ctx: Arc<ActorContext>) {
             .await
             .is_err()
         {
-            return;
+            return None;
         }
         if !full {
             break;
         }
     }
-    tracing::info!(
-        users = loaded,
-        elapsedMs = started.elapsed().as_millis() as u64,
-        "user rows loaded"
-    );
-    let _ = myself.send_message(SupervisorMsg::Loaded);
+    Some(loaded)
 }

@@ -134,6 +134,9 @@ pub enum RefreshOutcome {
     Revoked,
     /// A newer change won the race; here is the row as it is now (`None`: not connected).
     Superseded(Option<ActorSeed>),
+    /// Not this node's to do now: the lease is elsewhere, or not known valid (see
+    /// [`NotActing`](crate::cluster::NotActing)). Nothing was written.
+    NotHere(crate::cluster::NotActing),
 }
 
 impl RefreshOutcome {
@@ -145,6 +148,7 @@ impl RefreshOutcome {
             Self::Rejected(_) => "rejected",
             Self::Revoked => "revoked",
             Self::Superseded(_) => "superseded",
+            Self::NotHere(_) => "not_owner",
         }
     }
 
@@ -194,6 +198,11 @@ pub enum SupervisorMsg {
     AdoptOne { seed: ActorSeed },
     /// The initial load finished.
     Loaded,
+    /// A cluster renewal gained these shards: load their users (parked). `initial`: the
+    /// node's first claim, after which it is ready.
+    ShardsGained { shards: Vec<i32>, initial: bool },
+    /// A cluster renewal lost these shards: drop their users.
+    ShardsLost(Vec<i32>),
     /// An idle actor offers to park its state and stop.
     Hibernate { actor: ractor::ActorId },
     /// The wake schedule's timer fired.

@@ -31,7 +31,6 @@ use ractor::{Actor, ActorRef};
 pub use context::ActorContext;
 use messages::{ActorEntry, SupervisorMsg, UserTokenMsg};
 pub use messages::{ActorInfo, ActorStatus, ActorView, RefreshReason};
-pub use supervisor::UserScope;
 use supervisor::{SupervisorArgs, TokenSupervisor};
 
 use crate::store::ActorSeed;
@@ -47,12 +46,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the supervisor, which then loads every user in `scope` from the database.
-    pub async fn start(ctx: Arc<ActorContext>, scope: UserScope) -> anyhow::Result<Self> {
+    /// Starts the supervisor, which then loads every user from the database (on a cluster
+    /// node: the users of each shard its leases gain).
+    pub async fn start(ctx: Arc<ActorContext>) -> anyhow::Result<Self> {
         let loaded = Arc::new(AtomicBool::new(false));
         let args = SupervisorArgs {
             ctx,
-            scope,
             loaded: loaded.clone(),
         };
         let (actor, _) = Actor::spawn(None, TokenSupervisor, args).await?;
@@ -80,6 +79,18 @@ impl Supervisor {
         let _ = self
             .actor
             .send_message(SupervisorMsg::UserConnected { seed });
+    }
+
+    /// A lease renewal gained `shards` (see [`SupervisorMsg::ShardsGained`]).
+    pub fn shards_gained(&self, shards: Vec<i32>, initial: bool) {
+        let _ = self
+            .actor
+            .send_message(SupervisorMsg::ShardsGained { shards, initial });
+    }
+
+    /// A lease renewal lost `shards`.
+    pub fn shards_lost(&self, shards: Vec<i32>) {
+        let _ = self.actor.send_message(SupervisorMsg::ShardsLost(shards));
     }
 
     /// `user_id` disconnected.

@@ -70,6 +70,11 @@ impl Registry {
         self.users_by_actor.get(actor).cloned()
     }
 
+    /// Every user whose id passes `keep`.
+    pub fn users_matching(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        self.slots.keys().filter(|u| keep(u)).cloned().collect()
+    }
+
     /// The key for `user_id`, shared with its slot if it has one.
     pub fn key(&self, user_id: &str) -> Arc<str> {
         self.slots

@@ -6,8 +6,9 @@
 //! [`restart policy`](super::restart) (a failed actor starts again from its database row after a
 //! delay that grows while it keeps failing) and the [`loader`](super::loader). It owns the
 //! actors' lifecycle: spawning, parking, waking, restarting and dropping them on disconnect.
-//! Which users this process runs is decided by [`UserScope`] alone, so that several nodes can
-//! later share one database by lease. Must not touch: an actor's state (it sends messages),
+//! Which users this process runs is decided by the [`Ownership`](crate::cluster::Ownership)
+//! of the context alone: on a cluster node, the users of the shards it leases, loaded when a
+//! renewal gains a shard and dropped when one is lost. Must not touch: an actor's state (it sends messages),
 //! the store (the loader reads rows).
 
 use std::{
@@ -36,29 +37,12 @@ use crate::store::ActorSeed;
 /// How long the supervisor waits for an actor to confirm that it parks.
 const CONFIRM_PARK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Which users this process runs actors for. Today every user; a multi-node deployment will
-/// answer from its leases instead.
-#[derive(Debug, Clone, Default)]
-pub enum UserScope {
-    #[default]
-    All,
-}
-
-impl UserScope {
-    pub fn owns(&self, _user_id: &str) -> bool {
-        match self {
-            Self::All => true,
-        }
-    }
-}
-
 /// The supervisor actor type.
 pub struct TokenSupervisor;
 
 /// What the supervisor starts with.
 pub struct SupervisorArgs {
     pub ctx: Arc<ActorContext>,
-    pub scope: UserScope,
     /// Set once every user of the initial load has its slot.
     pub loaded: Arc<AtomicBool>,
 }
@@ -69,7 +53,6 @@ type WakeTimer = JoinHandle<Result<(), ractor::MessagingErr<SupervisorMsg>>>;
 /// Private state of the supervisor.
 pub struct SupervisorState {
     ctx: Arc<ActorContext>,
-    scope: UserScope,
     loaded: Arc<AtomicBool>,
     registry: Registry,
     restarts: RestartPolicy,
@@ -92,7 +75,6 @@ impl Actor for TokenSupervisor {
         Ok(SupervisorState {
             registry: Registry::new(wakes, args.ctx.metrics.clone()),
             ctx: args.ctx,
-            scope: args.scope,
             loaded: args.loaded,
             restarts: RestartPolicy::default(),
             wake_timer: None,
@@ -105,8 +87,10 @@ impl Actor for TokenSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Loading runs beside the mailbox so that connects and admin calls are served while a
-        // large fleet is still coming up.
-        tokio::spawn(loader::load_all(myself, state.ctx.clone()));
+        // large fleet is still coming up. A cluster node loads shards as its leases come.
+        if !state.ctx.ownership.is_cluster() {
+            tokio::spawn(loader::load_all(myself, state.ctx.clone(), None, true));
+        }
         Ok(())
     }
 
@@ -152,6 +136,15 @@ impl Actor for TokenSupervisor {
                     "all user actors loaded"
                 );
             }
+            SupervisorMsg::ShardsGained { shards, initial } => {
+                tokio::spawn(loader::load_all(
+                    myself,
+                    state.ctx.clone(),
+                    Some(shards),
+                    initial,
+                ));
+            }
+            SupervisorMsg::ShardsLost(shards) => state.drop_shards(&shards),
             SupervisorMsg::Respawn { user_id } => {
                 if matches!(state.registry.get(&user_id), Some(Slot::Restarting)) {
                     loader::reload(&myself, &state.ctx, user_id);
@@ -213,7 +206,7 @@ impl SupervisorState {
         eager: bool,
         now: DateTime<Utc>,
     ) {
-        if !self.scope.owns(&seed.user_id) {
+        if !self.ctx.ownership.holds(&seed.user_id) {
             return;
         }
         if let Some(Slot::Live(actor)) = self.registry.get(&seed.user_id) {
@@ -327,6 +320,22 @@ impl SupervisorState {
         }
         let delay = delay_until(now, fire_at);
         self.wake_timer = Some(myself.send_after(delay, || SupervisorMsg::WakeDue));
+    }
+
+    /// Drops every user of `shards` (their leases went to other nodes).
+    fn drop_shards(&mut self, shards: &[i32]) {
+        let ownership = &self.ctx.ownership;
+        let users = self
+            .registry
+            .users_matching(|user_id| shards.contains(&ownership.shard_of(user_id)));
+        for user_id in &users {
+            self.forget(user_id);
+        }
+        tracing::info!(
+            shards = shards.len(),
+            users = users.len(),
+            "users of lost shards dropped"
+        );
     }
 
     fn forget(&mut self, user_id: &str) {

@@ -18,7 +18,10 @@ use super::{
     messages::{ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg},
     schedule::{Schedule, delay_until},
 };
-use crate::{config::RefreshConfig, history::Activity, retry::Backoff};
+use crate::{cluster::NotActing, config::RefreshConfig, history::Activity, retry::Backoff};
+
+/// How soon a refresh that waited for its lease looks again.
+const LEASE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
@@ -309,13 +312,16 @@ impl UserTokenState {
     fn finish_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, outcome: RefreshOutcome) {
         let reason = self.in_flight.take().unwrap_or(RefreshReason::Scheduled);
         self.ctx.metrics.refresh(reason.as_str(), outcome.label());
-        self.ctx.history.record(
-            &self.user_id,
-            Activity::Refresh(reason.as_str()),
-            outcome.label(),
-            outcome.failed(),
-            outcome.error(),
-        );
+        // A refresh that did not run here is no event of the user's.
+        if !matches!(outcome, RefreshOutcome::NotHere(_)) {
+            self.ctx.history.record(
+                &self.user_id,
+                Activity::Refresh(reason.as_str()),
+                outcome.label(),
+                outcome.failed(),
+                outcome.error(),
+            );
+        }
         if let (Some(planned), RefreshOutcome::Refreshed(_)) =
             (self.planned_for_in_flight.take(), &outcome)
         {
@@ -356,6 +362,22 @@ impl UserTokenState {
                 self.schedule.token_expiry = None;
                 self.cancel_timer();
                 self.schedule.next_refresh_at = None;
+            }
+            RefreshOutcome::NotHere(NotActing::NotHeld) => {
+                // The supervisor drops this user too, when the renewal that lost the shard
+                // tells it.
+                myself.stop(Some("shard moved to another node".into()));
+            }
+            RefreshOutcome::NotHere(NotActing::Uncertain) => {
+                // Not a failure: the lease is being renewed or handed over. Look again soon,
+                // the same refresh.
+                self.set_status(if self.schedule.failures > 0 {
+                    ActorStatus::Retrying
+                } else {
+                    ActorStatus::Active
+                });
+                let at = Utc::now() + chrono::Duration::from_std(LEASE_RECHECK).unwrap_or_default();
+                self.arm(myself, at, reason);
             }
             RefreshOutcome::Superseded(seed) => {
                 match seed {

@@ -219,6 +219,22 @@ pub struct ServeArgs {
         value_parser = named(positive)
     )]
     pub http_max_connections: usize,
+    /// This process's name in a cluster (PostgreSQL only); unique among live nodes. Default:
+    /// the host name plus a random suffix.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Where other nodes reach this one (admin calls about its users are forwarded there).
+    /// Default: `http://` + LISTEN_ADDR.
+    #[arg(long, env = "NODE_ADVERTISE_URL")]
+    pub node_advertise_url: Option<String>,
+    /// A node that stops renewing its shard leases loses them after this many seconds.
+    #[arg(
+        long,
+        env = "CLUSTER_LEASE_TTL_SECS",
+        default_value = "10",
+        value_parser = named(positive_secs)
+    )]
+    pub cluster_lease_ttl_secs: Secs,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

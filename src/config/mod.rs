@@ -117,6 +117,15 @@ pub struct RefreshConfig {
     pub hibernate_after: Duration,
 }
 
+/// This process as a node of a cluster (CONTRACT section 8; PostgreSQL only).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: String,
+    /// Without trailing slash.
+    pub advertise_url: String,
+    pub lease_ttl: Duration,
+}
+
 /// Log output shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -144,6 +153,7 @@ pub struct Config {
     /// Keys of a rotation in progress: they still decrypt, never encrypt.
     pub old_encryption_keys: Vec<[u8; 32]>,
     pub telemetry: TelemetryConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Config {
@@ -163,6 +173,7 @@ impl std::fmt::Debug for Config {
             .field("refresh", &self.refresh)
             .field("frontend_url", &self.frontend_url)
             .field("browser_binding", &self.browser_binding)
+            .field("cluster", &self.cluster)
             .field(
                 "encryption_keys",
                 &1_usize.saturating_add(self.old_encryption_keys.len()),
@@ -234,6 +245,20 @@ impl ServeArgs {
             header_read_timeout: self.http_header_read_timeout_secs.into(),
             max_connections: self.http_max_connections,
         };
+        let cluster = ClusterConfig {
+            node_id: match self.node_id.filter(|id| !id.trim().is_empty()) {
+                Some(id) => node_id("NODE_ID", id.trim())?,
+                None => default_node_id(),
+            },
+            advertise_url: match self.node_advertise_url.filter(|u| !u.trim().is_empty()) {
+                Some(u) => {
+                    parse_url("NODE_ADVERTISE_URL", u.trim())?;
+                    u.trim().trim_end_matches('/').to_string()
+                }
+                None => format!("http://{}", self.listen_addr),
+            },
+            lease_ttl: self.cluster_lease_ttl_secs.into(),
+        };
         let key = required_secret("TOKEN_ENCRYPTION_KEY", self.token_encryption_key)?;
         let (encryption_key, old_encryption_keys) = parse_keys(key.expose_secret())?;
         Ok(Config {
@@ -250,8 +275,31 @@ impl ServeArgs {
             encryption_key,
             old_encryption_keys,
             telemetry: self.telemetry.into_config()?,
+            cluster,
         })
     }
+}
+
+/// A node id: 1 to 255 printable ASCII characters without spaces (it is a metric label and a
+/// log field).
+fn node_id(var: &'static str, id: &str) -> Result<String, ConfigError> {
+    if id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(
+            var,
+            "use 1 to 255 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// The host name plus a random suffix, so two processes on one host differ.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "tokenwarden".to_string());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// The configured scopes plus `openid email`, without duplicates, in a stable order.

@@ -1,19 +1,26 @@
-//! Operator routes (README: Admin routes): the actor registry, forced refresh, and the resync
-//! that pushes every connected user's tokens (the seed's upgrade path, without reconnects).
+//! Operator routes (README: Admin routes): the actor registry, forced refresh, the resync
+//! that pushes every connected user's tokens (the seed's upgrade path, without reconnects),
+//! and the cluster's live nodes. On a cluster, a call about one user that lands on a node not
+//! running the user's actor is answered by the user's owner (`cluster::forward_admin`).
 
 use std::collections::HashMap;
 
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, Error, auth::AdminAuth, rfc3339};
-use crate::{actors::ActorView, store::SyncInfo};
+use crate::{
+    actors::ActorView,
+    cluster::{FORWARDED_HEADER, forward_admin},
+    store::{SyncInfo, cluster::RESYNC},
+};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -24,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/actors/{user_id}", get(get_actor))
         .route("/admin/actors/{user_id}/refresh", post(refresh_actor))
         .route("/admin/resync", post(resync))
+        .route("/admin/nodes", get(list_nodes))
 }
 
 #[derive(Deserialize)]
@@ -58,7 +66,8 @@ async fn list_actors(
     let next_cursor = (views.len() == limit)
         .then(|| ids.last().cloned())
         .flatten();
-    let actors: Vec<Value> = views.iter().map(|v| actor_json(v, &syncs)).collect();
+    let node = app.cluster.ownership.node_id();
+    let actors: Vec<Value> = views.iter().map(|v| actor_json(v, &syncs, node)).collect();
     Ok(Json(json!({
         "actors": actors,
         "next_cursor": next_cursor,
@@ -69,27 +78,95 @@ async fn list_actors(
 async fn get_actor(
     State(app): State<AppState>,
     _: AdminAuth,
+    headers: HeaderMap,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let Some(view) = app.supervisor.get(&user_id).await? else {
-        return Err(no_actor(&user_id));
+        return at_owner(&app, &headers, reqwest::Method::GET, &user_id, "").await;
     };
     let syncs = app.store.sync_infos(std::slice::from_ref(&user_id)).await?;
-    Ok(Json(actor_json(&view, &syncs)))
+    let node = app.cluster.ownership.node_id();
+    Ok(Json(actor_json(&view, &syncs, node)).into_response())
 }
 
 async fn refresh_actor(
     State(app): State<AppState>,
     _: AdminAuth,
+    headers: HeaderMap,
     Path(user_id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), Error> {
+) -> Result<Response, Error> {
     if !app.supervisor.refresh_now(&user_id).await {
-        return Err(no_actor(&user_id));
+        return at_owner(&app, &headers, reqwest::Method::POST, &user_id, "refresh").await;
     }
+    let node = app.cluster.ownership.node_id();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"user_id": user_id, "refresh": "queued"})),
-    ))
+        Json(json!({"user_id": user_id, "refresh": "queued", "node": node})),
+    )
+        .into_response())
+}
+
+/// The answer of the user's owner, for a user this node has no actor for; `404` when no
+/// other node owns the user either.
+async fn at_owner(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: reqwest::Method,
+    user_id: &str,
+    suffix: &str,
+) -> Result<Response, Error> {
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    let relayed = forward_admin(
+        &app.cluster,
+        &app.store,
+        &app.config.admin_token,
+        method,
+        user_id,
+        suffix,
+        forwarded,
+    )
+    .await
+    .map_err(Error::Unavailable)?;
+    match relayed {
+        Some(relayed) => {
+            let status =
+                StatusCode::from_u16(relayed.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, Json(relayed.body)).into_response())
+        }
+        None => Err(no_actor(user_id)),
+    }
+}
+
+/// `GET /admin/nodes`: every live node of the cluster; on a single node, this one.
+async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Value>, Error> {
+    let cluster = &app.cluster;
+    let nodes: Vec<Value> = if cluster.ownership.is_cluster() {
+        app.store
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "advertise_url": n.advertise_url,
+                    "started_at": rfc3339(n.started_at),
+                    "last_seen": rfc3339(n.last_seen),
+                    "shards": n.shards,
+                    "actors": n.actors,
+                })
+            })
+            .collect()
+    } else {
+        vec![json!({
+            "node_id": cluster.identity.node_id,
+            "advertise_url": cluster.identity.advertise_url,
+            "started_at": rfc3339(cluster.identity.started_at),
+            "last_seen": rfc3339(chrono::Utc::now()),
+            "shards": app.store.shard_count(),
+            "actors": app.metrics.actors.get(),
+        })]
+    };
+    Ok(Json(json!({"nodes": nodes})))
 }
 
 async fn resync(
@@ -97,12 +174,17 @@ async fn resync(
     _: AdminAuth,
 ) -> Result<(StatusCode, Json<Value>), Error> {
     let queued = app.store.queue_resync_all().await?;
-    let (store, sync) = (app.store.clone(), app.sync.clone());
-    tokio::spawn(async move {
-        if let Err(e) = crate::sync::resume_unfinished_syncs(&store, &sync, false).await {
-            tracing::error!(error = %e, "resync could not queue every user");
-        }
-    });
+    if app.cluster.ownership.is_cluster() {
+        // Every node (this one too) queues the pushes of the shards it holds.
+        app.store.notify(RESYNC).await?;
+    } else {
+        let (store, sync) = (app.store.clone(), app.sync.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::sync::resume_unfinished_syncs(&store, &sync, false, None).await {
+                tracing::error!(error = %e, "resync could not queue every user");
+            }
+        });
+    }
     tracing::info!(users = queued, "resync of every connected user queued");
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
 }
@@ -111,7 +193,7 @@ fn no_actor(user_id: &str) -> Error {
     Error::NotFound("actor_not_found", format!("no actor for user {user_id}"))
 }
 
-fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>) -> Value {
+fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>, node: &str) -> Value {
     let user_id = view.user_id();
     // An actor whose row is gone (it is about to stop) has no sync state: empty fields.
     let sync = syncs.get(user_id);
@@ -131,6 +213,7 @@ fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>) -> Value {
             "refresh_count": info.refresh_count,
             "restarts": info.restarts,
             "sync": sync,
+            "node": node,
         }),
         ActorView::Restarting { user_id, restarts } => json!({
             "user_id": user_id,
@@ -141,6 +224,7 @@ fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>) -> Value {
             "refresh_count": null,
             "restarts": restarts,
             "sync": sync,
+            "node": node,
         }),
     }
 }

@@ -24,6 +24,7 @@ use super::{
     AppState, Error,
     auth::AuthUser,
     browser_binding::{self, CookieScope},
+    changes::{Change, user_changed},
     rfc3339,
 };
 use crate::{
@@ -209,8 +210,7 @@ async fn complete_consent(
             return Err("server_error");
         }
     };
-    app.sync.changed(&user_id);
-    app.supervisor.user_connected(seed);
+    user_changed(app, &user_id, Change::Connected(seed)).await;
     Ok(user_id)
 }
 
@@ -314,8 +314,7 @@ async fn disconnect(State(app): State<AppState>, user: AuthUser) -> Result<Json<
             "Google Calendar is not connected".into(),
         ));
     };
-    app.supervisor.user_disconnected(&user.user_id);
-    app.sync.changed(&user.user_id);
+    user_changed(&app, &user.user_id, Change::Disconnected).await;
     // Best effort: the tokens are already gone here; a grant left alive at Google is what
     // revocation prevents, so failures are logged loudly.
     if let Some(token) = refresh_token

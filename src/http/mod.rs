@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod browser_binding;
+mod changes;
 mod console;
 mod error;
 mod health;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub connect_limiter: Arc<RateLimiter>,
     /// The database check `/readyz` probes share.
     pub readiness: Arc<Readiness>,
+    /// This process in its cluster.
+    pub cluster: crate::cluster::ClusterNode,
 }
 
 /// The whole front door.

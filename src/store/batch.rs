@@ -138,6 +138,8 @@ pub(super) struct RefreshedRow {
     pub expires_at: DateTime<Utc>,
     pub scope: Option<String>,
     pub now: DateTime<Utc>,
+    /// The writer's epoch of the user's shard (a cluster's fence); `None` on a single node.
+    pub epoch: Option<i64>,
 }
 
 /// A write the batched writer knows.
@@ -148,6 +150,7 @@ pub(super) enum Write {
         user_id: String,
         version: i64,
         now: DateTime<Utc>,
+        epoch: Option<i64>,
     },
 }
 
@@ -171,14 +174,15 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
             Write::Synced { .. } => None,
         })
         .collect();
-    let synced: Vec<(&str, i64, DateTime<Utc>)> = writes
+    let synced: Vec<Ack> = writes
         .iter()
         .filter_map(|w| match w {
             Write::Synced {
                 user_id,
                 version,
                 now,
-            } => Some((user_id.as_str(), *version, *now)),
+                epoch,
+            } => Some((user_id.as_str(), *version, *now, *epoch)),
             Write::Refreshed(_) => None,
         })
         .collect();
@@ -250,12 +254,13 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
                 params.push(r.expires_at, "TIMESTAMPTZ"),
                 params.push(r.scope.clone(), "TEXT"),
                 params.push(r.now, "TIMESTAMPTZ"),
+                params.push(r.epoch, "BIGINT"),
             ];
             format!("({})", fields.join(", "))
         })
         .collect();
     let sql = format!(
-        "WITH v(uid, expected, access, rotated, expiry, scope, now) AS (VALUES {}) \
+        "WITH v(uid, expected, access, rotated, expiry, scope, now, epoch) AS (VALUES {}) \
          UPDATE users SET \
            google_access_token = v.access, \
            google_refresh_token = COALESCE(v.rotated, users.google_refresh_token), \
@@ -272,6 +277,7 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
          WHERE users.user_id = v.uid \
            AND users.token_version = v.expected \
            AND users.google_calendar_connected = TRUE \
+           AND {FENCED} \
          RETURNING users.user_id AS user_id",
         tuples.join(", "),
         pending = SyncState::Pending,
@@ -279,22 +285,32 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
     params.statement(sql)
 }
 
+/// An acknowledgement: user, version, when, and the writer's epoch.
+type Ack<'a> = (&'a str, i64, DateTime<Utc>, Option<i64>);
+
+/// The fence of every refresh-path write (CONTRACT section 8): a row is written only while
+/// the writer's epoch is still its shard's epoch, checked in the same statement. Without an
+/// epoch (a single node) there is nothing to check.
+const FENCED: &str = "(v.epoch IS NULL OR EXISTS (SELECT 1 FROM shard_leases l \
+     WHERE l.shard = users.shard AND l.epoch = v.epoch))";
+
 /// Records many acknowledgements; each applies only if the row is still at that version.
-fn mark_synced_statement(backend: DbBackend, acks: &[(&str, i64, DateTime<Utc>)]) -> Statement {
+fn mark_synced_statement(backend: DbBackend, acks: &[Ack]) -> Statement {
     let mut params = Params::new(backend);
     let tuples: Vec<String> = acks
         .iter()
-        .map(|(user_id, version, now)| {
+        .map(|(user_id, version, now, epoch)| {
             let fields = [
                 params.push(user_id.to_string(), "TEXT"),
                 params.push(*version, "BIGINT"),
                 params.push(*now, "TIMESTAMPTZ"),
+                params.push(*epoch, "BIGINT"),
             ];
             format!("({})", fields.join(", "))
         })
         .collect();
     let sql = format!(
-        "WITH v(uid, ver, now) AS (VALUES {}) \
+        "WITH v(uid, ver, now, epoch) AS (VALUES {}) \
          UPDATE users SET \
            sync_state = '{synced}', \
            sync_last_error = NULL, \
@@ -303,7 +319,7 @@ fn mark_synced_statement(backend: DbBackend, acks: &[(&str, i64, DateTime<Utc>)]
            synced_at = v.now, \
            updated_at = v.now \
          FROM v \
-         WHERE users.user_id = v.uid AND users.token_version = v.ver",
+         WHERE users.user_id = v.uid AND users.token_version = v.ver AND {FENCED}",
         tuples.join(", "),
         synced = SyncState::Synced,
     );

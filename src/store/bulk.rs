@@ -63,6 +63,7 @@ impl Store {
             synced_at: Set(Some(now)),
             last_refresh_at: Set(None),
             refresh_count: Set(0),
+            shard: Set(self.shard_of(&u.user_id)),
             created_at: Set(now),
             updated_at: Set(now),
         });

@@ -6,8 +6,10 @@
 mod batch;
 #[cfg(feature = "test-util")]
 mod bulk;
+pub mod cluster;
 mod console;
 pub mod entity;
+mod exclusive;
 mod key_check;
 mod rotation;
 mod states;
@@ -18,8 +20,8 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -27,12 +29,14 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 #[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
+pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
 pub use console::{SyncBacklog, UserListing};
 pub use entity::user::SyncState;
+pub use exclusive::{SqliteHold, hold_sqlite_file};
 pub use key_check::KeyAudit;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
-pub use users::{NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
+pub use users::{Expected, NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
 pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`).
@@ -52,6 +56,8 @@ pub enum StoreError {
     NoRefreshToken,
     #[error("the row kept changing under concurrent writers")]
     Contended,
+    #[error("the database is held by another process ({0}); stop it first")]
+    Held(String),
 }
 
 /// Handle to the database; cheap to clone.
@@ -59,6 +65,8 @@ pub enum StoreError {
 pub struct Store {
     db: DatabaseConnection,
     cipher: TokenCipher,
+    /// Shards fixed at the first migration (CONTRACT section 8).
+    shard_count: u32,
     /// Row reads by user id, batched (see `batch`).
     reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
     /// The hot writes of a refresh, batched into one transaction at a time.
@@ -89,11 +97,12 @@ impl Store {
             options.max_connections(32);
         }
         let db = Database::connect(options).await?;
-        Migrator::up(&db, None).await?;
-        Ok(Self::batched(db, cipher))
+        migrate(url, &db).await?;
+        let shard_count = read_shard_count(&db).await?;
+        Ok(Self::batched(db, cipher, shard_count))
     }
 
-    fn batched(db: DatabaseConnection, cipher: TokenCipher) -> Self {
+    fn batched(db: DatabaseConnection, cipher: TokenCipher, shard_count: u32) -> Self {
         // SQLite serves one reader per connection and the pool is small; PostgreSQL can take
         // two read batches at once.
         let read_parallel = match db.get_database_backend() {
@@ -113,6 +122,7 @@ impl Store {
         Self {
             db,
             cipher,
+            shard_count,
             reads,
             writes,
         }
@@ -121,8 +131,7 @@ impl Store {
     /// Applies pending migrations to the database at `url` and returns.
     pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
         let db = Database::connect(url).await?;
-        Migrator::up(&db, None).await?;
-        Ok(())
+        migrate(url, &db).await
     }
 
     /// True when the database can serve the service's work within [`PING_TIMEOUT`]: the write
@@ -161,4 +170,45 @@ impl Store {
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
+}
+
+/// Any constant shared by every node of one deployment: the advisory lock migrations run under.
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e77;
+
+/// Applies pending migrations. On PostgreSQL they run under a session advisory lock on one
+/// dedicated connection, so that nodes started together on an empty database migrate once
+/// and the others wait, then find nothing left to do.
+async fn migrate(url: &str, db: &DatabaseConnection) -> Result<(), StoreError> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        Migrator::up(db, None).await?;
+        return Ok(());
+    }
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(1);
+    let one = Database::connect(options).await?;
+    one.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .await?;
+    let result = Migrator::up(&one, None).await;
+    let _ = one
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .await;
+    let _ = one.close().await;
+    Ok(result?)
+}
+
+async fn read_shard_count(db: &DatabaseConnection) -> Result<u32, StoreError> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT shard_count FROM cluster_settings WHERE id = 1",
+        ))
+        .await?;
+    let count: i32 = match row {
+        Some(row) => row.try_get("", "shard_count")?,
+        None => migration::SHARD_COUNT as i32,
+    };
+    Ok(Ord::max(u32::try_from(count).unwrap_or(1), 1))
 }

@@ -42,6 +42,14 @@ pub struct TokenChange {
     pub token_expiry: Option<DateTime<Utc>>,
 }
 
+/// What a refresh-path write expects of the row: its version as read, and the writer's epoch
+/// of the row's shard (the fence; `None` on a single node).
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    pub version: i64,
+    pub epoch: Option<i64>,
+}
+
 /// What a refresh needs.
 pub struct RefreshCredentials {
     pub refresh_token: SecretString,
@@ -131,6 +139,7 @@ impl Store {
                 synced_at: Set(None),
                 last_refresh_at: Set(None),
                 refresh_count: Set(0),
+                shard: Set(self.shard_of(user_id)),
                 created_at: Set(now),
                 updated_at: Set(now),
             };
@@ -212,12 +221,16 @@ impl Store {
     pub async fn save_refreshed(
         &self,
         user_id: &str,
-        expected_version: i64,
+        expected: Expected,
         access_token: &SecretString,
         rotated_refresh_token: Option<&SecretString>,
         expires_at: DateTime<Utc>,
         scope: Option<&str>,
     ) -> Result<Option<TokenChange>, StoreError> {
+        let Expected {
+            version: expected_version,
+            epoch,
+        } = expected;
         let now = Utc::now();
         let row = RefreshedRow {
             user_id: user_id.to_string(),
@@ -232,6 +245,7 @@ impl Store {
             expires_at,
             scope: scope.map(str::to_string),
             now,
+            epoch,
         };
         let saved = self
             .writes
@@ -251,11 +265,12 @@ impl Store {
         &self,
         user_id: &str,
         expected_version: i64,
+        epoch: Option<i64>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let version = expected_version + 1;
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true));
-        let result = with_pending_sync(update, version, Utc::now())
+        let result = fenced(with_pending_sync(update, version, Utc::now()), epoch)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(expected_version))
             .exec(&self.db)
@@ -341,11 +356,17 @@ impl Store {
 
     /// Records the microservice's acknowledgement of `version` (ignored if already stale).
     #[tracing::instrument(name = "db.record_sync", skip_all, fields(user.id = %user_id))]
-    pub async fn mark_synced(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
+    pub async fn mark_synced(
+        &self,
+        user_id: &str,
+        version: i64,
+        epoch: Option<i64>,
+    ) -> Result<(), StoreError> {
         let ack = Write::Synced {
             user_id: user_id.to_string(),
             version,
             now: Utc::now(),
+            epoch,
         };
         self.writes
             .call(ack)
@@ -355,8 +376,13 @@ impl Store {
     }
 
     /// Records that sync is skipped (no microservice configured) for `version`.
-    pub async fn mark_sync_skipped(&self, user_id: &str, version: i64) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Skipped, None)
+    pub async fn mark_sync_skipped(
+        &self,
+        user_id: &str,
+        version: i64,
+        epoch: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.set_sync_outcome(user_id, version, SyncState::Skipped, None, epoch)
             .await
     }
 
@@ -366,8 +392,9 @@ impl Store {
         user_id: &str,
         version: i64,
         error: &str,
+        epoch: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error))
+        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error), epoch)
             .await
     }
 
@@ -378,6 +405,7 @@ impl Store {
         version: i64,
         state: SyncState,
         error: Option<&str>,
+        epoch: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut update = user::Entity::update_many()
@@ -398,7 +426,7 @@ impl Store {
                 .col_expr(user::Column::SyncedVersion, Expr::value(version))
                 .col_expr(user::Column::SyncedAt, Expr::value(now))
         };
-        update
+        fenced(update, epoch)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(version))
             .exec(&self.db)
@@ -413,6 +441,7 @@ impl Store {
         after: Option<&str>,
         limit: u64,
         include_skipped: bool,
+        shards: Option<&[i32]>,
     ) -> Result<Vec<String>, StoreError> {
         let states: &[SyncState] = if include_skipped {
             &[SyncState::Pending, SyncState::Failed, SyncState::Skipped]
@@ -427,6 +456,9 @@ impl Store {
             .limit(limit);
         if let Some(after) = after {
             query = query.filter(user::Column::UserId.gt(after));
+        }
+        if let Some(shards) = shards {
+            query = query.filter(user::Column::Shard.is_in(shards.iter().copied()));
         }
         Ok(query.into_tuple::<String>().all(&self.db).await?)
     }
@@ -458,6 +490,25 @@ fn with_pending_sync(
             Expr::value(Option::<String>::None),
         )
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
+}
+
+/// Makes a refresh-path write conditional on the writer's epoch still being its shard's
+/// epoch (the fence of CONTRACT section 8); no condition on a single node.
+fn fenced(
+    update: sea_orm::UpdateMany<user::Entity>,
+    epoch: Option<i64>,
+) -> sea_orm::UpdateMany<user::Entity> {
+    match epoch {
+        Some(epoch) => update.filter(Expr::exists(
+            sea_orm::sea_query::Query::select()
+                .expr(Expr::val(1))
+                .from("shard_leases")
+                .and_where(Expr::col(("shard_leases", "shard")).equals(("users", "shard")))
+                .and_where(Expr::col(("shard_leases", "epoch")).eq(epoch))
+                .to_owned(),
+        )),
+        None => update,
+    }
 }
 
 /// Adds the columns that forget a connection's tokens.

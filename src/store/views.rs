@@ -103,11 +103,12 @@ impl Store {
     }
 
     /// A page of users an actor should run for (connected, or waiting for a reconnect),
-    /// ordered by user id, after `after`.
+    /// ordered by user id, after `after`; only those of `shards` when given.
     pub async fn actor_seeds(
         &self,
         after: Option<&str>,
         limit: u64,
+        shards: Option<&[i32]>,
     ) -> Result<Vec<ActorSeed>, StoreError> {
         // Only the schedule columns: at a million users, decoding the token ciphertexts too
         // would double the load time for data the actors never hold.
@@ -130,6 +131,9 @@ impl Store {
             .limit(limit);
         if let Some(after) = after {
             query = query.filter(user::Column::UserId.gt(after));
+        }
+        if let Some(shards) = shards {
+            query = query.filter(user::Column::Shard.is_in(shards.iter().copied()));
         }
         Ok(query.into_model::<ActorSeed>().all(&self.db).await?)
     }

@@ -12,6 +12,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::client::{Delivery, MicroserviceClient};
 use crate::{
+    cluster::{NotActing, Ownership},
     history::{Activity, History},
     metrics::Metrics,
     store::{Store, SyncSnapshot},
@@ -37,6 +38,8 @@ pub(super) struct Deliverer {
     pub history: Arc<History>,
     /// Bound the calls in flight to the microservice (`SYNC_CONCURRENCY`).
     pub permits: Arc<Semaphore>,
+    /// Only the user's owner pushes, inside its lease, and its records are fenced.
+    pub ownership: Arc<Ownership>,
 }
 
 impl Deliverer {
@@ -67,6 +70,16 @@ impl Deliverer {
         let Ok(permit) = self.permits.acquire().await else {
             return (false, None);
         };
+        // Asked after the permit (a wait): a node pushes only inside a lease valid by its own
+        // clock. Another node's user is that node's to push; an uncertain lease waits.
+        let acting = match self.ownership.act(user_id) {
+            Ok(acting) => acting,
+            Err(why) => {
+                self.metrics.lease_skips.inc();
+                return (why == NotActing::NotHeld, None);
+            }
+        };
+        let epoch = acting.epoch();
         let version = snapshot.version();
         let span = match &snapshot {
             SyncSnapshot::Connected { .. } => tracing::info_span!(
@@ -105,21 +118,23 @@ impl Deliverer {
         let recorded = match &outcome {
             Delivery::Delivered => {
                 self.metrics.sync(op, "ok");
-                self.store.mark_synced(user_id, version).await
+                self.store.mark_synced(user_id, version, epoch).await
             }
             // A newer change reached the microservice first: this version needs no more work
             // (the newer one is the lane's next call, or was already acknowledged).
             Delivery::Superseded => {
                 self.metrics.sync(op, "superseded");
-                self.store.mark_synced(user_id, version).await
+                self.store.mark_synced(user_id, version, epoch).await
             }
             Delivery::Skipped => {
                 self.metrics.sync(op, "skipped");
-                self.store.mark_sync_skipped(user_id, version).await
+                self.store.mark_sync_skipped(user_id, version, epoch).await
             }
             Delivery::Failed { error, .. } => {
                 self.metrics.sync(op, "failed");
-                self.store.mark_sync_failed(user_id, version, error).await
+                self.store
+                    .mark_sync_failed(user_id, version, error, epoch)
+                    .await
             }
         };
         if let Err(e) = &recorded {

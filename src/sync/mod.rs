@@ -99,6 +99,7 @@ impl SyncDispatcher {
         config: &MicroserviceConfig,
         metrics: Arc<Metrics>,
         history: Arc<History>,
+        ownership: Arc<crate::cluster::Ownership>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -112,6 +113,7 @@ impl SyncDispatcher {
                 metrics,
                 history,
                 permits: Arc::new(Semaphore::new(config.concurrency)),
+                ownership,
             },
             backoff: Backoff::new(config.retry_base, config.retry_max),
             tx: tx.downgrade(),

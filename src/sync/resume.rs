@@ -14,18 +14,20 @@ const RESUME_PAGE: u64 = 1000;
 const START_ATTEMPTS: u32 = 30;
 const START_RETRY: Duration = Duration::from_secs(2);
 
-/// Queues a sync for every user whose last change the microservice has not acknowledged.
-/// `include_skipped` also catches up users connected while no microservice was configured.
+/// Queues a sync for every user whose last change the microservice has not acknowledged (of
+/// `shards` only, when given). `include_skipped` also catches up users connected while no
+/// microservice was configured.
 pub async fn resume_unfinished_syncs(
     store: &Store,
     sync: &SyncDispatcher,
     include_skipped: bool,
+    shards: Option<&[i32]>,
 ) -> anyhow::Result<usize> {
     let mut after: Option<String> = None;
     let mut queued = 0;
     loop {
         let page = store
-            .unfinished_syncs(after.as_deref(), RESUME_PAGE, include_skipped)
+            .unfinished_syncs(after.as_deref(), RESUME_PAGE, include_skipped, shards)
             .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
@@ -46,7 +48,7 @@ pub async fn resume_at_start(store: &Store, sync: &SyncDispatcher, include_skipp
     let resumed = policy
         .retry(
             Some(START_ATTEMPTS),
-            || resume_unfinished_syncs(store, sync, include_skipped),
+            || resume_unfinished_syncs(store, sync, include_skipped, None),
             |e, attempt| {
                 tracing::warn!(error = %e, attempt, "cannot list unfinished syncs, retrying");
             },

@@ -122,7 +122,9 @@ async fn health_readiness_and_metrics() {
             .text()
             .await
             .unwrap();
-        text.contains("tokenwarden_refreshes_total{reason=\"forced\",result=\"ok\"} 1")
+        text.contains(
+            "tokenwarden_refreshes_total{node=\"test-node\",reason=\"forced\",result=\"ok\"} 1",
+        )
     })
     .await;
     assert!(counted);

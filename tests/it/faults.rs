@@ -449,7 +449,7 @@ async fn sigkill_in_the_middle_of_refreshes_and_syncs() {
     // Kill while pushes are unfinished (the state the database shows mid-flight).
     let busy = eventually(Duration::from_secs(5), || async {
         store
-            .unfinished_syncs(None, 1000, false)
+            .unfinished_syncs(None, 1000, false, None)
             .await
             .unwrap()
             .len()
@@ -467,7 +467,7 @@ async fn sigkill_in_the_middle_of_refreshes_and_syncs() {
     assert!(!status.success());
     let (_, unsynced_at_kill) = unfinished(&store, &google, &microservice, &users).await;
     let pending_at_kill = store
-        .unfinished_syncs(None, 1000, false)
+        .unfinished_syncs(None, 1000, false, None)
         .await
         .unwrap()
         .len();

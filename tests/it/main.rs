@@ -25,6 +25,7 @@ mod restart;
 mod rotation;
 mod signed_pushes;
 mod slow_clients;
+mod sqlite_lock;
 mod store_batch;
 mod support;
 mod sync_failures;

@@ -258,7 +258,8 @@ async fn idle_actors_hibernate_and_wake_for_their_refresh() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("tokenwarden_actors_by_status{status=\"hibernating\"} 1"),
+        metrics
+            .contains("tokenwarden_actors_by_status{node=\"test-node\",status=\"hibernating\"} 1"),
         "{metrics}"
     );
 

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::{
     crypto::TokenCipher,
-    store::{SeedUser, Store},
+    store::{Expected, SeedUser, Store},
 };
 
 use crate::{
@@ -52,7 +52,17 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
             let rotated = (i % 4 == 0).then(|| SecretString::from(format!("new-refresh-{i}")));
             let scope = (i % 4 == 2).then_some("calendar openid");
             store
-                .save_refreshed(&user(i), expected, &access, rotated.as_ref(), expiry, scope)
+                .save_refreshed(
+                    &user(i),
+                    Expected {
+                        version: expected,
+                        epoch: None,
+                    },
+                    &access,
+                    rotated.as_ref(),
+                    expiry,
+                    scope,
+                )
                 .await
         }
     });
@@ -112,7 +122,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
         let store = store.clone();
         async move {
             let version = if i % 2 == 0 { 2 } else { 5 };
-            store.mark_synced(&user(i), version).await
+            store.mark_synced(&user(i), version, None).await
         }
     });
     for result in join_all(acks).await {

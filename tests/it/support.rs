@@ -22,6 +22,8 @@ use tokenwarden_sandbox::{
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The `NODE_ID` of in-process apps: every metric carries it as the `node` label.
+pub const NODE_ID: &str = "test-node";
 pub const CLIENT_ID: &str = "test-client";
 pub const CLIENT_SECRET: &str = "test-client-secret";
 /// base64 of 32 bytes of 0x2a.
@@ -308,6 +310,7 @@ impl TestApp {
             auth_jwt_secret: Some(JWT_SECRET.into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             token_encryption_key: Some(o.encryption_key.clone().into()),
+            node_id: Some(NODE_ID.into()),
             ..Default::default()
         }
         .into_config()

@@ -435,6 +435,6 @@ async fn resync(
     if !app.store.queue_resync(&user_id).await? {
         return Ok(back_to(&user_id, "no_user"));
     }
-    app.sync.changed(&user_id);
+    crate::http::changes::user_changed(&app, &user_id, crate::http::changes::Change::Resync).await;
     Ok(back_to(&user_id, "resync"))
 }

@@ -27,6 +27,8 @@ pub struct Model {
     pub synced_at: Option<DateTimeUtc>,
     pub last_refresh_at: Option<DateTimeUtc>,
     pub refresh_count: i64,
+    /// The user's shard (`migration::shard_of`): which node's lease covers it.
+    pub shard: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,30 +1,39 @@
 //! `tokenwarden loadtest` (the `tokenwarden-loadtest` binary, which `tokenwarden loadtest`
-//! runs): drives a real `tokenwarden serve` process (its own process, its
-//! own database) with many users, against the sandbox Google provider and the reference
+//! runs): drives real `tokenwarden serve` processes (one by default, `--nodes N` on one
+//! PostgreSQL database) with many users, against the sandbox Google provider and the reference
 //! microservice running in this process, all on loopback. It seeds users straight into the
 //! database (and the same tokens into the microservice and the sandbox), starts the service
 //! and times how long it takes to load them, optionally connects more users through the real
 //! consent path at a set rate, lets refreshes run for a set duration while sampling the
 //! service, then stops it and checks every user: no token expired before its refresh, and the
 //! microservice never holds an older token than the database.
+//!
+//! # Layout
+//! - `nodes`: the `serve` processes (ports, node ids, logs, readiness, stop) and the
+//!   round-robin that spreads the tool's requests over them.
+//! - `connect`: users connected through the consent path, the callback on another node.
+//! - `measure`: the sampled run phase; every node read and the figures summed.
+//! - `sample`: `/metrics` and `/proc` readings, histogram quantiles.
+//! - `report`: the figures, the printed table, the JSON report and the chart.
 
+mod connect;
+mod measure;
+mod nodes;
 mod report;
 mod sample;
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use base64::Engine;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
-pub use report::{Report, Sample};
+pub use report::{NodeFigures, Report, Sample};
 pub use sample::{cpu_secs, parse_metrics, quantile, rss_kib};
 
 use tokenwarden::{
@@ -110,6 +119,13 @@ pub struct LoadtestArgs {
     /// No progress bar (for tests and logs).
     #[arg(long)]
     pub quiet: bool,
+    /// `serve` processes to start on the one database, behind the tool's own round-robin;
+    /// more than one needs PostgreSQL.
+    #[arg(long, env = "LOADTEST_NODES", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub nodes: u64,
+    /// `CLUSTER_LEASE_TTL_SECS` of every node; default the service's own.
+    #[arg(long)]
+    pub lease_ttl_secs: Option<u64>,
 }
 
 /// Runs the load test and returns its report (also printed and written).
@@ -121,6 +137,13 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
             workdir.path().join("service.db").display()
         )
     });
+    let postgres = database_url.starts_with("postgres");
+    anyhow::ensure!(
+        args.nodes == 1 || postgres,
+        "--nodes {} needs a PostgreSQL --database-url: SQLite is single-node \
+         (a second serve on the same file refuses to start)",
+        args.nodes
+    );
     let google = SandboxGoogle::start(
         SandboxGoogleConfig {
             client_id: Some(CLIENT_ID.into()),
@@ -152,7 +175,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     let first_refresh = seed(&args, &google, &microservice, &store, &progress).await?;
     let seed_secs = seeding.elapsed().as_secs_f64();
 
-    let service = Service::spawn(
+    let nodes = nodes::Nodes::spawn(
         &args,
         &database_url,
         &key,
@@ -161,7 +184,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         workdir.path(),
     )?;
     let started = Instant::now();
-    wait_ready(&service, &progress).await?;
+    nodes.wait_ready(&progress).await?;
     let mut report = Report {
         date: Utc::now().to_rfc3339(),
         machine: machine(),
@@ -170,18 +193,14 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
             .map(|arg| tokenwarden::config::without_userinfo(&arg))
             .collect::<Vec<_>>()
             .join(" "),
-        database: if database_url.starts_with("postgres") {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
-        .into(),
+        database: if postgres { "PostgreSQL" } else { "SQLite" }.into(),
+        nodes: args.nodes,
         users: args.users,
         duration_secs: args.duration_secs,
         token_lifetime_secs: args.token_lifetime_secs,
         refresh_lead_secs: args.refresh_lead_secs,
         load_secs: started.elapsed().as_secs_f64(),
-        rss_after_load_kib: rss_kib(service.pid()).unwrap_or(0),
+        rss_after_load_kib: nodes.rss_each().iter().sum(),
         seed_secs,
         ..Report::default()
     };
@@ -192,21 +211,22 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     }
     microservice.set_latency(Duration::from_millis(args.microservice_latency_ms));
     let callbacks = Arc::new(Mutex::new(Vec::new()));
-    let connects = tokio::spawn(connect_users(
+    let connects = tokio::spawn(connect::connect_users(
         args.clone(),
-        service.url.clone(),
-        service.jwt_secret.clone(),
+        nodes.round_robin.clone(),
+        nodes.jwt_secret.clone(),
         callbacks.clone(),
     ));
-    run_phase(&args, &service, &progress, &mut report, &callbacks).await?;
+    measure::run_phase(&args, &nodes, &progress, &mut report, &callbacks).await?;
     connects.abort();
     microservice.set_latency(Duration::ZERO);
     microservice.set_mode(FaultMode::Healthy);
-    drain(&service).await;
-    report.rss_end_kib = rss_kib(service.pid()).unwrap_or(0);
+    measure::drain(&nodes).await;
+    measure::end_figures(&nodes, &mut report).await;
     let stopped_at = Utc::now();
-    service.stop().await;
-    report_service_errors(workdir.path());
+    nodes.stop().await;
+    nodes.report_errors();
+    drop(nodes);
     progress.finish();
 
     let latencies = std::mem::take(&mut *callbacks.lock().expect("callback latencies"));
@@ -232,7 +252,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
 }
 
 /// A progress bar, or nothing when quiet.
-struct Progress(Option<ProgressBar>);
+pub(crate) struct Progress(Option<ProgressBar>);
 
 impl Progress {
     fn new(quiet: bool) -> Self {
@@ -333,391 +353,6 @@ async fn seed(
     Ok(first_refresh)
 }
 
-/// The service process under test.
-struct Service {
-    child: Child,
-    url: String,
-    admin_token: String,
-    jwt_secret: String,
-    http: reqwest::Client,
-}
-
-impl Service {
-    fn spawn(
-        args: &LoadtestArgs,
-        database_url: &str,
-        key: &[u8; 32],
-        google: &SandboxGoogle,
-        microservice: &ReferenceMicroservice,
-        workdir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let admin_token = random_secret();
-        let jwt_secret = random_secret();
-        let bin = match &args.service_bin {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?.with_file_name("tokenwarden"),
-        };
-        let log = std::fs::File::create(workdir.join("service.log"))?;
-        let child = Command::new(bin)
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env("GOOGLE_CALENDAR_CLIENT_ID", CLIENT_ID)
-            .env("GOOGLE_CALENDAR_CLIENT_SECRET", "unused-by-the-sandbox")
-            .env(
-                "GOOGLE_CALENDAR_REDIRECT_URI",
-                format!("{url}/api/integrations/google/callback"),
-            )
-            .env("GOOGLE_OAUTH_AUTH_URL", google.auth_url())
-            .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
-            .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
-            .env("GOOGLE_USERINFO_URL", google.userinfo_url())
-            .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
-            .env("REFRESH_LEAD_SECS", args.refresh_lead_secs.to_string())
-            .env("REFRESH_JITTER_SECS", args.refresh_jitter_secs.to_string())
-            .env("REFRESH_CONCURRENCY", args.refresh_concurrency.to_string())
-            .env("SYNC_CONCURRENCY", args.sync_concurrency.to_string())
-            .env(
-                "ACTOR_HIBERNATE_AFTER_SECS",
-                args.hibernate_after_secs.to_string(),
-            )
-            .env("FRONTEND_URL", "http://frontend.loadtest")
-            .env("AUTH_JWT_SECRET", &jwt_secret)
-            .env("ADMIN_TOKEN", &admin_token)
-            .env(
-                "TOKEN_ENCRYPTION_KEY",
-                base64::engine::general_purpose::STANDARD.encode(key),
-            )
-            // Per-sync info lines at thousands a second would measure the logger, not us.
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("cannot start the service")?;
-        Ok(Self {
-            child,
-            url,
-            admin_token,
-            jwt_secret,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()?,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await?)
-    }
-
-    async fn scrape(&self) -> anyhow::Result<sample::Scrape> {
-        Ok(parse_metrics(&self.get("/metrics").await?.text().await?))
-    }
-
-    async fn actors_total(&self) -> anyhow::Result<u64> {
-        let body: serde_json::Value = self.get("/admin/actors?limit=1").await?.json().await?;
-        Ok(body["total"].as_u64().unwrap_or(0))
-    }
-
-    /// SIGTERM, then up to 20 s for a clean exit, then SIGKILL.
-    async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-    }
-}
-
-async fn wait_ready(service: &Service, progress: &Progress) -> anyhow::Result<()> {
-    progress.stage("service loading users", LOAD_TIMEOUT.as_secs());
-    let started = Instant::now();
-    while started.elapsed() < LOAD_TIMEOUT {
-        if matches!(service.get("/readyz").await, Ok(r) if r.status() == 200) {
-            return Ok(());
-        }
-        progress.set(started.elapsed().as_secs(), None);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the service did not become ready within {LOAD_TIMEOUT:?}")
-}
-
-/// Samples the service about every second for the run's duration.
-async fn run_phase(
-    args: &LoadtestArgs,
-    service: &Service,
-    progress: &Progress,
-    report: &mut Report,
-    connects: &Mutex<Vec<f64>>,
-) -> anyhow::Result<()> {
-    progress.stage("running", args.duration_secs);
-    let lateness = "tokenwarden_refresh_lateness_seconds";
-    let first = service.scrape().await?;
-    let cpu_at_start = cpu_secs(service.pid());
-    let connects_at_start = connects.lock().expect("connect latencies").len();
-    let mut previous = first.clone();
-    let started = Instant::now();
-    let mut previous_at = started;
-    let deadline = started + Duration::from_secs(args.duration_secs);
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let scrape = service.scrape().await?;
-        let now = Instant::now();
-        let dt = now.duration_since(previous_at).as_secs_f64();
-        let window = sample::window(
-            scrape
-                .histograms
-                .get(lateness)
-                .map_or(&[][..], Vec::as_slice),
-            previous
-                .histograms
-                .get(lateness)
-                .map_or(&[][..], Vec::as_slice),
-        );
-        let sample = Sample {
-            t: now.duration_since(started).as_secs_f64(),
-            refreshes_per_sec: (scrape.refreshes_ok - previous.refreshes_ok) / dt,
-            lateness_p99: quantile(&window, 0.99),
-            rss_mib: rss_kib(service.pid()).unwrap_or(0) as f64 / 1024.0,
-            actors: service.actors_total().await.unwrap_or(0),
-            sync_queue_depth: scrape.sync_queue_depth,
-        };
-        progress.set(
-            sample.t as u64,
-            Some(format!(
-                "{:.0} refreshes/s, RSS {:.0} MiB, queue {}",
-                sample.refreshes_per_sec, sample.rss_mib, sample.sync_queue_depth
-            )),
-        );
-        report.samples.push(sample);
-        previous = scrape;
-        previous_at = now;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs(service.pid())
-        .zip(cpu_at_start)
-        .map_or(0.0, |(end, start)| end - start);
-    let last = &previous;
-    report.refreshes = last.refreshes_ok - first.refreshes_ok;
-    report.connects_in_run =
-        (connects.lock().expect("connect latencies").len() - connects_at_start) as u64;
-    report.service_cpu_secs = cpu;
-    // Attributed only when one kind of work ran alone: a mixed run has no honest split.
-    if report.connects_in_run == 0 {
-        report.cpu_ms_per_refresh = sample::cpu_ms_per(cpu, report.refreshes);
-    } else if report.refreshes < 1.0 {
-        report.cpu_ms_per_connect = sample::cpu_ms_per(cpu, report.connects_in_run as f64);
-    }
-    report.refreshes_per_sec_avg = report.refreshes / elapsed.max(1.0);
-    report.refreshes_per_sec_peak_10s = report
-        .samples
-        .windows(10)
-        .map(|w| w.iter().map(|s| s.refreshes_per_sec).sum::<f64>() / w.len() as f64)
-        .fold(0.0, f64::max);
-    report.refresh_failures = last.refresh_failures - first.refresh_failures;
-    report.sync_failures = last.sync_failures - first.sync_failures;
-    let run_window = |name: &str| {
-        sample::window(
-            last.histograms.get(name).map_or(&[][..], Vec::as_slice),
-            first.histograms.get(name).map_or(&[][..], Vec::as_slice),
-        )
-    };
-    report.refresh_lateness_p50_secs = quantile(&run_window(lateness), 0.5);
-    report.refresh_lateness_p99_secs = quantile(&run_window(lateness), 0.99);
-    report.sync_lag_p99_secs = quantile(&run_window("tokenwarden_sync_lag_seconds"), 0.99);
-    report.actors_listed = service.actors_total().await.unwrap_or(0);
-    Ok(())
-}
-
-/// Waits (bounded) until the service has pushed every queued change.
-async fn drain(service: &Service) {
-    let started = Instant::now();
-    while started.elapsed() < DRAIN_TIMEOUT {
-        if service
-            .scrape()
-            .await
-            .is_ok_and(|s| s.sync_queue_depth == 0.0)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Connects users through the real path (connect, sandbox consent, callback) at the set
-/// rate, recording each callback's latency in milliseconds.
-async fn connect_users(
-    args: LoadtestArgs,
-    url: String,
-    jwt_secret: String,
-    latencies: Arc<Mutex<Vec<f64>>>,
-) {
-    if args.connect_users == 0 {
-        return;
-    }
-    let http = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-    {
-        Ok(http) => http,
-        Err(_) => return,
-    };
-    if args.connect_rate == 0 {
-        return saturate_connects(args, http, url, jwt_secret, latencies).await;
-    }
-    let mut every = tokio::time::interval(Duration::from_secs_f64(
-        1.0 / args.connect_rate.max(1) as f64,
-    ));
-    for i in 0..args.connect_users {
-        every.tick().await;
-        let (http, url, secret, latencies) = (
-            http.clone(),
-            url.clone(),
-            jwt_secret.clone(),
-            latencies.clone(),
-        );
-        tokio::spawn(async move {
-            let user = format!("lt-connect-{i:08}");
-            match connect_one(&http, &url, &secret, &user).await {
-                Ok(ms) => latencies.lock().expect("latencies").push(ms),
-                Err(e) => eprintln!("connect of {user} failed: {e:#}"),
-            }
-        });
-    }
-}
-
-/// Connect saturation (`--connect-rate 0`): `--connect-workers` loops each run one consent
-/// after another, as fast as the service (and the stand-ins) take them.
-async fn saturate_connects(
-    args: LoadtestArgs,
-    http: reqwest::Client,
-    url: String,
-    jwt_secret: String,
-    latencies: Arc<Mutex<Vec<f64>>>,
-) {
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let workers: Vec<_> = (0..args.connect_workers.max(1))
-        .map(|_| {
-            let (http, url, secret, latencies, next) = (
-                http.clone(),
-                url.clone(),
-                jwt_secret.clone(),
-                latencies.clone(),
-                next.clone(),
-            );
-            let total = args.connect_users;
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= total {
-                        return;
-                    }
-                    let user = format!("lt-connect-{i:08}");
-                    match connect_one(&http, &url, &secret, &user).await {
-                        Ok(ms) => latencies.lock().expect("latencies").push(ms),
-                        Err(e) => eprintln!("connect of {user} failed: {e:#}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.await;
-    }
-}
-
-async fn connect_one(
-    http: &reqwest::Client,
-    url: &str,
-    secret: &str,
-    user: &str,
-) -> anyhow::Result<f64> {
-    let exp = Utc::now().timestamp() + 3600;
-    let jwt = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": user, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )?;
-    let connected = http
-        .post(format!("{url}/api/integrations/google/connect"))
-        .bearer_auth(jwt)
-        .send()
-        .await?;
-    // The browser-binding cookie goes back with the callback, as a browser would send it.
-    let cookies = cookies_to_send(connected.headers());
-    let body: serde_json::Value = connected.json().await?;
-    let auth_url = body["auth_url"].as_str().context("auth_url")?;
-    let consent = http.get(auth_url).send().await?;
-    let callback = consent
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .context("consent redirect")?
-        .to_string();
-    let started = Instant::now();
-    let answer = http
-        .get(callback)
-        .header(reqwest::header::COOKIE, cookies)
-        .send()
-        .await?;
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    let location = answer
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    // An error redirect is a 302 too: only a completed connection counts.
-    anyhow::ensure!(
-        answer.status() == 302 && location.ends_with("google=connected"),
-        "callback answered {} to {location}",
-        answer.status()
-    );
-    Ok(elapsed)
-}
-
-/// The `Cookie` header a browser would send back after a response with these headers.
-/// One user's round-trip at a time: no jar shared by thousands of simulated browsers.
-fn cookies_to_send(headers: &reqwest::header::HeaderMap) -> String {
-    headers
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| cookie::Cookie::parse(v.to_string()).ok())
-        .map(|c| format!("{}={}", c.name(), c.value()))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// Compares every user's database state with the microservice's copy.
 async fn audit(
     lead: chrono::Duration,
@@ -750,14 +385,6 @@ async fn audit(
         }
     }
     Ok(())
-}
-
-/// Prints the service's error lines (at most 20): a load test must not hide them.
-fn report_service_errors(workdir: &std::path::Path) {
-    let log = std::fs::read_to_string(workdir.join("service.log")).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("ERROR")).take(20) {
-        eprintln!("service: {line}");
-    }
 }
 
 fn percentile(values: &[f64], q: f64) -> Option<f64> {

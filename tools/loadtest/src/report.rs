@@ -22,6 +22,23 @@ pub struct Sample {
     pub sync_queue_depth: f64,
 }
 
+/// One node's share of a multi-node run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct NodeFigures {
+    /// Its `NODE_ID`.
+    pub node_id: String,
+    /// Its CPU time over the run phase (user + system, `/proc/<pid>/stat`).
+    pub cpu_secs: f64,
+    /// Refreshes it completed over the run phase (its `/metrics`).
+    pub refreshes: f64,
+    /// `total` of its `/admin/actors` at the end of the run phase.
+    pub actors: u64,
+    /// Its RSS once the sync queue has drained.
+    pub rss_end_kib: u64,
+    /// Shards it owns at the end, by `/admin/nodes`; absent on a build without clustering.
+    pub shards: Option<u64>,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
@@ -29,6 +46,8 @@ pub struct Report {
     pub machine: String,
     pub command: String,
     pub database: String,
+    /// `serve` processes behind the tool's round-robin (`--nodes`).
+    pub nodes: u64,
     pub users: u64,
     pub connected_through_callback: u64,
     pub duration_secs: u64,
@@ -38,10 +57,12 @@ pub struct Report {
     pub seed_secs: f64,
     /// From service start to `/readyz` answering 200 (every user loaded).
     pub load_secs: f64,
+    /// RSS figures are summed over the nodes.
     pub rss_after_load_kib: u64,
     pub rss_end_kib: u64,
     /// RSS at the end divided by the users held.
     pub rss_per_user_bytes: f64,
+    /// Sum over the nodes of `total` of `/admin/actors` (each node lists its own).
     pub actors_listed: u64,
     pub refreshes: f64,
     pub refreshes_per_sec_avg: f64,
@@ -55,7 +76,8 @@ pub struct Report {
     pub callback_p99_ms: Option<f64>,
     /// Connects completed through the consent path while the run was sampled.
     pub connects_in_run: u64,
-    /// The service process's CPU time (user + system, `/proc/<pid>/stat`) over the run.
+    /// The service processes' CPU time (user + system, `/proc/<pid>/stat`) over the run,
+    /// summed over the nodes.
     pub service_cpu_secs: f64,
     /// `service_cpu_secs` per refresh, when the run did refreshes and no connects (so the CPU
     /// is theirs alone).
@@ -72,7 +94,14 @@ pub struct Report {
     pub stale_still_pending: u64,
     /// Users never refreshed during the run.
     pub never_refreshed: u64,
+    /// Per node, in node order; left out of the JSON for a single node (the totals say it all).
+    #[serde(skip_serializing_if = "single")]
+    pub per_node: Vec<NodeFigures>,
     pub samples: Vec<Sample>,
+}
+
+fn single(per_node: &[NodeFigures]) -> bool {
+    per_node.len() <= 1
 }
 
 fn opt(v: Option<f64>, scale: f64, unit: &str) -> String {
@@ -84,7 +113,11 @@ impl Report {
     pub fn table(&self) -> String {
         let rows = [
             (
-                "connected users held, one process",
+                if self.nodes > 1 {
+                    "connected users held, sum over the processes"
+                } else {
+                    "connected users held, one process"
+                },
                 format!("{}", self.actors_listed),
             ),
             (
@@ -156,8 +189,13 @@ impl Report {
                 ),
             ),
         ];
+        let nodes = if self.nodes > 1 {
+            format!(", {} nodes", self.nodes)
+        } else {
+            String::new()
+        };
         let mut out = format!(
-            "tokenwarden loadtest: {} users, {}, {} s, lifetime {} s, lead {} s\n",
+            "tokenwarden loadtest: {} users, {}{nodes}, {} s, lifetime {} s, lead {} s\n",
             self.users,
             self.database,
             self.duration_secs,
@@ -166,6 +204,20 @@ impl Report {
         );
         for (name, value) in rows {
             out.push_str(&format!("  {name:<58} {value}\n"));
+        }
+        if self.per_node.len() > 1 {
+            out.push_str("  per node: CPU / refreshes / actors / RSS at end / shards\n");
+            for node in &self.per_node {
+                let shards = node.shards.map_or("-".into(), |s| s.to_string());
+                out.push_str(&format!(
+                    "    {:<56} {:.1} s / {:.0} / {} / {} MiB / {shards}\n",
+                    node.node_id,
+                    node.cpu_secs,
+                    node.refreshes,
+                    node.actors,
+                    node.rss_end_kib / 1024
+                ));
+            }
         }
         out
     }

@@ -30,6 +30,31 @@ pub struct Scrape {
     pub histograms: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
+impl Scrape {
+    /// The cluster's figures: counters, gauges and histogram buckets of every node added up.
+    pub fn sum(scrapes: &[Scrape]) -> Scrape {
+        let mut total = Scrape::default();
+        for s in scrapes {
+            total.refreshes_ok += s.refreshes_ok;
+            total.refresh_failures += s.refresh_failures;
+            total.syncs_ok += s.syncs_ok;
+            total.sync_failures += s.sync_failures;
+            total.sync_queue_depth += s.sync_queue_depth;
+            for (name, buckets) in &s.histograms {
+                let into = total.histograms.entry(name.clone()).or_default();
+                for &(le, count) in buckets {
+                    match into.iter_mut().find(|(l, _)| *l == le) {
+                        Some(bucket) => bucket.1 += count,
+                        None => into.push((le, count)),
+                    }
+                }
+                into.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+        }
+        total
+    }
+}
+
 /// Parses the metrics the load test needs out of the service's `/metrics` text.
 pub fn parse_metrics(text: &str) -> Scrape {
     let mut scrape = Scrape::default();
@@ -151,5 +176,27 @@ mod tests {
             &[(0.001, 50.0), (0.01, 50.0), (f64::INFINITY, 50.0)],
         );
         assert_eq!(w, vec![(0.001, 0.0), (0.01, 49.0), (f64::INFINITY, 50.0)]);
+    }
+
+    #[test]
+    fn sums_the_nodes_scrapes() {
+        let node = |ok: u64, queued: u64, fast: u64, all: u64| {
+            parse_metrics(&format!(
+                "tokenwarden_refreshes_total{{node=\"n\",reason=\"scheduled\",result=\"ok\"}} {ok}\n\
+                 tokenwarden_sync_queue_depth{{node=\"n\"}} {queued}\n\
+                 tokenwarden_refresh_lateness_seconds_bucket{{node=\"n\",le=\"0.01\"}} {fast}\n\
+                 tokenwarden_refresh_lateness_seconds_bucket{{node=\"n\",le=\"+Inf\"}} {all}\n"
+            ))
+        };
+        let one = node(7, 1, 5, 10);
+        let alone = Scrape::sum(std::slice::from_ref(&one));
+        assert_eq!(alone.refreshes_ok, 7.0);
+        assert_eq!(alone.histograms, one.histograms);
+        let both = Scrape::sum(&[one, node(3, 2, 0, 10)]);
+        assert_eq!((both.refreshes_ok, both.sync_queue_depth), (10.0, 3.0));
+        let buckets = &both.histograms["tokenwarden_refresh_lateness_seconds"];
+        assert_eq!(buckets, &vec![(0.01, 5.0), (f64::INFINITY, 20.0)]);
+        assert_eq!(quantile(buckets, 0.5), Some(f64::INFINITY));
+        assert_eq!(quantile(buckets, 0.25), Some(0.01));
     }
 }

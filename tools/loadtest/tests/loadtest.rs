@@ -47,6 +47,8 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         chart: dir.path().join("chart.svg"),
         service_bin: Some(service_bin()),
         quiet: true,
+        nodes: 1,
+        lease_ttl_secs: None,
     };
     let report = run(args).await.expect("load test runs");
     eprintln!("{}", report.table());

@@ -1,0 +1,330 @@
+//! Several nodes on one PostgreSQL (CONTRACT section 8; design in `docs/cluster.md`).
+//!
+//! - here: [`Ownership`], which shards this process holds, with their epochs and how long each
+//!   lease is valid by the process's own monotonic clock. Everything that acts for a user (a
+//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the epoch into its writes
+//!   (the fence). On a single node (SQLite, or no cluster) it holds everything, always.
+//! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
+//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes.
+//! - `forward`: admin calls about one user, forwarded to its owner.
+//!
+//! Must not touch: actors' state (it tells the supervisor which shards came and went), HTTP
+//! routing (the front door calls in here).
+
+mod forward;
+mod leases;
+mod notices;
+
+use std::{
+    sync::{
+        RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+pub use forward::{FORWARDED_HEADER, forward_admin};
+pub use leases::{LeaseLoop, lease_timing};
+pub use notices::{NoticeTargets, listen};
+
+use std::sync::Arc;
+
+use crate::store::NodeIdentity;
+
+/// This process in its cluster, as the front door sees it.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub ownership: Arc<Ownership>,
+    pub identity: NodeIdentity,
+    /// For admin calls forwarded to a user's owner.
+    pub http: reqwest::Client,
+}
+
+/// One held lease as this process sees it.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    epoch: i64,
+    /// Last renewal sent + TTL - margin: after this the lease may have lapsed.
+    valid_until: Instant,
+    /// Being handed over: no new work starts, work in flight may still commit.
+    draining: bool,
+}
+
+/// Why a user's work may not run here now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotActing {
+    /// Another node owns (or will own) the user's shard.
+    NotHeld,
+    /// Held, but the lease is not known valid now (a pause, an outage, a hand-over): wait.
+    Uncertain,
+}
+
+/// Which shards this process acts for.
+#[derive(Debug)]
+pub struct Ownership {
+    node_id: String,
+    /// `None` on a single node: every user, no fence.
+    shards: Option<RwLock<Vec<Option<Held>>>>,
+    shard_count: u32,
+    /// Work in flight per shard, so a shard is released only once its refreshes have ended.
+    in_flight: Vec<AtomicU32>,
+}
+
+/// Work for one user that may run here; the lease's epoch goes into its writes. Dropping it
+/// ends the work's count in its shard.
+pub struct Acting<'a> {
+    ownership: &'a Ownership,
+    shard: Option<usize>,
+    epoch: Option<i64>,
+}
+
+impl Acting<'_> {
+    /// The fence of this work's writes; `None` on a single node.
+    pub fn epoch(&self) -> Option<i64> {
+        self.epoch
+    }
+
+    /// Whether the lease is still valid by this process's clock, for an answer that came back
+    /// and is about to be written: one that comes back after the lease is gone is dropped.
+    pub fn still_valid(&self) -> bool {
+        let Some(shard) = self.shard else {
+            return true;
+        };
+        self.ownership.held(shard).is_some_and(|held| {
+            held.epoch == self.epoch.unwrap_or(-1) && held.valid_until > Instant::now()
+        })
+    }
+}
+
+impl Drop for Acting<'_> {
+    fn drop(&mut self) {
+        if let Some(shard) = self.shard {
+            self.ownership.in_flight[shard].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Ownership {
+    /// A single node: holds every user, fences nothing.
+    pub fn single(node_id: String) -> Self {
+        Self {
+            node_id,
+            shards: None,
+            shard_count: 1,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// A cluster node holding nothing yet.
+    pub fn cluster(node_id: String, shard_count: u32) -> Self {
+        let n = shard_count.max(1) as usize;
+        Self {
+            node_id,
+            shards: Some(RwLock::new(vec![None; n])),
+            shard_count: shard_count.max(1),
+            in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.shards.is_some()
+    }
+
+    /// The shard of `user_id`.
+    pub fn shard_of(&self, user_id: &str) -> i32 {
+        migration::shard_of(user_id, self.shard_count) as i32
+    }
+
+    fn held(&self, shard: usize) -> Option<Held> {
+        let shards = self.shards.as_ref()?;
+        let shards = shards.read().unwrap_or_else(|e| e.into_inner());
+        shards.get(shard).copied().flatten()
+    }
+
+    /// Whether this process holds the user's shard (valid now or not): its actor belongs here.
+    pub fn holds(&self, user_id: &str) -> bool {
+        match &self.shards {
+            None => true,
+            Some(_) => self.held(self.shard_of(user_id) as usize).is_some(),
+        }
+    }
+
+    /// Starts work for `user_id` if its lease is held, valid by this process's clock, and not
+    /// being handed over.
+    pub fn act(&self, user_id: &str) -> Result<Acting<'_>, NotActing> {
+        if self.shards.is_none() {
+            return Ok(Acting {
+                ownership: self,
+                shard: None,
+                epoch: None,
+            });
+        }
+        let shard = self.shard_of(user_id) as usize;
+        let held = self.held(shard).ok_or(NotActing::NotHeld)?;
+        if held.draining || held.valid_until <= Instant::now() {
+            return Err(NotActing::Uncertain);
+        }
+        self.in_flight[shard].fetch_add(1, Ordering::AcqRel);
+        Ok(Acting {
+            ownership: self,
+            shard: Some(shard),
+            epoch: Some(held.epoch),
+        })
+    }
+
+    /// Whether `shard` is held and not being handed over.
+    fn act_shard_open(&self, shard: i32) -> bool {
+        self.held(shard as usize).is_some_and(|h| !h.draining)
+    }
+
+    /// Every held shard, ascending.
+    pub fn held_shards(&self) -> Vec<i32> {
+        let Some(shards) = &self.shards else {
+            return Vec::new();
+        };
+        let shards = shards.read().unwrap_or_else(|e| e.into_inner());
+        (0..shards.len())
+            .filter(|&i| shards[i].is_some())
+            .map(|i| i as i32)
+            .collect()
+    }
+
+    /// Held shards being handed over whose work has ended: ready to release.
+    fn drained(&self) -> Vec<i32> {
+        let Some(shards) = &self.shards else {
+            return Vec::new();
+        };
+        let shards = shards.read().unwrap_or_else(|e| e.into_inner());
+        (0..shards.len())
+            .filter(|&i| {
+                shards[i].is_some_and(|h| h.draining)
+                    && self.in_flight[i].load(Ordering::Acquire) == 0
+            })
+            .map(|i| i as i32)
+            .collect()
+    }
+
+    /// Records a renewal's answer: `held` is every shard held now, valid until `valid_until`.
+    /// Answers the shards gained and lost since the last one.
+    fn apply(&self, held: &[(i32, i64)], valid_until: Instant) -> (Vec<i32>, Vec<i32>) {
+        let Some(shards) = &self.shards else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
+        let mut now_held = vec![None; shards.len()];
+        for &(shard, epoch) in held {
+            if let Some(slot) = now_held.get_mut(shard as usize) {
+                *slot = Some(epoch);
+            }
+        }
+        let (mut gained, mut lost) = (Vec::new(), Vec::new());
+        for (i, slot) in shards.iter_mut().enumerate() {
+            match (&slot, now_held[i]) {
+                (None, Some(epoch)) => {
+                    gained.push(i as i32);
+                    *slot = Some(Held {
+                        epoch,
+                        valid_until,
+                        draining: false,
+                    });
+                }
+                (Some(old), Some(epoch)) => {
+                    // A new epoch means the shard was lost and claimed back in between: its
+                    // users must come up again from the database.
+                    if old.epoch != epoch {
+                        lost.push(i as i32);
+                        gained.push(i as i32);
+                    }
+                    *slot = Some(Held {
+                        epoch,
+                        valid_until,
+                        draining: old.draining && old.epoch == epoch,
+                    });
+                }
+                (Some(_), None) => {
+                    lost.push(i as i32);
+                    *slot = None;
+                }
+                (None, None) => {}
+            }
+        }
+        (gained, lost)
+    }
+
+    /// Marks `shards` as being handed over: no new work starts for them.
+    fn drain(&self, drain: &[i32]) {
+        let Some(shards) = &self.shards else { return };
+        let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
+        for &shard in drain {
+            if let Some(Some(held)) = shards.get_mut(shard as usize) {
+                held.draining = true;
+            }
+        }
+    }
+
+    /// Forgets every lease (they were released); answers the shards that were held.
+    pub fn clear(&self) -> Vec<i32> {
+        let held = self.held_shards();
+        if let Some(shards) = &self.shards {
+            let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
+            shards.iter_mut().for_each(|slot| *slot = None);
+        }
+        held
+    }
+}
+
+/// How long before its database expiry a lease stops counting as valid here: room for the
+/// renewal's own delay and for clocks that run at slightly different rates.
+fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_millis(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn work_runs_only_inside_a_valid_lease() {
+        let o = Ownership::cluster("n1".into(), 4);
+        let user = (0..100)
+            .map(|i| format!("u{i}"))
+            .find(|u| o.shard_of(u) == 2)
+            .unwrap();
+        assert_eq!(o.act(&user).err(), Some(NotActing::NotHeld));
+        let until = Instant::now() + Duration::from_secs(3);
+        let (gained, lost) = o.apply(&[(2, 7)], until);
+        assert_eq!((gained, lost), (vec![2], vec![]));
+        let acting = o.act(&user).unwrap();
+        assert_eq!(acting.epoch(), Some(7));
+        assert!(acting.still_valid());
+        // Paused past the lease: nothing new starts, and the answer in flight is dropped.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!acting.still_valid());
+        assert_eq!(o.act(&user).err(), Some(NotActing::Uncertain));
+        // Draining waits for the work in flight.
+        o.apply(&[(2, 7)], Instant::now() + Duration::from_secs(3));
+        o.drain(&[2]);
+        assert_eq!(o.act(&user).err(), Some(NotActing::Uncertain));
+        assert!(o.drained().is_empty(), "work in flight holds the shard");
+        drop(acting);
+        assert_eq!(o.drained(), vec![2]);
+        // Claimed back at a new epoch: lost and gained again, so its users reload.
+        let (gained, lost) = o.apply(&[(2, 9)], Instant::now() + Duration::from_secs(3));
+        assert_eq!((gained, lost), (vec![2], vec![2]));
+        assert_eq!(o.clear(), vec![2]);
+        assert!(!o.holds(&user));
+    }
+
+    #[test]
+    fn a_single_node_holds_everyone_without_a_fence() {
+        let o = Ownership::single("solo".into());
+        assert!(o.holds("anyone"));
+        assert_eq!(o.act("anyone").unwrap().epoch(), None);
+    }
+}

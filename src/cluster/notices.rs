@@ -1,0 +1,124 @@
+//! Change notices between nodes, on PostgreSQL's `LISTEN/NOTIFY` (one channel that every node
+//! listens on; `docs/cluster.md` says why not a channel per node or a forward). The node that
+//! takes a callback or a disconnect writes the row, then notifies; the user's owner reloads the
+//! row, brings its actor up to date and pushes. A notice is only a hint: the row is the truth,
+//! so a notice lost while the listening connection was down is made up for by reloading every
+//! held shard once it is back. Must not touch: the rows themselves (it reads seeds through the
+//! store), actors' state.
+
+use std::{sync::Arc, time::Duration};
+
+use sea_orm::sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Ownership;
+use crate::{
+    actors::Supervisor,
+    store::{
+        Store,
+        cluster::{CHANGES_CHANNEL, REBALANCE, RESYNC, USER_PREFIX},
+    },
+    sync::{SyncDispatcher, resume_unfinished_syncs},
+};
+
+/// Pause before listening again after the connection failed.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Where notices lead.
+#[derive(Clone)]
+pub struct NoticeTargets {
+    pub store: Store,
+    pub ownership: Arc<Ownership>,
+    pub supervisor: Supervisor,
+    pub sync: SyncDispatcher,
+    /// Wakes the lease loop.
+    pub wake: Arc<Notify>,
+}
+
+/// Listens on the changes channel until `stop`, reconnecting after failures.
+pub async fn listen(url: String, targets: NoticeTargets, stop: CancellationToken) {
+    let mut first = true;
+    while !stop.is_cancelled() {
+        let mut listener = match connect(&url).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for cluster notices, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
+                }
+            }
+        };
+        if !std::mem::take(&mut first) {
+            catch_up(&targets);
+        }
+        loop {
+            let notice = tokio::select! {
+                _ = stop.cancelled() => return,
+                notice = listener.try_recv() => notice,
+            };
+            match notice {
+                Ok(Some(notice)) => handle(&targets, notice.payload()).await,
+                // The connection dropped and was made again: notices may have been missed.
+                Ok(None) => catch_up(&targets),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster notices interrupted, listening again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANGES_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Reloads every held shard's users and queues their unfinished pushes.
+fn catch_up(targets: &NoticeTargets) {
+    let held = targets.ownership.held_shards();
+    if !held.is_empty() {
+        tracing::info!(
+            shards = held.len(),
+            "reloading held shards after missed notices"
+        );
+        targets.supervisor.shards_gained(held, false);
+    }
+}
+
+async fn handle(targets: &NoticeTargets, payload: &str) {
+    if payload == REBALANCE {
+        targets.wake.notify_one();
+    } else if payload == RESYNC {
+        let targets = targets.clone();
+        tokio::spawn(async move {
+            let held = targets.ownership.held_shards();
+            if let Err(e) =
+                resume_unfinished_syncs(&targets.store, &targets.sync, false, Some(&held)).await
+            {
+                tracing::error!(error = %e, "resync could not queue every user");
+            }
+        });
+    } else if let Some(user_id) = payload.strip_prefix(USER_PREFIX) {
+        user_changed(targets, user_id).await;
+    }
+}
+
+/// Brings the owner's actor and the microservice up to the user's row.
+async fn user_changed(targets: &NoticeTargets, user_id: &str) {
+    if !targets.ownership.holds(user_id) {
+        return;
+    }
+    match targets.store.actor_seed(user_id).await {
+        Ok(Some(seed)) => targets.supervisor.user_connected(seed),
+        Ok(None) => targets.supervisor.user_disconnected(user_id),
+        Err(e) => {
+            tracing::warn!(userId = %user_id, error = %e, "cannot read a changed user's row");
+            return;
+        }
+    }
+    targets.sync.changed(user_id);
+}

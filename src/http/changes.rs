@@ -1,0 +1,35 @@
+//! Telling a user's owner that the front door changed the user's row. On a single node, or
+//! when this node owns the user, the supervisor and the sync dispatcher hear it directly, as
+//! they always did; otherwise the change goes out as a notice on the cluster channel, for the
+//! owner to reload the row, bring its actor up to date and push (`cluster::notices`). Must
+//! not touch: the row (the route has written it already).
+
+use super::AppState;
+use crate::store::{ActorSeed, cluster::USER_PREFIX};
+
+/// What the route did to the user's row.
+pub enum Change {
+    /// New tokens were saved.
+    Connected(ActorSeed),
+    /// The tokens were cleared.
+    Disconnected,
+    /// Nothing changed but the microservice should get the state again.
+    Resync,
+}
+
+/// Hands the change to whoever owns the user.
+pub async fn user_changed(app: &AppState, user_id: &str, change: Change) {
+    if app.cluster.ownership.holds(user_id) {
+        match change {
+            Change::Connected(seed) => app.supervisor.user_connected(seed),
+            Change::Disconnected => app.supervisor.user_disconnected(user_id),
+            Change::Resync => {}
+        }
+        app.sync.changed(user_id);
+        return;
+    }
+    if let Err(e) = app.store.notify(&format!("{USER_PREFIX}{user_id}")).await {
+        // The row is saved; the owner catches up when it next reloads or refreshes the user.
+        tracing::warn!(userId = %user_id, error = %e, "cannot tell the user's node of a change");
+    }
+}
