@@ -7,14 +7,22 @@
 use std::time::{Duration, Instant};
 
 use super::{Cluster, Settings, figure, user_ids, wait_actor_total};
+use crate::support::eventually;
 
 const USERS: usize = 100;
+/// Refresh lead of every node.
+const LEAD: Duration = Duration::from_secs(10);
+/// Each user is refreshed this often (tokens live `REFRESH_PERIOD + LEAD`).
+const REFRESH_PERIOD: Duration = Duration::from_secs(10);
+/// Each node's turn lasts at least this long, so the whole roll spans more than a refresh
+/// period: every user comes due at least once while some node is stopping or starting.
+const TURN: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_refresh_load_loses_and_duplicates_nothing() {
     let Some(mut cluster) = Cluster::start(Settings {
-        token_lifetime: Duration::from_secs(24),
-        refresh_lead_secs: 10,
+        token_lifetime: REFRESH_PERIOD + LEAD,
+        refresh_lead_secs: LEAD.as_secs(),
         rotation: true,
         ..Settings::default()
     })
@@ -26,6 +34,12 @@ async fn rolling_restart_under_refresh_load_loses_and_duplicates_nothing() {
     let users = user_ids("roll", USERS);
     cluster.connect_all(&users, 16).await;
     assert!(wait_actor_total(&cluster, USERS as i64, Duration::from_secs(10)).await);
+    // The roll starts once the first refreshes are under way.
+    let refreshing = eventually(REFRESH_PERIOD + Duration::from_secs(5), || async {
+        cluster.google.stats().refreshes > 0
+    })
+    .await;
+    assert!(refreshing, "refreshes started");
     let refreshes_before = cluster.google.stats().refreshes;
     let rolling = Instant::now();
     for i in 0..cluster.nodes.len() {
@@ -47,8 +61,10 @@ async fn rolling_restart_under_refresh_load_loses_and_duplicates_nothing() {
             ready.as_millis(),
             even.as_millis()
         ));
+        tokio::time::sleep(TURN.saturating_sub(signalled.elapsed())).await;
     }
     let rolled_for = rolling.elapsed();
+    assert!(rolled_for > REFRESH_PERIOD);
     let refreshed = cluster.google.stats().refreshes - refreshes_before;
     assert!(
         refreshed >= USERS as u64,
