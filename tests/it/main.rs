@@ -9,6 +9,7 @@ mod browser_binding;
 mod browser_console;
 mod browser_demo;
 mod cli;
+mod cluster;
 mod connect;
 mod console;
 mod disconnect;
