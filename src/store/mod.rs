@@ -13,6 +13,7 @@ mod exclusive;
 mod key_check;
 mod rotation;
 mod states;
+mod sync_state;
 mod users;
 mod views;
 

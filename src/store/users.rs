@@ -4,17 +4,14 @@
 //! "superseded" answer.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
     ActorSeed, Store, StoreError,
     batch::{self, RefreshedRow, Write},
     entity::user::{self, SyncState},
+    sync_state::fenced,
 };
 
 /// Tokens from a code exchange, ready to be saved.
@@ -353,126 +350,6 @@ impl Store {
         };
         Ok(Some(SyncSnapshot::Connected { version, tokens }))
     }
-
-    /// Records the microservice's acknowledgement of `version` (ignored if already stale).
-    #[tracing::instrument(name = "db.record_sync", skip_all, fields(user.id = %user_id))]
-    pub async fn mark_synced(
-        &self,
-        user_id: &str,
-        version: i64,
-        epoch: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let ack = Write::Synced {
-            user_id: user_id.to_string(),
-            version,
-            now: Utc::now(),
-            epoch,
-        };
-        self.writes
-            .call(ack)
-            .await
-            .unwrap_or_else(|| Err(batch::lost()))
-            .map(|_| ())
-    }
-
-    /// Records that sync is skipped (no microservice configured) for `version`.
-    pub async fn mark_sync_skipped(
-        &self,
-        user_id: &str,
-        version: i64,
-        epoch: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Skipped, None, epoch)
-            .await
-    }
-
-    /// Records a failed attempt at pushing `version`.
-    pub async fn mark_sync_failed(
-        &self,
-        user_id: &str,
-        version: i64,
-        error: &str,
-        epoch: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error), epoch)
-            .await
-    }
-
-    #[tracing::instrument(name = "db.record_sync", skip_all, fields(user.id = %user_id))]
-    async fn set_sync_outcome(
-        &self,
-        user_id: &str,
-        version: i64,
-        state: SyncState,
-        error: Option<&str>,
-        epoch: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let now = Utc::now();
-        let mut update = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(state))
-            .col_expr(
-                user::Column::SyncLastError,
-                Expr::value(error.map(str::to_string)),
-            )
-            .col_expr(user::Column::UpdatedAt, Expr::value(now));
-        update = if error.is_some() {
-            update.col_expr(
-                user::Column::SyncAttempts,
-                Expr::col(user::Column::SyncAttempts).add(1),
-            )
-        } else {
-            update
-                .col_expr(user::Column::SyncAttempts, Expr::value(0))
-                .col_expr(user::Column::SyncedVersion, Expr::value(version))
-                .col_expr(user::Column::SyncedAt, Expr::value(now))
-        };
-        fenced(update, epoch)
-            .filter(user::Column::UserId.eq(user_id))
-            .filter(user::Column::TokenVersion.eq(version))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
-    /// A page of user ids whose last change has not reached the microservice yet; with
-    /// `include_skipped`, also those skipped while no microservice was configured.
-    pub async fn unfinished_syncs(
-        &self,
-        after: Option<&str>,
-        limit: u64,
-        include_skipped: bool,
-        shards: Option<&[i32]>,
-    ) -> Result<Vec<String>, StoreError> {
-        let states: &[SyncState] = if include_skipped {
-            &[SyncState::Pending, SyncState::Failed, SyncState::Skipped]
-        } else {
-            &[SyncState::Pending, SyncState::Failed]
-        };
-        let mut query = user::Entity::find()
-            .select_only()
-            .column(user::Column::UserId)
-            .filter(user::Column::SyncState.is_in(states.iter().copied()))
-            .order_by_asc(user::Column::UserId)
-            .limit(limit);
-        if let Some(after) = after {
-            query = query.filter(user::Column::UserId.gt(after));
-        }
-        if let Some(shards) = shards {
-            query = query.filter(user::Column::Shard.is_in(shards.iter().copied()));
-        }
-        Ok(query.into_tuple::<String>().all(&self.db).await?)
-    }
-
-    /// Marks every connected user's tokens for a fresh push; returns how many.
-    pub async fn queue_resync_all(&self) -> Result<u64, StoreError> {
-        let result = user::Entity::update_many()
-            .col_expr(user::Column::SyncState, Expr::value(SyncState::Pending))
-            .col_expr(user::Column::SyncAttempts, Expr::value(0))
-            .filter(user::Column::GoogleCalendarConnected.eq(true))
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected)
-    }
 }
 
 /// Adds the columns every token change sets: the new version and a fresh pending sync.
@@ -490,25 +367,6 @@ fn with_pending_sync(
             Expr::value(Option::<String>::None),
         )
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
-}
-
-/// Makes a refresh-path write conditional on the writer's epoch still being its shard's
-/// epoch (the fence of CONTRACT section 8); no condition on a single node.
-fn fenced(
-    update: sea_orm::UpdateMany<user::Entity>,
-    epoch: Option<i64>,
-) -> sea_orm::UpdateMany<user::Entity> {
-    match epoch {
-        Some(epoch) => update.filter(Expr::exists(
-            sea_orm::sea_query::Query::select()
-                .expr(Expr::val(1))
-                .from("shard_leases")
-                .and_where(Expr::col(("shard_leases", "shard")).equals(("users", "shard")))
-                .and_where(Expr::col(("shard_leases", "epoch")).eq(epoch))
-                .to_owned(),
-        )),
-        None => update,
-    }
 }
 
 /// Adds the columns that forget a connection's tokens.

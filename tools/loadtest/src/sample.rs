@@ -70,7 +70,12 @@ pub fn parse_metrics(text: &str) -> Scrape {
             "tokenwarden_refreshes_total" if labels.contains("result=\"ok\"") => {
                 scrape.refreshes_ok += value
             }
-            "tokenwarden_refreshes_total" if !labels.contains("result=\"superseded\"") => {
+            // A refresh that found its user on another node (a hand-over in a cluster) did not
+            // fail: nothing ran.
+            "tokenwarden_refreshes_total"
+                if !labels.contains("result=\"superseded\"")
+                    && !labels.contains("result=\"not_owner\"") =>
+            {
                 scrape.refresh_failures += value
             }
             "tokenwarden_syncs_total" if labels.contains("result=\"ok\"") => {
