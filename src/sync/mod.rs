@@ -48,6 +48,13 @@ pub use signing::{Signer, message_id};
 /// scheduling delay with a wide margin, for ~150k small entries at 2,500 changes a second.
 const RECENT_WINDOW: Duration = Duration::from_secs(60);
 
+/// Calls in progress per microservice permit: the others read their row or record their
+/// outcome meanwhile. Beyond that a lane waits in the ready queue rather than as a call parked
+/// at the semaphore: a call fixes the state it sends when it starts, so while the microservice
+/// is behind, a parked call would send a state already superseded, and its acknowledgement
+/// would name a version the row has left. A queued lane takes its newest state when it starts.
+const CALLS_PER_PERMIT: usize = 2;
+
 enum Command {
     /// The user changed, to the state given if known; the context is the trace of whatever
     /// changed it.
@@ -84,6 +91,8 @@ struct Lane {
     must_read: bool,
     /// The highest version a call has sent; a carried state not above it is stale.
     sent: i64,
+    /// Waiting in the ready queue for a call slot.
+    queued: bool,
 }
 
 /// Cheap handle that queues "this user changed" notices.
@@ -116,6 +125,9 @@ impl SyncDispatcher {
                 ownership,
             },
             backoff: Backoff::new(config.retry_base, config.retry_max),
+            calls: 0,
+            max_calls: config.concurrency.saturating_mul(CALLS_PER_PERMIT),
+            ready: VecDeque::new(),
             tx: tx.downgrade(),
         };
         tokio::spawn(worker.run(rx, shutdown));
@@ -152,6 +164,11 @@ struct Worker {
     deliverer: Deliverer,
     /// Delays between the attempts of a failing lane.
     backoff: Backoff,
+    /// Calls started and not finished, at most `max_calls`.
+    calls: usize,
+    max_calls: usize,
+    /// Lanes with work waiting for a call slot, oldest first.
+    ready: VecDeque<String>,
     /// Weak, so that the worker stops once every `SyncDispatcher` handle is dropped.
     tx: mpsc::WeakUnboundedSender<Command>,
 }
@@ -214,6 +231,8 @@ impl Worker {
         lane.pending_since.get_or_insert_with(Instant::now);
         if lane.in_flight {
             lane.dirty = true;
+        } else if lane.queued {
+            // Starts with this state when its turn comes.
         } else {
             // Also cuts a pending backoff short: a new change is worth trying at once.
             self.start(user_id);
@@ -221,6 +240,8 @@ impl Worker {
     }
 
     fn on_finished(&mut self, user_id: String, delivered: bool, version: Option<i64>) {
+        self.calls = self.calls.saturating_sub(1);
+        self.start_ready();
         let Some(lane) = self.lanes.get_mut(&user_id) else {
             return;
         };
@@ -284,8 +305,33 @@ impl Worker {
         }
     }
 
+    /// Starts the lanes waiting for a call slot, oldest first, while slots are free.
+    fn start_ready(&mut self) {
+        while self.calls < self.max_calls {
+            let Some(user_id) = self.ready.pop_front() else {
+                return;
+            };
+            match self.lanes.get_mut(&user_id) {
+                Some(lane) if lane.queued => {
+                    lane.queued = false;
+                    self.start(user_id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts a call for the lane now, or queues it while every call slot is taken.
     fn start(&mut self, user_id: String) {
         let lane = self.lanes.entry(user_id.clone()).or_default();
+        if self.calls >= self.max_calls {
+            if !lane.queued {
+                lane.queued = true;
+                self.ready.push_back(user_id);
+            }
+            return;
+        }
+        self.calls += 1;
         lane.in_flight = true;
         lane.dirty = false;
         // A retry keeps the age of the change it still carries.
