@@ -186,8 +186,24 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
             Write::Refreshed(_) => None,
         })
         .collect();
-    let txn = db.begin().await?;
     let mut saved: HashSet<String> = HashSet::new();
+    if backend == DbBackend::Postgres {
+        // One statement, so one round trip and one commit, and no transaction held open
+        // while the client is busy (a server waiting for the client inside the batch's
+        // transaction was what bounded refreshes on PostgreSQL).
+        let statement = match (refreshed.is_empty(), synced.is_empty()) {
+            (false, false) => combined_statement(&refreshed, &synced),
+            (false, true) => save_refreshed_statement(backend, &refreshed),
+            (true, false) => mark_synced_statement(backend, &synced),
+            (true, true) => return Ok(Vec::new()),
+        };
+        for row in db.query_all_raw(statement).await? {
+            saved.insert(row.try_get("", "user_id")?);
+        }
+        return Ok(answers(writes, &saved));
+    }
+    // SQLite: one transaction, so the batch costs one commit.
+    let txn = db.begin().await?;
     if !refreshed.is_empty() {
         for row in txn
             .query_all_raw(save_refreshed_statement(backend, &refreshed))
@@ -201,14 +217,19 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
             .await?;
     }
     txn.commit().await?;
-    Ok(writes
+    Ok(answers(writes, &saved))
+}
+
+/// One answer per write: whether a refresh was saved. Stale acknowledgements change nothing,
+/// by design; there is nothing to report for them.
+fn answers(writes: &[Write], saved: &HashSet<String>) -> Vec<bool> {
+    writes
         .iter()
         .map(|w| match w {
             Write::Refreshed(row) => saved.contains(&row.user_id),
-            // Stale acknowledgements change nothing, by design; there is nothing to report.
             Write::Synced { .. } => true,
         })
-        .collect())
+        .collect()
 }
 
 /// Placeholders and casts differ: PostgreSQL numbers its parameters and needs the types of
@@ -239,10 +260,9 @@ impl Params {
     }
 }
 
-/// One conditional update of many rows: each row gets its new token only if its version is
-/// still the one the refresh read, exactly as the single-row save did.
-fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> Statement {
-    let mut params = Params::new(backend);
+/// The VALUES rows of refreshes to save, as `v(uid, expected, access, rotated, expiry, scope,
+/// now, epoch)`.
+fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
     let tuples: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -259,9 +279,18 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
             format!("({})", fields.join(", "))
         })
         .collect();
-    let sql = format!(
-        "WITH v(uid, expected, access, rotated, expiry, scope, now, epoch) AS (VALUES {}) \
-         UPDATE users SET \
+    format!(
+        "v(uid, expected, access, rotated, expiry, scope, now, epoch) AS (VALUES {})",
+        tuples.join(", ")
+    )
+}
+
+/// The conditional update of the refreshes in `v`: each row gets its new token only if its
+/// version is still the one the refresh read (and, on a cluster, the writer's epoch is still
+/// its shard's), exactly as the single-row save did.
+fn refreshed_update() -> String {
+    format!(
+        "UPDATE users SET \
            google_access_token = v.access, \
            google_refresh_token = COALESCE(v.rotated, users.google_refresh_token), \
            google_token_expiry = v.expiry, \
@@ -277,26 +306,35 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
          WHERE users.user_id = v.uid \
            AND users.token_version = v.expected \
            AND users.google_calendar_connected = TRUE \
-           AND {FENCED} \
+           AND {fence} \
          RETURNING users.user_id AS user_id",
-        tuples.join(", "),
         pending = SyncState::Pending,
-    );
-    params.statement(sql)
+        fence = fenced("v"),
+    )
+}
+
+/// One conditional update of many rows (see [`refreshed_update`]).
+fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> Statement {
+    let mut params = Params::new(backend);
+    let values = refreshed_values(&mut params, rows);
+    params.statement(format!("WITH {values} {}", refreshed_update()))
 }
 
 /// An acknowledgement: user, version, when, and the writer's epoch.
 type Ack<'a> = (&'a str, i64, DateTime<Utc>, Option<i64>);
 
 /// The fence of every refresh-path write (CONTRACT section 8): a row is written only while
-/// the writer's epoch is still its shard's epoch, checked in the same statement. Without an
-/// epoch (a single node) there is nothing to check.
-const FENCED: &str = "(v.epoch IS NULL OR EXISTS (SELECT 1 FROM shard_leases l \
-     WHERE l.shard = users.shard AND l.epoch = v.epoch))";
+/// the writer's epoch (column `epoch` of `alias`) is still its shard's epoch, checked in the
+/// same statement. Without an epoch (a single node) there is nothing to check.
+fn fenced(alias: &str) -> String {
+    format!(
+        "({alias}.epoch IS NULL OR EXISTS (SELECT 1 FROM shard_leases l \
+         WHERE l.shard = users.shard AND l.epoch = {alias}.epoch))"
+    )
+}
 
-/// Records many acknowledgements; each applies only if the row is still at that version.
-fn mark_synced_statement(backend: DbBackend, acks: &[Ack]) -> Statement {
-    let mut params = Params::new(backend);
+/// The VALUES rows of acknowledgements, as `alias(uid, ver, now, epoch)`.
+fn acks_values(params: &mut Params, alias: &str, acks: &[Ack]) -> String {
     let tuples: Vec<String> = acks
         .iter()
         .map(|(user_id, version, now, epoch)| {
@@ -309,19 +347,49 @@ fn mark_synced_statement(backend: DbBackend, acks: &[Ack]) -> Statement {
             format!("({})", fields.join(", "))
         })
         .collect();
-    let sql = format!(
-        "WITH v(uid, ver, now, epoch) AS (VALUES {}) \
-         UPDATE users SET \
+    format!(
+        "{alias}(uid, ver, now, epoch) AS (VALUES {})",
+        tuples.join(", ")
+    )
+}
+
+/// Records the acknowledgements in `alias`; each applies only if the row is still at that
+/// version.
+fn acks_update(alias: &str) -> String {
+    format!(
+        "UPDATE users SET \
            sync_state = '{synced}', \
            sync_last_error = NULL, \
            sync_attempts = 0, \
-           synced_version = v.ver, \
-           synced_at = v.now, \
-           updated_at = v.now \
-         FROM v \
-         WHERE users.user_id = v.uid AND users.token_version = v.ver AND {FENCED}",
-        tuples.join(", "),
+           synced_version = {alias}.ver, \
+           synced_at = {alias}.now, \
+           updated_at = {alias}.now \
+         FROM {alias} \
+         WHERE users.user_id = {alias}.uid AND users.token_version = {alias}.ver AND {fence}",
         synced = SyncState::Synced,
-    );
-    params.statement(sql)
+        fence = fenced(alias),
+    )
+}
+
+/// Records many acknowledgements (see [`acks_update`]).
+fn mark_synced_statement(backend: DbBackend, acks: &[Ack]) -> Statement {
+    let mut params = Params::new(backend);
+    let values = acks_values(&mut params, "v", acks);
+    params.statement(format!("WITH {values} {}", acks_update("v")))
+}
+
+/// PostgreSQL: the refreshes and the acknowledgements of one batch in one statement. An
+/// acknowledgement of a user whose refresh is in the same batch is left out: run after it, as
+/// before, it would name a version the row has just left, and a statement must not update one
+/// row twice.
+fn combined_statement(rows: &[&RefreshedRow], acks: &[Ack]) -> Statement {
+    let mut params = Params::new(DbBackend::Postgres);
+    let refreshed = refreshed_values(&mut params, rows);
+    let acked = acks_values(&mut params, "a", acks);
+    params.statement(format!(
+        "WITH {refreshed}, r AS ({}), {acked}, s AS ({} AND a.uid NOT IN (SELECT uid FROM v)) \
+         SELECT user_id FROM r",
+        refreshed_update(),
+        acks_update("a"),
+    ))
 }

@@ -145,3 +145,70 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
     assert!(reads[1].as_ref().unwrap().is_some());
 }
 on_both_backends!(concurrent_saves_keep_the_version_check);
+
+/// Refreshes and acknowledgements queued together share batches (on PostgreSQL, one
+/// statement): users 0..10 refresh at their version, users 10..20 are acknowledged at theirs,
+/// users 0..5 also get an acknowledgement of the version their refresh is leaving (void), and
+/// users 20..24 write with an epoch their shard does not have (refused by the fence).
+async fn mixed_batches_keep_every_condition(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let store = seeded_store(&db).await;
+    let expiry = Utc::now() + Duration::minutes(60);
+    let save = |i: usize, epoch: Option<i64>| {
+        let store = store.clone();
+        async move {
+            let access = SecretString::from(format!("mixed-access-{i}"));
+            let expected = Expected { version: 1, epoch };
+            store
+                .save_refreshed(&user(i), expected, &access, None, expiry, None)
+                .await
+                .expect("save")
+                .is_some()
+        }
+    };
+    let ack = |i: usize, epoch: Option<i64>| {
+        let store = store.clone();
+        async move { store.mark_synced(&user(i), 1, epoch).await.expect("ack") }
+    };
+    let refreshes = (0..10).map(|i| save(i, None));
+    let fenced = (20..24).map(|i| save(i, Some(999)));
+    let acks = (0..5).chain(10..20).map(|i| ack(i, None));
+    let fenced_acks = (24..28).map(|i| ack(i, Some(999)));
+    let (saved, refused, (), ()) = futures::join!(
+        join_all(refreshes),
+        join_all(fenced),
+        async {
+            join_all(acks).await;
+        },
+        async {
+            join_all(fenced_acks).await;
+        },
+    );
+    assert!(
+        saved.iter().all(|s| *s),
+        "every refresh at its version saved"
+    );
+    assert!(refused.iter().all(|s| !*s), "every fenced refresh refused");
+    let rows = store.audit_page(None, 1000).await.expect("audit");
+    for (i, row) in rows.iter().enumerate().take(28) {
+        match i {
+            0..10 => {
+                assert_eq!(row.token_version, 2, "user {i} refreshed");
+                assert_eq!(
+                    row.sync_state, "pending",
+                    "user {i}: its new version is unsent"
+                );
+                assert_eq!(row.synced_version, 1, "user {i}");
+            }
+            10..20 => assert_eq!(row.sync_state, "synced", "user {i} acknowledged"),
+            _ => {
+                assert_eq!(row.token_version, 1, "user {i} untouched by the fence");
+                assert_eq!(
+                    row.access_token.as_deref(),
+                    Some(&*format!("old-access-{i}"))
+                );
+            }
+        }
+    }
+}
+on_both_backends!(mixed_batches_keep_every_condition);
