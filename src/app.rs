@@ -133,7 +133,20 @@ impl App {
                 wake,
             };
             tracing::info!(node = %identity.node_id, "joining the cluster");
-            Some(tokio::spawn(lease_loop.run(stop_leases.clone())))
+            let leases = tokio::spawn(lease_loop.run(stop_leases.clone()));
+            // The front door opens once the node has claimed its shards, loaded their users and
+            // queued their unfinished pushes, as a single node opens it after queueing its own:
+            // a change it takes is then handled here or told to its owner, never to nobody,
+            // and never pushed twice by the resume. Bounded: a slow database or a large load
+            // lets the node serve (answering 503 on /readyz) rather than hang.
+            let wait = config.cluster.lease_ttl * 2;
+            if !wait_until(wait, || supervisor.is_loaded()).await {
+                tracing::warn!(
+                    waitedMs = wait.as_millis() as u64,
+                    "shards not loaded yet; serving meanwhile"
+                );
+            }
+            Some(leases)
         } else {
             // Queued before the front door opens, so a change made through it is never
             // followed by a second, redundant push from the resume. (A cluster node resumes
@@ -271,6 +284,18 @@ impl App {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Polls `done` every 20 ms for at most `wait`; whether it became true.
+async fn wait_until(wait: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 async fn purge_states(store: Store, shutdown: CancellationToken) {

@@ -168,13 +168,21 @@ pub async fn connect_at(http: &Client, url: &str, user: &str) {
 }
 
 /// A loopback port that was free a moment ago.
+/// Picked below the kernel's ephemeral range (32768 and up here): a port handed out by a bind
+/// to port 0 can be taken a moment later as the source port of any outgoing connection, and a
+/// child process binding it then fails with "Address already in use".
 pub async fn free_port() -> u16 {
-    tokenwarden_sandbox::bind_loopback()
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    for _ in 0..200 {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range after 200 tries")
 }
 
 /// `tokenwarden demo` running as a child process, on free ports, with its own SQLite file.
