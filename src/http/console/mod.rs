@@ -415,8 +415,23 @@ async fn refresh_now(
         return stale_form();
     }
     audit("refresh_now", Some(&user_id), &peer);
-    let queued = app.supervisor.refresh_now(&user_id).await;
+    let queued = app.supervisor.refresh_now(&user_id).await || at_owner(&app, &user_id).await;
     back_to(&user_id, if queued { "refresh" } else { "no_actor" })
+}
+
+/// On a cluster, asks the user's owner (wherever it runs) to refresh, as the admin route does.
+async fn at_owner(app: &AppState, user_id: &str) -> bool {
+    let relayed = crate::cluster::forward_admin(
+        &app.cluster,
+        &app.store,
+        &app.config.admin_token,
+        reqwest::Method::POST,
+        user_id,
+        "refresh",
+        false,
+    )
+    .await;
+    matches!(relayed, Ok(Some(r)) if r.status == reqwest::StatusCode::ACCEPTED)
 }
 
 /// `POST /console/users/{user_id}/resync` (`csrf`): pushes the user's current state to the
