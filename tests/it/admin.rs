@@ -128,6 +128,21 @@ async fn health_readiness_and_metrics() {
     })
     .await;
     assert!(counted);
+    // The connect's push runs beside the refresh; its counter appears once it is recorded.
+    let pushed = eventually(Duration::from_secs(5), || async {
+        let text = t
+            .http
+            .get(format!("{}/metrics", t.url))
+            .send()
+            .await
+            .unwrap();
+        text.text()
+            .await
+            .unwrap()
+            .contains("tokenwarden_syncs_total")
+    })
+    .await;
+    assert!(pushed, "the connect's push is counted");
     let text = t
         .http
         .get(format!("{}/metrics", t.url))
