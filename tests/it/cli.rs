@@ -3,9 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use tokenwarden_sandbox::{
-    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
-};
+use tokenwarden_sandbox::{SandboxGoogleConfig, bind_loopback};
 
 use crate::process::{Served, tokenwarden};
 use crate::support::{
@@ -161,22 +159,8 @@ fn help_never_shows_secrets_or_credentials_in_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_connects_and_stops_on_sigterm() {
-    let google = SandboxGoogle::start(
-        SandboxGoogleConfig {
-            client_id: Some(CLIENT_ID.into()),
-            client_secret: Some(CLIENT_SECRET.into()),
-            ..Default::default()
-        },
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
-    let microservice = ReferenceMicroservice::start(
-        MicroserviceConfig::default(),
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let (google, microservice) =
+        crate::process::sandboxes(SandboxGoogleConfig::default().token_lifetime).await;
     let db = TestDatabase::create(Backend::Sqlite).await;
     let port = bind_loopback().await.unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();

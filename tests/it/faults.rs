@@ -14,17 +14,13 @@ use tokenwarden::{
     crypto::TokenCipher,
     store::{Store, SyncSnapshot},
 };
-use tokenwarden_sandbox::{
-    FaultMode, MicroserviceConfig, ReferenceMicroservice, RefreshMode, SandboxGoogle,
-    SandboxGoogleConfig, bind_loopback,
-};
+use tokenwarden_sandbox::{FaultMode, ReferenceMicroservice, RefreshMode, SandboxGoogle};
 
 use crate::{
     on_both_backends,
-    process::{Served, client, connect_at, free_port},
+    process::{Served, client, connect_at, free_port, sandboxes},
     support::{
-        Backend, CLIENT_ID, CLIENT_SECRET, ENCRYPTION_KEY, Options, TestApp, TestDatabase,
-        eventually, inconsistent_users,
+        Backend, ENCRYPTION_KEY, Options, TestApp, TestDatabase, eventually, inconsistent_users,
     },
 };
 
@@ -347,28 +343,6 @@ async fn database_locked_for_a_few_seconds(backend: Backend) {
     t.shutdown().await;
 }
 on_both_backends!(database_locked_for_a_few_seconds);
-
-/// The sandbox servers a child `serve` process talks to.
-async fn sandboxes(lifetime: Duration) -> (SandboxGoogle, ReferenceMicroservice) {
-    let google = SandboxGoogle::start(
-        SandboxGoogleConfig {
-            client_id: Some(CLIENT_ID.into()),
-            client_secret: Some(CLIENT_SECRET.into()),
-            token_lifetime: lifetime,
-            ..Default::default()
-        },
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
-    let microservice = ReferenceMicroservice::start(
-        MicroserviceConfig::default(),
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
-    (google, microservice)
-}
 
 /// The database as the service sees it, opened from the test.
 async fn open_store(db: &TestDatabase) -> Store {

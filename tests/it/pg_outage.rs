@@ -13,14 +13,12 @@ use std::{
 };
 
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
-use tokenwarden_sandbox::{
-    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
-};
+use tokenwarden_sandbox::bind_loopback;
 use tokio::{net::TcpStream, task::AbortHandle};
 
 use crate::{
-    process::{Served, client, connect_at, free_port},
-    support::{Backend, CLIENT_ID, CLIENT_SECRET, ENCRYPTION_KEY, TestDatabase, eventually},
+    process::{Served, client, connect_at, free_port, sandboxes},
+    support::{Backend, ENCRYPTION_KEY, TestDatabase, eventually},
 };
 
 /// A TCP proxy to PostgreSQL that can be cut and restored.
@@ -106,26 +104,10 @@ async fn a_database_outage_stops_the_node_and_it_resumes_without_a_duplicate_ref
         eprintln!("skipped: PostgreSQL is not available");
         return;
     }
-    let google = SandboxGoogle::start(
-        SandboxGoogleConfig {
-            client_id: Some(CLIENT_ID.into()),
-            client_secret: Some(CLIENT_SECRET.into()),
-            ..Default::default()
-        },
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let (google, microservice) = sandboxes(Duration::from_secs(8)).await;
     // Rotation without grace: a refresh token used twice (a duplicate refresh for one due
     // time) would be refused and counted.
     google.set_rotation(true, Duration::ZERO);
-    google.set_token_lifetime(Duration::from_secs(8));
-    let microservice = ReferenceMicroservice::start(
-        MicroserviceConfig::default(),
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
     let db = TestDatabase::create(Backend::Postgres).await;
     let mut proxied = url::Url::parse(&db.url).unwrap();
     let proxy = Proxy::start(format!(

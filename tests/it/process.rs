@@ -9,7 +9,9 @@ use std::{
 };
 
 use reqwest::{Client, StatusCode};
-use tokenwarden_sandbox::{ReferenceMicroservice, SandboxGoogle};
+use tokenwarden_sandbox::{
+    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
+};
 
 use crate::support::{
     ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, eventually, jwt_for, location,
@@ -268,4 +270,26 @@ impl Drop for DemoProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sandbox servers a child `serve` process talks to.
+pub async fn sandboxes(lifetime: Duration) -> (SandboxGoogle, ReferenceMicroservice) {
+    let google = SandboxGoogle::start(
+        SandboxGoogleConfig {
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            token_lifetime: lifetime,
+            ..Default::default()
+        },
+        bind_loopback().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let microservice = ReferenceMicroservice::start(
+        MicroserviceConfig::default(),
+        bind_loopback().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    (google, microservice)
 }

@@ -7,29 +7,14 @@ use std::{
     time::Duration,
 };
 
-use tokenwarden_sandbox::{
-    MicroserviceConfig, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig, bind_loopback,
-};
-
 use crate::{
-    process::{BIN, Served, free_port},
+    process::{BIN, Served, free_port, sandboxes},
     support::{ADMIN_TOKEN, Backend, CLIENT_ID, ENCRYPTION_KEY, JWT_SECRET, TestDatabase},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_one_sqlite_file_refuses_and_a_kill_frees_the_file() {
-    let google = SandboxGoogle::start(
-        SandboxGoogleConfig::default(),
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
-    let microservice = ReferenceMicroservice::start(
-        MicroserviceConfig::default(),
-        bind_loopback().await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let (google, microservice) = sandboxes(Duration::from_secs(3600)).await;
     let db = TestDatabase::create(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let first = Served::start(
