@@ -140,13 +140,12 @@ impl ActorContext {
     /// A write refused: by the fence (another node claimed the shard since this one started)
     /// or because a newer change won.
     async fn refused(&self, user_id: &str, acting: &Acting<'_>) -> RefreshOutcome {
-        if let Some(epoch) = acting.epoch() {
-            let shard = self.ownership.shard_of(user_id);
-            if matches!(self.store.shard_epoch(shard).await, Ok(Some(now)) if now != epoch) {
-                self.metrics.fenced_writes.inc();
-                tracing::warn!(userId = %user_id, shard, epoch, "refresh refused by the fence: the shard has a new owner");
-                return RefreshOutcome::NotHere(crate::cluster::NotActing::NotHeld);
-            }
+        if let Some((shard, epoch)) = acting.fence()
+            && matches!(self.store.shard_epoch(shard).await, Ok(Some(now)) if now != epoch)
+        {
+            self.metrics.fenced_writes.inc();
+            tracing::warn!(userId = %user_id, shard, epoch, "refresh refused by the fence: the shard has a new owner");
+            return RefreshOutcome::NotHere(crate::cluster::NotActing::NotHeld);
         }
         self.superseded(user_id).await
     }

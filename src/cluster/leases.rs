@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The renewal period and the TTL's validity here, for a lease TTL.
-pub fn lease_timing(ttl: Duration) -> (Duration, Duration) {
+fn lease_timing(ttl: Duration) -> (Duration, Duration) {
     let period = (ttl / 3).max(Duration::from_millis(100));
     (period, ttl.saturating_sub(safety_margin(ttl)))
 }

@@ -23,13 +23,13 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 pub use forward::{FORWARDED_HEADER, forward_admin};
-pub use leases::{LeaseLoop, lease_timing};
+pub use leases::LeaseLoop;
 pub use notices::{NoticeTargets, listen};
-
-use std::sync::Arc;
 
 use crate::store::NodeIdentity;
 
@@ -84,6 +84,11 @@ impl Acting<'_> {
     /// The fence of this work's writes; `None` on a single node.
     pub fn epoch(&self) -> Option<i64> {
         self.epoch
+    }
+
+    /// The shard and epoch this work writes under; `None` on a single node.
+    pub fn fence(&self) -> Option<(i32, i64)> {
+        Some((self.shard? as i32, self.epoch?))
     }
 
     /// Whether the lease is still valid by this process's clock, for an answer that came back
