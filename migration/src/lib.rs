@@ -1,6 +1,7 @@
 //! Database migrations of tokenwarden, run by `tokenwarden migrate` and at every start of
 //! `serve`. Each migration is one file named `mYYYYMMDD_NNNNNN_verb_noun.rs`; the same DDL runs
-//! on SQLite and PostgreSQL, so nothing here may use backend-specific SQL.
+//! on SQLite and PostgreSQL, so nothing here may use backend-specific SQL, with one exception
+//! said in its file (a PostgreSQL storage parameter that SQLite has no counterpart for).
 
 pub use sea_orm_migration::prelude::*;
 
@@ -8,6 +9,7 @@ mod m20261126_000001_create_users;
 mod m20261126_000002_create_oauth_states;
 mod m20261130_000003_add_browser_binding;
 mod m20261130_000004_add_cluster;
+mod m20261130_000005_drop_sync_state_index;
 
 /// Shards every user falls into, fixed at the migration that created them (CONTRACT section 8):
 /// 256 leases per cluster keep a share even for a handful of nodes and cost one small row
@@ -31,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_create_oauth_states::Migration),
             Box::new(m20261130_000003_add_browser_binding::Migration),
             Box::new(m20261130_000004_add_cluster::Migration),
+            Box::new(m20261130_000005_drop_sync_state_index::Migration),
         ]
     }
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, Func, LikeExpr},
 };
 
@@ -100,21 +100,22 @@ impl Store {
         Ok(self.user(user_id).await?.map(UserListing::from))
     }
 
-    /// How many users wait for a push, and since when.
+    /// How many users wait for a push, and since when: one pass over the table (no index
+    /// covers `sync_state`, whose changes would then cost every refresh its in-place update).
     pub async fn sync_backlog(&self) -> Result<SyncBacklog, StoreError> {
-        let unfinished = || {
-            user::Entity::find().filter(user::Column::SyncState.is_in(UNFINISHED.iter().copied()))
-        };
-        let users = unfinished().count(&self.db).await?;
-        let oldest = unfinished()
+        let (users, oldest) = user::Entity::find()
             .select_only()
-            .column(user::Column::UpdatedAt)
-            .order_by_asc(user::Column::UpdatedAt)
-            .limit(1)
-            .into_tuple::<DateTime<Utc>>()
+            .expr(Expr::col(user::Column::UserId).count())
+            .expr(Expr::col(user::Column::UpdatedAt).min())
+            .filter(user::Column::SyncState.is_in(UNFINISHED.iter().copied()))
+            .into_tuple::<(i64, Option<DateTime<Utc>>)>()
             .one(&self.db)
-            .await?;
-        Ok(SyncBacklog { users, oldest })
+            .await?
+            .unwrap_or((0, None));
+        Ok(SyncBacklog {
+            users: u64::try_from(users).unwrap_or(0),
+            oldest,
+        })
     }
 
     /// The connected users whose access tokens expire first: the refreshes due next.

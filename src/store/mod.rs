@@ -11,6 +11,7 @@ mod console;
 pub mod entity;
 mod exclusive;
 mod key_check;
+mod nodelay;
 mod rotation;
 mod states;
 mod sync_state;
@@ -35,6 +36,7 @@ pub use console::{SyncBacklog, UserListing};
 pub use entity::user::SyncState;
 pub use exclusive::{SqliteHold, hold_sqlite_file};
 pub use key_check::KeyAudit;
+pub use nodelay::database_sockets_without_delay;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
 pub use users::{Expected, NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
@@ -95,7 +97,10 @@ impl Store {
                     .busy_timeout(Duration::from_secs(10))
             });
         } else {
-            options.max_connections(32);
+            let url = url.to_string();
+            options
+                .max_connections(32)
+                .map_sqlx_postgres_pool_opts(move |pool| nodelay::on_connect(pool, &url));
         }
         let db = Database::connect(options).await?;
         migrate(url, &db).await?;

@@ -212,3 +212,31 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
     }
 }
 on_both_backends!(mixed_batches_keep_every_condition);
+
+/// sqlx 0.9.0 leaves Nagle's algorithm on, and a write batch longer than one TCP segment then
+/// waits 40 ms for PostgreSQL's delayed ACK (`src/store/nodelay.rs`). Every connection the
+/// store holds to the server, after it has served concurrent batches, has `TCP_NODELAY` set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_do_not_wait_for_delayed_acks() {
+    if !crate::support::postgres_available().await {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let store = seeded_store(&db).await;
+    // Reads in two parallel batches and the writer's batch: more than one pooled connection.
+    let reads = (0..USERS).map(|i| {
+        let store = store.clone();
+        async move { store.refresh_credentials(&user(i)).await.expect("read") }
+    });
+    assert!(join_all(reads).await.iter().all(Option::is_some));
+    let port = url::Url::parse(&db.url)
+        .expect("url")
+        .port()
+        .unwrap_or(5432);
+    let (sockets, all_without_delay) = tokenwarden::store::database_sockets_without_delay(port);
+    assert!(sockets >= 1, "the store holds no connection to port {port}");
+    assert!(
+        all_without_delay,
+        "{sockets} connections to PostgreSQL, not all with TCP_NODELAY"
+    );
+}
