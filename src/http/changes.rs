@@ -5,12 +5,13 @@
 //! not touch: the row (the route has written it already).
 
 use super::AppState;
-use crate::store::{ActorSeed, cluster::USER_PREFIX};
+use crate::store::{ActorSeed, StoredTokens, SyncSnapshot, cluster::USER_PREFIX};
 
 /// What the route did to the user's row.
 pub enum Change {
-    /// New tokens were saved.
-    Connected(ActorSeed),
+    /// New tokens were saved; with them when the route knows all of them, which spares the
+    /// push a read of the row and two decryptions.
+    Connected(ActorSeed, Option<StoredTokens>),
     /// The tokens were cleared.
     Disconnected,
     /// Nothing changed but the microservice should get the state again.
@@ -20,12 +21,22 @@ pub enum Change {
 /// Hands the change to whoever owns the user.
 pub async fn user_changed(app: &AppState, user_id: &str, change: Change) {
     if app.cluster.ownership.holds(user_id) {
-        match change {
-            Change::Connected(seed) => app.supervisor.user_connected(seed),
-            Change::Disconnected => app.supervisor.user_disconnected(user_id),
-            Change::Resync => {}
+        let known = match change {
+            Change::Connected(seed, tokens) => {
+                let version = seed.version;
+                app.supervisor.user_connected(seed);
+                tokens.map(|tokens| SyncSnapshot::Connected { version, tokens })
+            }
+            Change::Disconnected => {
+                app.supervisor.user_disconnected(user_id);
+                None
+            }
+            Change::Resync => None,
+        };
+        match known {
+            Some(state) => app.sync.changed_to(user_id, state),
+            None => app.sync.changed(user_id),
         }
-        app.sync.changed(user_id);
         return;
     }
     if let Err(e) = app.store.notify(&format!("{USER_PREFIX}{user_id}")).await {

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     google::TokenSet,
-    store::{NewTokens, StoreError, SyncInfo, SyncState},
+    store::{NewTokens, StoreError, StoredTokens, SyncInfo, SyncState},
 };
 
 /// How long a consent round-trip may take.
@@ -210,7 +210,13 @@ async fn complete_consent(
             return Err("server_error");
         }
     };
-    user_changed(app, &user_id, Change::Connected(seed)).await;
+    let known = new_tokens.refresh_token.map(|refresh_token| StoredTokens {
+        access_token: new_tokens.access_token,
+        refresh_token,
+        token_expiry: new_tokens.expires_at,
+        scope: new_tokens.scope,
+    });
+    user_changed(app, &user_id, Change::Connected(seed, known)).await;
     Ok(user_id)
 }
 

@@ -88,6 +88,10 @@ impl Store {
         user_id: &str,
         tokens: &NewTokens,
     ) -> Result<ActorSeed, StoreError> {
+        if tokens.refresh_token.is_some() {
+            return self.upsert_connection(user_id, tokens).await;
+        }
+        // Bounded: each round lost a race to another write of the same user.
         for _ in 0..WRITE_ATTEMPTS {
             if let Some(change) = self.try_save_connection(user_id, tokens).await? {
                 return Ok(change);
@@ -96,6 +100,99 @@ impl Store {
         Err(StoreError::Contended)
     }
 
+    /// A consent that brought a refresh token (Google sends one with every `prompt=consent`)
+    /// is one atomic `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`: a connect costs one
+    /// statement here instead of a read and a write, and needs no version check, since nothing
+    /// of the old row decides the new one but its version, bumped in the same statement.
+    async fn upsert_connection(
+        &self,
+        user_id: &str,
+        tokens: &NewTokens,
+    ) -> Result<ActorSeed, StoreError> {
+        use sea_orm::sea_query::{ExprTrait, OnConflict};
+        use user::Column as C;
+        let Some(refresh) = &tokens.refresh_token else {
+            return Err(StoreError::NoRefreshToken);
+        };
+        let refresh = self
+            .cipher
+            .encrypt(refresh.expose_secret(), &refresh_context(user_id));
+        let row = self.new_connection_row(user_id, tokens, refresh, Utc::now());
+        let on_conflict = OnConflict::column(C::UserId)
+            .update_columns([
+                C::GoogleAccessToken,
+                C::GoogleRefreshToken,
+                C::GoogleTokenExpiry,
+                C::GoogleCalendarConnected,
+                C::GoogleScope,
+                C::NeedsReconnect,
+                C::SyncState,
+                C::SyncAttempts,
+                C::SyncLastError,
+                C::UpdatedAt,
+            ])
+            .value(
+                C::TokenVersion,
+                Expr::col((user::Entity, C::TokenVersion)).add(1),
+            )
+            // A consent without the email (userinfo failed) keeps the one known.
+            .value(
+                C::GoogleEmail,
+                Expr::cust(r#"COALESCE("excluded"."google_email", "users"."google_email")"#),
+            )
+            .to_owned();
+        let saved = user::Entity::insert(row)
+            .on_conflict(on_conflict)
+            .exec_with_returning(&self.db)
+            .await?;
+        Ok(ActorSeed {
+            user_id: saved.user_id,
+            token_expiry: saved.google_token_expiry,
+            needs_reconnect: false,
+            version: saved.token_version,
+            refresh_count: saved.refresh_count,
+            last_refresh_at: saved.last_refresh_at,
+        })
+    }
+
+    /// The row of a first connection; `refresh` is the sealed refresh token.
+    fn new_connection_row(
+        &self,
+        user_id: &str,
+        tokens: &NewTokens,
+        refresh: String,
+        now: DateTime<Utc>,
+    ) -> user::ActiveModel {
+        let access = self.cipher.encrypt(
+            tokens.access_token.expose_secret(),
+            &access_context(user_id),
+        );
+        user::ActiveModel {
+            user_id: Set(user_id.to_string()),
+            google_access_token: Set(Some(access)),
+            google_refresh_token: Set(Some(refresh)),
+            google_token_expiry: Set(Some(tokens.expires_at)),
+            google_calendar_connected: Set(true),
+            google_calendar_id: Set("primary".into()),
+            google_email: Set(tokens.email.clone()),
+            google_scope: Set(Some(tokens.scope.clone())),
+            needs_reconnect: Set(false),
+            token_version: Set(1),
+            sync_state: Set(SyncState::Pending),
+            sync_attempts: Set(0),
+            sync_last_error: Set(None),
+            synced_version: Set(0),
+            synced_at: Set(None),
+            last_refresh_at: Set(None),
+            refresh_count: Set(0),
+            shard: Set(self.shard_of(user_id)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+    }
+
+    /// A consent without a refresh token keeps the stored one: read it, then write conditional
+    /// on the version read.
     async fn try_save_connection(
         &self,
         user_id: &str,
@@ -106,58 +203,14 @@ impl Store {
             tokens.access_token.expose_secret(),
             &access_context(user_id),
         );
-        let new_refresh = tokens.refresh_token.as_ref().map(|t| {
-            self.cipher
-                .encrypt(t.expose_secret(), &refresh_context(user_id))
-        });
         // No transaction on purpose: the write below is conditional on the version read, which
         // already makes read-then-write safe, and a read transaction that upgrades to a write
         // fails at once on SQLite (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
         let existing = user::Entity::find_by_id(user_id).one(&self.db).await?;
-        let Some(row) = existing else {
-            let Some(refresh) = new_refresh else {
-                return Err(StoreError::NoRefreshToken);
-            };
-            let model = user::ActiveModel {
-                user_id: Set(user_id.to_string()),
-                google_access_token: Set(Some(access)),
-                google_refresh_token: Set(Some(refresh)),
-                google_token_expiry: Set(Some(tokens.expires_at)),
-                google_calendar_connected: Set(true),
-                google_calendar_id: Set("primary".into()),
-                google_email: Set(tokens.email.clone()),
-                google_scope: Set(Some(tokens.scope.clone())),
-                needs_reconnect: Set(false),
-                token_version: Set(1),
-                sync_state: Set(SyncState::Pending),
-                sync_attempts: Set(0),
-                sync_last_error: Set(None),
-                synced_version: Set(0),
-                synced_at: Set(None),
-                last_refresh_at: Set(None),
-                refresh_count: Set(0),
-                shard: Set(self.shard_of(user_id)),
-                created_at: Set(now),
-                updated_at: Set(now),
-            };
-            return match user::Entity::insert(model).exec(&self.db).await {
-                Ok(_) => Ok(Some(ActorSeed {
-                    user_id: user_id.to_string(),
-                    token_expiry: Some(tokens.expires_at),
-                    needs_reconnect: false,
-                    version: 1,
-                    refresh_count: 0,
-                    last_refresh_at: None,
-                })),
-                // Another request inserted the row first: go round again as an update.
-                Err(e) if e.sql_err().is_some() => Ok(None),
-                Err(e) => Err(e.into()),
-            };
-        };
-        let refresh = match (new_refresh, row.google_refresh_token) {
-            (Some(new), _) => new,
-            (None, Some(stored)) => stored,
-            (None, None) => return Err(StoreError::NoRefreshToken),
+        let Some((row, refresh)) =
+            existing.and_then(|row| row.google_refresh_token.clone().map(|r| (row, r)))
+        else {
+            return Err(StoreError::NoRefreshToken);
         };
         let version = row.token_version + 1;
         let mut update = user::Entity::update_many()

@@ -240,3 +240,68 @@ async fn no_microservice_url_skips_sync_with_the_seed_warning() {
     assert!(t.microservice.received().is_empty());
     t.shutdown().await;
 }
+
+/// A consent that brings a refresh token is saved by one upsert: a reconnect of a known user
+/// bumps the version once per consent even when several race, keeps the email when the new
+/// consent has none, keeps the refresh history, and clears `needs_reconnect`.
+async fn reconnects_update_the_row_in_place(backend: Backend) {
+    use chrono::Utc;
+    use secrecy::{ExposeSecret, SecretString};
+    use tokenwarden::{
+        crypto::TokenCipher,
+        store::{NewTokens, Store},
+    };
+    let db = crate::support::TestDatabase::create(backend).await;
+    let store = Store::connect(&db.url, TokenCipher::new(&[9u8; 32]))
+        .await
+        .expect("store");
+    let consent = |n: usize, email: Option<&str>| NewTokens {
+        access_token: SecretString::from(format!("access-{n}")),
+        refresh_token: Some(SecretString::from(format!("refresh-{n}"))),
+        expires_at: Utc::now() + chrono::Duration::hours(1),
+        scope: "calendar openid email".into(),
+        email: email.map(str::to_string),
+    };
+    let first = store
+        .save_connection("erin", &consent(0, Some("erin@example.com")))
+        .await
+        .expect("first connect");
+    assert_eq!(first.version, 1);
+    assert!(
+        store
+            .mark_revoked("erin", 1, None)
+            .await
+            .expect("revoke")
+            .is_some()
+    );
+    let racing = (1..=6).map(|n| {
+        let store = store.clone();
+        async move { store.save_connection("erin", &consent(n, None)).await }
+    });
+    let mut versions: Vec<i64> = futures::future::join_all(racing)
+        .await
+        .into_iter()
+        .map(|seed| seed.expect("reconnect").version)
+        .collect();
+    versions.sort_unstable();
+    // The revocation made version 2; each consent then got a version of its own.
+    assert_eq!(versions, (3..=8).collect::<Vec<i64>>());
+    let row = store.user("erin").await.expect("read").expect("row");
+    assert_eq!(row.token_version, 8);
+    assert!(row.google_calendar_connected && !row.needs_reconnect);
+    assert_eq!(row.google_email.as_deref(), Some("erin@example.com"));
+    let credentials = store
+        .refresh_credentials("erin")
+        .await
+        .expect("read")
+        .expect("connected");
+    assert_eq!(credentials.version, 8);
+    assert!(
+        credentials
+            .refresh_token
+            .expose_secret()
+            .starts_with("refresh-"),
+        "a consent's own refresh token is stored"
+    );
+}
+on_both_backends!(reconnects_update_the_row_in_place);
