@@ -20,10 +20,12 @@
 //! # Layout
 //! - this file: configuration, the handle, the router, the `/api` guard and handlers, errors;
 //! - `store`: the seed's table and the version table beside it, compare-and-write;
+//! - `group_commit`: versioned pushes queued and applied many to a transaction;
 //! - `verify`: the `Token-Version` header and the signature check;
 //! - `faults`: fault modes, latency and `POST /sandbox/control`.
 
 mod faults;
+mod group_commit;
 mod store;
 mod verify;
 

@@ -3,19 +3,23 @@
 //! per user (a DELETE's included, as a tombstone), so a stale push can be refused.
 //!
 //! Raw SQL valid on SQLite and PostgreSQL. A versioned push compares and writes in one
-//! transaction: a conditional upsert on the version row (which takes that row's lock on
-//! PostgreSQL, and the database's write lock on SQLite) and then the token write, so concurrent
-//! pushes of one user apply in version order or not at all.
+//! transaction: a conditional upsert on the version row and then the token write, so pushes of
+//! one user apply in version order or not at all. Versioned pushes go through
+//! `group_commit`, which applies whatever queued together; unversioned ones are written here
+//! directly.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement,
+    TransactionTrait, Value,
 };
 
-use super::{ConnectBody, StoredTokens};
+use super::{
+    ConnectBody, StoredTokens,
+    group_commit::{GroupCommit, Push, Tokens, Write},
+};
 
 /// The table of SEED.md, created at start when missing; the DDL is valid on both backends.
 const CREATE_TOKENS: &str = "CREATE TABLE IF NOT EXISTS google_calendar_tokens (
@@ -36,15 +40,6 @@ const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS google_calendar_token_
   deleted BOOLEAN NOT NULL DEFAULT FALSE,
   updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
 )";
-
-/// Records `version` for a user unless the row already holds that version or a newer one. On
-/// PostgreSQL the conflicting row is locked whether or not the `WHERE` holds, so a concurrent
-/// push of the same user waits for this transaction and then compares against what it wrote.
-const CLAIM_VERSION: &str = "INSERT INTO google_calendar_token_versions \
-    (user_id, version, deleted, updated_at) VALUES ($1, $2, $3, CURRENT_TIMESTAMP) \
-    ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, \
-    deleted = excluded.deleted, updated_at = CURRENT_TIMESTAMP \
-    WHERE google_calendar_token_versions.version < excluded.version";
 
 const UPSERT_TOKENS: &str = "INSERT INTO google_calendar_tokens \
     (user_id, access_token, refresh_token, token_expiry, scope, created_at, updated_at) \
@@ -69,6 +64,8 @@ pub(super) enum Applied {
 /// Both tables, behind one connection pool.
 pub(super) struct Store {
     db: DatabaseConnection,
+    /// The queue of versioned pushes, applied in batches on the same pool.
+    pushes: GroupCommit,
 }
 
 impl Store {
@@ -87,49 +84,14 @@ impl Store {
         let db = Database::connect(options).await?;
         db.execute_unprepared(CREATE_TOKENS).await?;
         db.execute_unprepared(CREATE_VERSIONS).await?;
-        Ok(Self { db })
+        let pushes = GroupCommit::spawn(db.clone());
+        Ok(Self { db, pushes })
     }
 
     /// A statement for this connection's backend; `sql` numbers its parameters `$1`, `$2`...,
     /// which SQLite accepts as well as PostgreSQL.
     fn statement(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
         Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
-    }
-
-    /// A write transaction. On SQLite it takes the write lock at `BEGIN` (waiting its turn
-    /// through the busy timeout): a deferred one that had read first could not upgrade while
-    /// another writer commits, and would fail with "database is locked" instead of waiting.
-    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
-        self.db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            })
-            .await
-    }
-
-    /// Claims `version` for the user inside `txn`; `Some(held)` when the user is already at
-    /// `held`, which is `version` or newer, and nothing was written.
-    async fn claim(
-        &self,
-        txn: &DatabaseTransaction,
-        user_id: &str,
-        version: i64,
-        deleted: bool,
-    ) -> Result<Option<i64>, DbErr> {
-        let values = [user_id.into(), version.into(), deleted.into()];
-        let claimed = txn
-            .execute_raw(self.statement(CLAIM_VERSION, values))
-            .await?;
-        if claimed.rows_affected() > 0 {
-            return Ok(None);
-        }
-        let sql = "SELECT version FROM google_calendar_token_versions WHERE user_id = $1";
-        let row = txn
-            .query_one_raw(self.statement(sql, [user_id.into()]))
-            .await?
-            .ok_or_else(|| DbErr::Custom(format!("no version row for {user_id}")))?;
-        Ok(Some(row.try_get("", "version")?))
     }
 
     /// Stores the user's tokens; with a version, only if it is newer than the one held.
@@ -139,31 +101,32 @@ impl Store {
         body: &ConnectBody,
         version: Option<i64>,
     ) -> Result<Applied, DbErr> {
-        let values = [
-            user_id.into(),
-            body.access_token.as_str().into(),
-            body.refresh_token.as_str().into(),
-            body.expiry.into(),
-            body.scope.as_str().into(),
-        ];
         let Some(version) = version else {
+            let values = [
+                user_id.into(),
+                body.access_token.as_str().into(),
+                body.refresh_token.as_str().into(),
+                body.expiry.into(),
+                body.scope.as_str().into(),
+            ];
             self.db
                 .execute_raw(self.statement(UPSERT_TOKENS, values))
                 .await?;
             return Ok(Applied::Done);
         };
-        let txn = self.begin_write().await?;
-        if let Some(held) = self.claim(&txn, user_id, version, false).await? {
-            txn.rollback().await?;
-            return Ok(Applied::Stale {
-                pushed: version,
-                held,
-            });
-        }
-        txn.execute_raw(self.statement(UPSERT_TOKENS, values))
-            .await?;
-        txn.commit().await?;
-        Ok(Applied::Done)
+        let tokens = Tokens {
+            access_token: body.access_token.clone(),
+            refresh_token: body.refresh_token.clone(),
+            expiry: body.expiry,
+            scope: body.scope.clone(),
+        };
+        self.pushes
+            .push(Push {
+                user_id: user_id.to_owned(),
+                version,
+                write: Write::Upsert(tokens),
+            })
+            .await
     }
 
     /// Deletes the user's tokens; with a version, only if it is newer than the one held, and
@@ -187,19 +150,13 @@ impl Store {
                 .await?;
             return Ok(deleted(result.rows_affected()));
         };
-        let txn = self.begin_write().await?;
-        if let Some(held) = self.claim(&txn, user_id, version, true).await? {
-            txn.rollback().await?;
-            return Ok(Applied::Stale {
-                pushed: version,
-                held,
-            });
-        }
-        let result = txn
-            .execute_raw(self.statement(DELETE_TOKENS, [user_id.into()]))
-            .await?;
-        txn.commit().await?;
-        Ok(deleted(result.rows_affected()))
+        self.pushes
+            .push(Push {
+                user_id: user_id.to_owned(),
+                version,
+                write: Write::Delete,
+            })
+            .await
     }
 
     pub(super) async fn get(&self, user_id: &str) -> Result<Option<StoredTokens>, DbErr> {

@@ -1,7 +1,9 @@
 //! The sandbox Google provider and the reference microservice, driven over real HTTP on
 //! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
-//! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode.
+//! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode,
+//! `group_commit` many concurrent versioned pushes applied together.
 
+mod group_commit;
 mod pushes;
 
 use std::time::{Duration, Instant};
