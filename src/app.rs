@@ -118,11 +118,24 @@ impl App {
                 sync: sync.clone(),
                 wake: wake.clone(),
             };
+            let (listening_tx, listening) = tokio::sync::oneshot::channel();
             tokio::spawn(cluster::listen(
                 config.database_url.clone(),
                 targets,
                 stop_sync.clone(),
+                listening_tx,
             ));
+            // Claims wait for the listener: a user written by another node after a claim's
+            // load would otherwise be told to a node not yet listening, and be nobody's
+            // (seen in the failover test once connects got faster). Bounded like the load;
+            // past it, the listener's first connection reloads whatever is held by then.
+            let wait = config.cluster.lease_ttl * 2;
+            if tokio::time::timeout(wait, listening).await.is_err() {
+                tracing::warn!(
+                    waitedMs = wait.as_millis() as u64,
+                    "cluster notices not heard yet; claiming shards meanwhile"
+                );
+            }
             let lease_loop = LeaseLoop {
                 store: store.clone(),
                 ownership: ownership.clone(),

@@ -36,9 +36,18 @@ pub struct NoticeTargets {
     pub wake: Arc<Notify>,
 }
 
-/// Listens on the changes channel until `stop`, reconnecting after failures.
-pub async fn listen(url: String, targets: NoticeTargets, stop: CancellationToken) {
-    let mut first = true;
+/// Listens on the changes channel until `stop`, reconnecting after failures; `listening` is
+/// told once the first `LISTEN` is in place. Every time it is (re)established the held shards
+/// are reloaded: a change whose notice went out while nothing listened is then read from its
+/// row. The node claims its first shards after `listening` (app.rs), so on a normal start
+/// nothing is held yet and the reload is empty.
+pub async fn listen(
+    url: String,
+    targets: NoticeTargets,
+    stop: CancellationToken,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
     while !stop.is_cancelled() {
         let mut listener = match connect(&url).await {
             Ok(listener) => listener,
@@ -50,9 +59,10 @@ pub async fn listen(url: String, targets: NoticeTargets, stop: CancellationToken
                 }
             }
         };
-        if !std::mem::take(&mut first) {
-            catch_up(&targets);
+        if let Some(listening) = listening.take() {
+            let _ = listening.send(());
         }
+        catch_up(&targets);
         loop {
             let notice = tokio::select! {
                 _ = stop.cancelled() => return,
