@@ -66,11 +66,13 @@ async fn full_connect(backend: Backend) {
     assert!(expiry.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(expiry).is_ok());
     assert!(status.get("access_token").is_none() && status.get("refresh_token").is_none());
 
-    // The microservice receives exactly the seed's body, with the tokens Google issued.
+    // The microservice receives exactly the seed's body, with the tokens Google issued. It
+    // records a request once answered, which may be a moment after its tokens are visible.
     let ms = t.microservice.clone();
     assert!(
         eventually(Duration::from_secs(5), || async {
             ms.stored("alice").await.unwrap().is_some()
+                && ms.received().iter().any(|r| r.method == "POST")
         })
         .await
     );

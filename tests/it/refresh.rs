@@ -137,6 +137,10 @@ async fn invalid_grant_marks_needs_reconnect(backend: Backend) {
     assert!(actor["next_refresh_at"].is_null());
     let deleted = eventually(Duration::from_secs(5), || async {
         t.microservice.stored("gina").await.unwrap().is_none()
+            && t.microservice
+                .received()
+                .iter()
+                .any(|r| r.method == "DELETE")
     })
     .await;
     assert!(deleted, "DELETE reached the microservice");
