@@ -88,8 +88,8 @@ impl Store {
         user_id: &str,
         tokens: &NewTokens,
     ) -> Result<ActorSeed, StoreError> {
-        if tokens.refresh_token.is_some() {
-            return self.upsert_connection(user_id, tokens).await;
+        if let Some(refresh) = &tokens.refresh_token {
+            return self.upsert_connection(user_id, tokens, refresh).await;
         }
         // Bounded: each round lost a race to another write of the same user.
         for _ in 0..WRITE_ATTEMPTS {
@@ -108,12 +108,10 @@ impl Store {
         &self,
         user_id: &str,
         tokens: &NewTokens,
+        refresh: &SecretString,
     ) -> Result<ActorSeed, StoreError> {
         use sea_orm::sea_query::{ExprTrait, OnConflict};
         use user::Column as C;
-        let Some(refresh) = &tokens.refresh_token else {
-            return Err(StoreError::NoRefreshToken);
-        };
         let refresh = self
             .cipher
             .encrypt(refresh.expose_secret(), &refresh_context(user_id));

@@ -281,15 +281,10 @@ async fn delete_tokens(
     if deletes.is_empty() {
         return Ok(HashSet::new());
     }
-    let sql = format!(
-        "DELETE FROM google_calendar_tokens WHERE user_id IN ({}) RETURNING user_id",
-        params(1, deletes.len()),
-    );
-    let values = deletes
-        .iter()
-        .map(|i| Value::from(pushes[*i].user_id.as_str()));
-    let statement = Statement::from_sql_and_values(backend, sql, values);
-    txn.query_all_raw(statement)
+    let sql = |users: &str| {
+        format!("DELETE FROM google_calendar_tokens WHERE user_id IN ({users}) RETURNING user_id")
+    };
+    query_users(txn, backend, sql, pushes, deletes)
         .await?
         .iter()
         .map(|row| row.try_get("", "user_id"))
@@ -307,19 +302,32 @@ async fn held_versions(
     if refused.is_empty() {
         return Ok(HashMap::new());
     }
-    let sql = format!(
-        "SELECT user_id, version FROM google_calendar_token_versions WHERE user_id IN ({})",
-        params(1, refused.len()),
-    );
-    let values = refused
-        .iter()
-        .map(|i| Value::from(pushes[*i].user_id.as_str()));
-    let statement = Statement::from_sql_and_values(backend, sql, values);
-    txn.query_all_raw(statement)
+    let sql = |users: &str| {
+        format!(
+            "SELECT user_id, version FROM google_calendar_token_versions WHERE user_id IN ({users})"
+        )
+    };
+    query_users(txn, backend, sql, pushes, refused)
         .await?
         .iter()
         .map(|row| Ok((row.try_get("", "user_id")?, row.try_get("", "version")?)))
         .collect()
+}
+
+/// Runs the statement `sql` makes of a parameter list, bound to the user ids of the
+/// `picked` pushes.
+async fn query_users(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    sql: impl FnOnce(&str) -> String,
+    pushes: &[Push],
+    picked: &[usize],
+) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let values = picked
+        .iter()
+        .map(|i| Value::from(pushes[*i].user_id.as_str()));
+    let statement = Statement::from_sql_and_values(backend, sql(&params(1, picked.len())), values);
+    txn.query_all_raw(statement).await
 }
 
 /// `($1, $2, $3<tail>), ($4, $5, $6<tail>), ...`: `count` rows of `columns` parameters each,
