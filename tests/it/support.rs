@@ -21,7 +21,7 @@ use tokenwarden_sandbox::{
 };
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-of-at-least-32-characters";
 /// The `NODE_ID` of in-process apps: every metric carries it as the `node` label.
 pub const NODE_ID: &str = "test-node";
 pub const CLIENT_ID: &str = "test-client";
