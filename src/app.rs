@@ -184,6 +184,7 @@ impl App {
             metrics: metrics.clone(),
             history,
             connect_limiter: Arc::new(http::RateLimiter::for_connect()),
+            auth_throttle: Arc::new(http::AuthThrottle::default()),
             readiness: Default::default(),
             cluster: cluster.clone(),
         };

@@ -10,6 +10,7 @@ mod m20261126_000002_create_oauth_states;
 mod m20261130_000003_add_browser_binding;
 mod m20261130_000004_add_cluster;
 mod m20261130_000005_drop_sync_state_index;
+mod m20261207_000006_create_console_sessions;
 
 /// Shards every user falls into, fixed at the migration that created them (CONTRACT section 8):
 /// 256 leases per cluster keep a share even for a handful of nodes and cost one small row
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_add_browser_binding::Migration),
             Box::new(m20261130_000004_add_cluster::Migration),
             Box::new(m20261130_000005_drop_sync_state_index::Migration),
+            Box::new(m20261207_000006_create_console_sessions::Migration),
         ]
     }
 }

@@ -271,7 +271,7 @@ impl ServeArgs {
             frontend_url: self.frontend_url.as_str().trim_end_matches('/').to_string(),
             browser_binding: self.oauth_browser_binding,
             jwt_secret: required_secret("AUTH_JWT_SECRET", self.auth_jwt_secret)?,
-            admin_token: required_secret("ADMIN_TOKEN", self.admin_token)?,
+            admin_token: admin_token(self.admin_token)?,
             encryption_key,
             old_encryption_keys,
             telemetry: self.telemetry.into_config()?,
@@ -326,6 +326,27 @@ fn required_secret(
     value
         .filter(|v| !v.expose_secret().trim().is_empty())
         .ok_or(ConfigError::Missing(var))
+}
+
+/// Shortest admin token `serve` accepts (CONTRACT 4): with 32 characters even a token of
+/// lowercase letters and digits holds over 160 bits, out of reach of online guessing (which is
+/// throttled besides) and of any offline search.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// `ADMIN_TOKEN`: required, and long enough that nobody guesses it.
+fn admin_token(value: Option<SecretString>) -> Result<SecretString, ConfigError> {
+    let token = required_secret("ADMIN_TOKEN", value)?;
+    let chars = token.expose_secret().trim().chars().count();
+    if chars < MIN_ADMIN_TOKEN_CHARS {
+        return Err(malformed(
+            "ADMIN_TOKEN",
+            format!(
+                "it has {chars} characters, at least {MIN_ADMIN_TOKEN_CHARS} are required \
+                 (for example: openssl rand -base64 32)"
+            ),
+        ));
+    }
+    Ok(token)
 }
 
 fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {

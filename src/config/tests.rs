@@ -18,7 +18,7 @@ fn complete() -> ServeArgs {
         microservice_url: Some("http://127.0.0.1:4000/".into()),
         frontend_url: Url::parse("http://localhost:5173/").unwrap(),
         auth_jwt_secret: Some("jwt".into()),
-        admin_token: Some("admin".into()),
+        admin_token: Some("an-admin-token-of-32-characters!".into()),
         token_encryption_key: Some(
             base64::engine::general_purpose::STANDARD
                 .encode([7u8; 32])
@@ -67,6 +67,21 @@ fn missing_secret_names_its_variable() {
     args.admin_token = None;
     let err = args.into_config().unwrap_err().to_string();
     assert_eq!(err, "ADMIN_TOKEN is required but not set");
+}
+
+#[test]
+fn a_short_admin_token_is_refused_without_echoing_it() {
+    let mut args = complete();
+    args.admin_token = Some("hunter2".into());
+    let err = args.into_config().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "ADMIN_TOKEN is malformed: it has 7 characters, at least 32 are required \
+         (for example: openssl rand -base64 32)"
+    );
+    let mut args = complete();
+    args.admin_token = Some("x".repeat(32).into());
+    assert!(args.into_config().is_ok());
 }
 
 #[test]
@@ -216,7 +231,7 @@ fn defaults_are_the_documented_ones() {
         google_client_id: Some("id".into()),
         google_client_secret: Some("secret".into()),
         auth_jwt_secret: Some("jwt".into()),
-        admin_token: Some("admin".into()),
+        admin_token: Some("an-admin-token-of-32-characters!".into()),
         token_encryption_key: complete().token_encryption_key,
         ..ServeArgs::default()
     }

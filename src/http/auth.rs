@@ -7,7 +7,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{AppState, Error};
+use super::{
+    AppState, Error,
+    auth_throttle::{client_ip, retry_after_secs},
+};
 use crate::crypto::secrets_match;
 
 /// A caller authenticated by the main app's JWT.
@@ -73,11 +76,22 @@ impl FromRequestParts<AppState> for AuthUser {
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = Error;
 
+    /// A client that sent too many wrong tokens is answered `429` before its token is looked
+    /// at, right or wrong (`auth_throttle`); a missing token is no guess and is not counted.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let client = client_ip(&parts.extensions);
+        state
+            .auth_throttle
+            .check(client)
+            .map_err(|wait| Error::TooManyRequests {
+                retry_after_secs: retry_after_secs(wait),
+            })?;
         let token = bearer(parts).ok_or(Error::Unauthorized("missing admin token"))?;
         if secrets_match(token, &state.config.admin_token) {
             Ok(Self)
         } else {
+            state.auth_throttle.failed(client);
+            tracing::warn!(peer = %client, "wrong admin token");
             Err(Error::Unauthorized("invalid admin token"))
         }
     }

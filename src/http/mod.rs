@@ -9,6 +9,7 @@
 
 mod admin;
 mod auth;
+mod auth_throttle;
 mod browser_binding;
 mod changes;
 mod console;
@@ -35,6 +36,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tower::{BoxError, ServiceBuilder};
 
 pub use auth::{AdminAuth, AuthUser, valid_user_id, verify_jwt};
+pub use auth_throttle::AuthThrottle;
 #[cfg(feature = "test-util")]
 pub use console::forge_cookie as forge_console_cookie;
 pub use console::{COOKIE as CONSOLE_COOKIE, LIFETIME as CONSOLE_SESSION_LIFETIME};
@@ -71,6 +73,8 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Per-user limit on starting consents.
     pub connect_limiter: Arc<RateLimiter>,
+    /// Per-address count of wrong admin tokens (admin routes and console sign-in).
+    pub auth_throttle: Arc<AuthThrottle>,
     /// The database check `/readyz` probes share.
     pub readiness: Arc<Readiness>,
     /// This process in its cluster.

@@ -8,6 +8,7 @@ mod batch;
 mod bulk;
 pub mod cluster;
 mod console;
+mod console_sessions;
 pub mod entity;
 mod exclusive;
 mod key_check;

@@ -39,6 +39,20 @@ fn missing_or_malformed_variables_are_named_on_one_line() {
     assert!(stderr.contains("TOKEN_ENCRYPTION_KEY"), "{stderr}");
     assert!(!stderr.contains("dG9vIHNob3J0"), "the value is not echoed");
 
+    // An admin token short enough to guess (issue 19, M2) stops serve before it listens.
+    let output = required_env(&mut tokenwarden(dir.path()))
+        .env("ADMIN_TOKEN", "hunter2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("ADMIN_TOKEN is malformed") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the value is not echoed");
+
     let output = required_env(&mut tokenwarden(dir.path()))
         .env(
             "GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET",

@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod connect;
 mod console;
+mod console_security;
 mod disconnect;
 mod faults;
 mod fuzz;

@@ -13,9 +13,13 @@
 
 mod pages;
 mod session;
+mod sign_in;
 mod users;
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+};
 
 use axum::{
     Router,
@@ -30,8 +34,8 @@ use chrono::Utc;
 use maud::Markup;
 use serde::Deserialize;
 
-use super::{AppState, Error};
-use crate::{crypto::secrets_match, metrics::StatusLabels};
+use super::{AppState, Error, auth_throttle::client_ip};
+use crate::metrics::StatusLabels;
 use pages::Frame;
 #[cfg(feature = "test-util")]
 pub use session::forge_cookie;
@@ -45,13 +49,18 @@ const MAX_QUERY_CHARS: usize = 200;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
-        .route("/console", get(home).post(sign_in))
-        .route("/console/sign-out", post(sign_out))
+        .route("/console", get(sign_in::home).post(sign_in::sign_in))
+        .route("/console/sign-out", post(sign_in::sign_out))
+        .route("/console/sessions/end-all", post(sign_in::end_all_sessions))
         .route("/console/users", get(list_users))
         .route("/console/users/{user_id}", get(show_user))
         .route("/console/users/{user_id}/refresh", post(refresh_now))
         .route("/console/users/{user_id}/resync", post(resync))
-        .layer(middleware::from_fn_with_state(state, refuse_cross_site))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_cross_site,
+        ))
+        .layer(middleware::from_fn_with_state(state, refuse_other_hosts))
         .layer(middleware::map_response(page_headers))
 }
 
@@ -59,6 +68,8 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// what a proxy says in `X-Forwarded-For` (which anyone can send, so it never replaces the
 /// peer).
 struct Peer {
+    /// The address the sign-in throttle counts by.
+    client: IpAddr,
     addr: Option<String>,
     forwarded_for: Option<String>,
 }
@@ -68,6 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         Ok(Self {
+            client: client_ip(&parts.extensions),
             addr: parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
@@ -84,7 +96,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 /// Logs one console action.
 fn audit(action: &'static str, user_id: Option<&str>, peer: &Peer) {
     let (addr, forwarded_for) = (peer.addr.as_deref(), peer.forwarded_for.as_deref());
-    if action == "sign_in_failed" {
+    if matches!(action, "sign_in_failed" | "sign_in_throttled") {
         tracing::warn!(
             action,
             peer = addr,
@@ -126,19 +138,35 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// The operator whose session the request's cookie holds: signed with this admin token,
+    /// unexpired, and still live in the database (not signed out, not ended by an operator).
+    async fn of(app: &AppState, headers: &HeaderMap) -> Result<Option<Self>, Error> {
+        let keys = Keys::from_admin_token(&app.config.admin_token);
+        let now = Utc::now();
+        let Some(session) = keys.session(headers, now) else {
+            return Ok(None);
+        };
+        if !app.store.console_session_live(&session.id, now).await? {
+            return Ok(None);
+        }
+        Ok(Some(Self { keys, session }))
+    }
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
-        let keys = Keys::from_admin_token(&app.config.admin_token);
-        match keys.session(&parts.headers, Utc::now()) {
-            Some(session) => Ok(Self { keys, session }),
-            None if matches!(parts.method, Method::GET | Method::HEAD) => {
+        match Self::of(app, &parts.headers).await {
+            Ok(Some(operator)) => Ok(operator),
+            Ok(None) if matches!(parts.method, Method::GET | Method::HEAD) => {
                 Err(Redirect::to("/console").into_response())
             }
-            None => Err(forbidden(
+            Ok(None) => Err(forbidden(
                 "You are not signed in, or your session has ended.",
             )),
+            Err(e) => Err(e.into_response()),
         }
     }
 }
@@ -187,6 +215,37 @@ async fn refuse_cross_site(
     }
 }
 
+/// Refuses, with 403, a request whose `Host` is not one the console is served under: an
+/// answer to a DNS-rebound name would let another site's page read the console
+/// (`session::host_allowed`).
+async fn refuse_other_hosts(
+    State(app): State<AppState>,
+    peer: Peer,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed: Vec<String> = [
+        Some(&app.config.google.redirect_uri),
+        url::Url::parse(&app.config.cluster.advertise_url)
+            .ok()
+            .as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|url| url.host_str().map(str::to_string))
+    .collect();
+    if session::host_allowed(request.headers(), &allowed) {
+        return next.run(request).await;
+    }
+    tracing::warn!(
+        action = "other_host_refused",
+        peer = peer.addr.as_deref(),
+        forwardedFor = peer.forwarded_for.as_deref(),
+        "console refused a request for another host name"
+    );
+    forbidden("This console is not served under that host name.")
+}
+
 /// Headers of every console answer: never cached (pages show live state, actions answer
 /// once), never framed, no referrer to other origins, and the content security policy of
 /// `pages`. The referrer policy is `same-origin`, not `no-referrer`: under `no-referrer` a
@@ -222,71 +281,6 @@ fn stale_form() -> Response {
 
 fn secure_cookie(app: &AppState) -> bool {
     app.config.google.redirect_uri.scheme() == "https"
-}
-
-/// `GET /console`: the overview when signed in, else the sign-in form (clearing a cookie
-/// that no longer holds a session).
-async fn home(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
-    let keys = Keys::from_admin_token(&app.config.admin_token);
-    let now = Utc::now();
-    if let Some(session) = keys.session(&headers, now) {
-        let csrf = keys.csrf_token(&session);
-        return Ok(overview_page(&app, &csrf).await?.into_response());
-    }
-    let form = pages::sign_in(&keys.sign_in_token(now), None);
-    if session::has_cookie(&headers) {
-        let clear = session::clear_cookie(secure_cookie(&app));
-        return Ok(([(header::SET_COOKIE, clear)], form).into_response());
-    }
-    Ok(form.into_response())
-}
-
-/// `POST /console` (`admin_token`, `csrf`): signs in. A good token gets the session cookie
-/// and the overview in the same answer; a wrong one gets the form again with an error, 401.
-/// The sign-in form's token is checked when sent; before a session exists, the origin check
-/// is what refuses a cross-site sign-in (and a forged sign-in needs the admin token anyway).
-async fn sign_in(State(app): State<AppState>, peer: Peer, body: Bytes) -> Result<Response, Error> {
-    let form = FormFields::parse(&body);
-    let keys = Keys::from_admin_token(&app.config.admin_token);
-    let now = Utc::now();
-    if let Some(token) = form.get("csrf")
-        && !keys.sign_in_token_matches(token, now)
-    {
-        let page = pages::sign_in(
-            &keys.sign_in_token(now),
-            Some("The sign-in form expired: try again."),
-        );
-        return Ok((StatusCode::FORBIDDEN, page).into_response());
-    }
-    let presented = form.get("admin_token").unwrap_or_default();
-    if presented.is_empty() || !secrets_match(presented, &app.config.admin_token) {
-        audit("sign_in_failed", None, &peer);
-        let page = pages::sign_in(&keys.sign_in_token(now), Some("Wrong admin token."));
-        return Ok((StatusCode::UNAUTHORIZED, page).into_response());
-    }
-    let (session, cookie) = keys.issue(now, secure_cookie(&app));
-    audit("sign_in", None, &peer);
-    let page = overview_page(&app, &keys.csrf_token(&session)).await?;
-    Ok(([(header::SET_COOKIE, cookie)], page).into_response())
-}
-
-/// `POST /console/sign-out` (`csrf`): ends the session in this browser.
-async fn sign_out(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    peer: Peer,
-    body: Bytes,
-) -> Response {
-    let keys = Keys::from_admin_token(&app.config.admin_token);
-    if let Some(session) = keys.session(&headers, Utc::now()) {
-        let operator = Operator { keys, session };
-        if !operator.csrf_ok(&FormFields::parse(&body)) {
-            return stale_form();
-        }
-        audit("sign_out", None, &peer);
-    }
-    let clear = session::clear_cookie(secure_cookie(&app));
-    ([(header::SET_COOKIE, clear)], Redirect::to("/console")).into_response()
 }
 
 async fn overview_page(app: &AppState, csrf: &str) -> Result<Markup, Error> {

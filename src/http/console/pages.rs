@@ -55,8 +55,8 @@ pub struct Frame<'a> {
     pub flash: Option<&'a str>,
 }
 
-/// A signed-in page: the navigation (links "Overview" and "Users", button "Sign out") and
-/// `content`.
+/// A signed-in page: the navigation (links "Overview" and "Users", buttons "Sign out" and
+/// "End all sessions") and `content`.
 pub fn page(frame: &Frame<'_>, content: Markup) -> Markup {
     document(
         frame.title,
@@ -68,6 +68,12 @@ pub fn page(frame: &Frame<'_>, content: Markup) -> Markup {
                 form method="post" action="/console/sign-out" {
                     input type="hidden" name="csrf" value=(frame.csrf);
                     button type="submit" { "Sign out" }
+                }
+                form method="post" action="/console/sessions/end-all" {
+                    input type="hidden" name="csrf" value=(frame.csrf);
+                    button type="submit" title="Signs out every browser, this one included" {
+                        "End all sessions"
+                    }
                 }
             }
             main {

@@ -1,11 +1,17 @@
 //! The console's session and its defences against cross-site requests. Owns the cookie's
 //! name, attributes and signature, the CSRF tokens of the forms, and the origin check.
 //!
-//! Nothing is stored on the server: the cookie holds a random session id and its expiry,
-//! signed (the `cookie` crate's signed jar, HMAC-SHA256) with a key derived from `ADMIN_TOKEN`
-//! by HKDF-SHA512 under a fixed label. Any node with the same configuration can check it, and
-//! changing the admin token ends every session. A form's CSRF token is an HMAC of the session
-//! id under a second derived key, so it is worth nothing without the cookie it belongs to.
+//! The cookie holds a random session id and its expiry, signed (the `cookie` crate's signed
+//! jar, HMAC-SHA256) with a key derived from `ADMIN_TOKEN` by HKDF-SHA512 under a fixed label,
+//! so any node with the same configuration can check it and changing the admin token ends
+//! every session. The session is live only while the database holds it (`store::
+//! console_sessions`, checked by the caller), so signing out ends it on every node. A form's
+//! CSRF token is an HMAC of the session id under a second derived key, so it is worth nothing
+//! without the cookie it belongs to.
+//!
+//! Nothing handed out before sign-in comes from the admin token (CONTRACT 4): the sign-in
+//! form's anti-forgery value is random and kept in a cookie of its own (double submit), so a
+//! page fetched without the token gives nobody a value to test guesses against.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -16,6 +22,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Sha256, Sha512};
+use subtle::ConstantTimeEq;
 use url::Url;
 
 /// The session cookie's name.
@@ -24,6 +31,8 @@ pub const COOKIE: &str = "tw_console";
 pub const COOKIE_PATH: &str = "/console";
 /// How long a session lasts: a working day, then the operator signs in again.
 pub const LIFETIME: Duration = Duration::hours(8);
+/// The sign-in form's anti-forgery cookie.
+pub const SIGN_IN_COOKIE: &str = "tw_console_sign_in";
 /// How long a sign-in form may be left open before it is submitted.
 const SIGN_IN_FORM_LIFETIME: Duration = Duration::hours(1);
 /// HKDF's salt: names what the derived keys are for, so no other use of the admin token
@@ -89,7 +98,7 @@ impl Keys {
     pub fn session(&self, headers: &HeaderMap, now: DateTime<Utc>) -> Option<Session> {
         let jar = CookieJar::new();
         let verifier = jar.signed(&self.cookie);
-        presented(headers)
+        presented(headers, COOKIE)
             .into_iter()
             .filter_map(|cookie| verifier.verify(cookie))
             .filter_map(|cookie| parse_payload(cookie.value()))
@@ -109,25 +118,6 @@ impl Keys {
         self.mac(&["session", &session.id])
             .verify_slice(&tag)
             .is_ok()
-    }
-
-    /// The token of a sign-in form shown at `now`: there is no session yet to bind it to,
-    /// so it only proves the form came from this console within the last hour.
-    pub fn sign_in_token(&self, now: DateTime<Utc>) -> String {
-        let until = (now + SIGN_IN_FORM_LIFETIME).timestamp().to_string();
-        let tag = self.mac(&["sign-in", &until]).finalize().into_bytes();
-        format!("{until}.{}", URL_SAFE_NO_PAD.encode(tag))
-    }
-
-    /// Whether `presented` is a sign-in form's token that has not expired.
-    pub fn sign_in_token_matches(&self, presented: &str, now: DateTime<Utc>) -> bool {
-        let Some((until, tag)) = presented.trim().split_once('.') else {
-            return false;
-        };
-        let (Ok(deadline), Ok(tag)) = (until.parse::<i64>(), URL_SAFE_NO_PAD.decode(tag)) else {
-            return false;
-        };
-        self.mac(&["sign-in", until]).verify_slice(&tag).is_ok() && now.timestamp() < deadline
     }
 
     /// HMAC-SHA256 over the parts, each length-prefixed so no two lists give the same input.
@@ -152,11 +142,70 @@ pub fn clear_cookie(secure: bool) -> HeaderValue {
 
 /// Whether the request carries a console cookie at all (valid or not).
 pub fn has_cookie(headers: &HeaderMap) -> bool {
-    !presented(headers).is_empty()
+    !presented(headers, COOKIE).is_empty()
+}
+
+/// A new sign-in form's anti-forgery value: 32 random bytes, for the form's hidden field, and
+/// the `Set-Cookie` that keeps the same value in the browser for an hour.
+pub fn sign_in_token(secure: bool) -> (String, HeaderValue) {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let cookie = attributes(
+        Cookie::new(SIGN_IN_COOKIE, token.clone()),
+        SIGN_IN_FORM_LIFETIME,
+        secure,
+    );
+    (token, header_value(&cookie))
+}
+
+/// Whether `presented` (the form's field) is the value of the request's sign-in cookie,
+/// compared in constant time.
+pub fn sign_in_token_matches(headers: &HeaderMap, presented: &str) -> bool {
+    let presented = presented.trim();
+    !presented.is_empty()
+        && presented_values(headers, SIGN_IN_COOKIE)
+            .iter()
+            .any(|value| bool::from(value.as_bytes().ct_eq(presented.as_bytes())))
+}
+
+/// A `Set-Cookie` that drops the sign-in form's cookie once it has served.
+pub fn clear_sign_in_cookie(secure: bool) -> HeaderValue {
+    header_value(&attributes(
+        Cookie::new(SIGN_IN_COOKIE, ""),
+        Duration::zero(),
+        secure,
+    ))
+}
+
+/// Whether the request's `Host` is one this console answers under: an IP address, `localhost`,
+/// or a host name of the service's own configured URLs (`allowed`). Any other name reaching
+/// this port is a DNS rebinding (a page of another site whose name now points here), which
+/// must not get to talk to the console as if it were same-origin. No `Host` (HTTP/1.0) is no
+/// browser.
+pub fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Some(name) = host
+        .to_str()
+        .ok()
+        .and_then(|h| Url::parse(&format!("http://{h}")).ok())
+        .and_then(|url| url.host().map(|host| host.to_owned()))
+    else {
+        return false;
+    };
+    match name {
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => true,
+        url::Host::Domain(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+        }
+    }
 }
 
 /// Why a state-changing request looks cross-site, if it does: a `Sec-Fetch-Site` other than
-/// `same-origin` (or `none`, typed by the user), or an `Origin` that is neither the
+/// `same-origin`, or an `Origin` that is neither the
 /// service's public origin (`GOOGLE_CALENDAR_REDIRECT_URI`'s) nor the one of the `Host` the
 /// request was sent to. Clients that send neither header are no browser, so they cannot be
 /// made to post on an operator's behalf; the CSRF token still applies to them.
@@ -166,8 +215,10 @@ pub fn cross_site(headers: &HeaderMap, public: &Url) -> Option<&'static str> {
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
+    // Not even `none` (a navigation the user typed or bookmarked): the console's own forms
+    // post `same-origin`, and no typed navigation is a POST.
     if let Some(site) = text("sec-fetch-site")
-        && !matches!(site, "same-origin" | "none")
+        && site != "same-origin"
     {
         return Some("Sec-Fetch-Site is not same-origin");
     }
@@ -214,15 +265,22 @@ fn attributes(cookie: Cookie<'static>, max_age: Duration, secure: bool) -> Cooki
     cookie
 }
 
-fn presented(headers: &HeaderMap) -> Vec<Cookie<'static>> {
+fn presented(headers: &HeaderMap, name: &str) -> Vec<Cookie<'static>> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| Cookie::split_parse(h.to_string()))
         .filter_map(Result::ok)
-        .filter(|c| c.name() == COOKIE)
+        .filter(|c| c.name() == name)
         .map(Cookie::into_owned)
+        .collect()
+}
+
+fn presented_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    presented(headers, name)
+        .into_iter()
+        .map(|c| c.value().to_string())
         .collect()
 }
 
@@ -329,16 +387,54 @@ mod tests {
     }
 
     #[test]
-    fn sign_in_tokens_expire_and_cannot_be_stretched() {
-        let k = keys("t");
-        let now = Utc::now();
-        let token = k.sign_in_token(now);
-        assert!(k.sign_in_token_matches(&token, now));
-        assert!(!k.sign_in_token_matches(&token, now + SIGN_IN_FORM_LIFETIME));
-        let (until, tag) = token.split_once('.').unwrap();
-        let stretched = format!("{}.{tag}", until.parse::<i64>().unwrap() + 3600);
-        assert!(!k.sign_in_token_matches(&stretched, now));
-        assert!(!keys("other").sign_in_token_matches(&token, now));
+    fn the_sign_in_token_is_random_and_must_match_its_cookie() {
+        let (a, set_a) = sign_in_token(false);
+        let (b, _) = sign_in_token(false);
+        assert_ne!(a, b);
+        // 32 random bytes: nothing of the admin token in it.
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+        let text = set_a.to_str().unwrap();
+        for attribute in [
+            "tw_console_sign_in=",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/console",
+            "Max-Age=3600",
+        ] {
+            assert!(text.contains(attribute), "{attribute} missing in {text}");
+        }
+        let cookie = Cookie::parse(text.to_string()).unwrap();
+        let mut headers = HeaderMap::new();
+        let pair = format!("{}={}", cookie.name(), cookie.value());
+        headers.insert(header::COOKIE, HeaderValue::from_str(&pair).unwrap());
+        assert!(sign_in_token_matches(&headers, &a));
+        assert!(!sign_in_token_matches(&headers, &b));
+        assert!(!sign_in_token_matches(&headers, ""));
+        assert!(!sign_in_token_matches(&HeaderMap::new(), &a));
+    }
+
+    #[test]
+    fn only_configured_host_names_and_addresses_reach_the_console() {
+        let allowed = vec!["tw.example".to_string()];
+        let check = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            host_allowed(&headers, &allowed)
+        };
+        for good in [
+            "127.0.0.1:3000",
+            "[::1]:3000",
+            "localhost:3000",
+            "tw.example",
+            "TW.example:443",
+            "10.1.2.3",
+        ] {
+            assert!(check(good), "{good}");
+        }
+        for bad in ["evil.example:3000", "tw.example.evil.example", "a b"] {
+            assert!(!check(bad), "{bad}");
+        }
+        assert!(host_allowed(&HeaderMap::new(), &allowed));
     }
 
     #[test]
@@ -372,6 +468,10 @@ mod tests {
         );
         assert!(check(&[("sec-fetch-site", "cross-site")]).is_some());
         assert!(check(&[("sec-fetch-site", "same-site")]).is_some());
+        assert!(
+            check(&[("sec-fetch-site", "none")]).is_some(),
+            "README: only same-origin"
+        );
         assert!(
             check(&[
                 ("origin", "http://evil.example"),

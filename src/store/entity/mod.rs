@@ -1,4 +1,5 @@
 //! sea-orm entities, one per table of the `migration` crate.
 
+pub mod console_session;
 pub mod oauth_state;
 pub mod user;
