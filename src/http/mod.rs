@@ -40,7 +40,7 @@ pub use console::forge_cookie as forge_console_cookie;
 pub use console::{COOKIE as CONSOLE_COOKIE, LIFETIME as CONSOLE_SESSION_LIFETIME};
 pub use error::Error;
 pub use health::Readiness;
-pub use rate_limit::{CONNECTS_PER_MINUTE, RateLimiter};
+pub use rate_limit::{CALLBACKS_PER_MINUTE, CONNECTS_PER_MINUTE, RateLimiter};
 pub use serve::serve;
 
 use crate::{
