@@ -26,7 +26,7 @@ use tower_http::cors::CorsLayer;
 use super::{
     AppState, Error,
     auth::AuthUser,
-    browser_binding::{self, CookieScope},
+    browser_binding::CookieScope,
     changes::{Change, user_changed},
     rate_limit::{RateLimiter, client_key},
     rfc3339,
@@ -193,7 +193,7 @@ async fn complete_consent(
     };
     let user_id = taken.user_id;
     if app.config.browser_binding
-        && !browser_binding::presented_matches(headers, state, taken.browser_hash.as_deref())
+        && !cookie_scope(app).presented_matches(headers, state, taken.browser_hash.as_deref())
     {
         // Someone else's consent link (or a browser that lost the cookie): the state is spent
         // and nothing is stored, so the link cannot attach this browser's account to the user.
