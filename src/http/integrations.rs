@@ -39,6 +39,10 @@ use crate::{
 /// How long a consent round-trip may take.
 const STATE_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
+/// The routes that require a user's bearer token: the caller is verified before any work
+/// that reaches Google or the microservice, so their trace context may be adopted
+/// (`super::adopts_caller_trace`). The callback is not among them.
+pub(super) const AUTHENTICATED_ROUTES: [&str; 3] = [CONNECT, STATUS, DISCONNECT];
 const CONNECT: &str = "/api/integrations/google/connect";
 const CALLBACK: &str = "/api/integrations/google/callback";
 const STATUS: &str = "/api/integrations/google/status";

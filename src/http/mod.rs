@@ -147,7 +147,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    crate::telemetry::continue_trace(&span, request.headers());
+    if adopts_caller_trace(&route) {
+        crate::telemetry::continue_trace(&span, request.headers());
+    } else {
+        crate::telemetry::link_trace(&span, request.headers());
+    }
     let started = Instant::now();
     let response = {
         use tracing::Instrument;
@@ -165,6 +169,17 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether a request on `route` may continue its caller's trace: only on routes whose
+/// handlers verify the caller (a user's JWT, the admin token: every `/admin/` route takes
+/// `AdminAuth`) before any work that reaches Google or the microservice. Every other route
+/// (the callback, Google's RISC pushes, health, metrics, the console, anything unmatched)
+/// starts a trace of its own and links the caller's, as OpenTelemetry advises for public
+/// endpoints: an anonymous `traceparent` and `tracestate` would otherwise travel on to Google
+/// and into the pushes, and graft our spans onto a trace of the caller's choosing.
+fn adopts_caller_trace(route: &str) -> bool {
+    route.starts_with("/admin/") || integrations::AUTHENTICATED_ROUTES.contains(&route)
 }
 
 /// RFC 3339 in UTC with a `Z` and whole seconds, as the contract writes timestamps.
