@@ -2,6 +2,8 @@
 //! JSON object a line carrying the trace id), spans exported over OTLP when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C `traceparent` propagation helpers for the
 //! HTTP clients and servers. No token ever goes into a span: callers record user ids only.
+//! A request from a caller nobody verified starts its own trace and only links the caller's
+//! ([`link_trace`]); verified callers' traces are continued ([`continue_trace`]).
 
 use std::{
     fmt,
@@ -11,7 +13,7 @@ use std::{
 
 use opentelemetry::{
     Context, global,
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{SpanContext, TraceContextExt, TraceState, TracerProvider as _},
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -203,6 +205,25 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let parent = extract(headers);
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
+    }
+}
+
+/// Leaves `span` at the root of a trace of its own and links the caller's trace, if the
+/// headers carry one: for requests nobody authenticated. Their context must not become the
+/// parent, or it would travel on in every call the request causes (to Google, in the pushes)
+/// and let anyone attach our spans to a trace they chose; the link still lets an operator
+/// follow a call across. The caller's `tracestate` is left out: vendor data from an anonymous
+/// caller that nothing here needs.
+pub fn link_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    let caller = extract(headers).span().span_context().clone();
+    if caller.is_valid() {
+        span.add_link(SpanContext::new(
+            caller.trace_id(),
+            caller.span_id(),
+            caller.trace_flags(),
+            true,
+            TraceState::default(),
+        ));
     }
 }
 

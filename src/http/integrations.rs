@@ -3,12 +3,15 @@
 //! microservice: it saves, tells the supervisor and the sync dispatcher, and redirects.
 //! Only these routes answer the frontend's cross-origin calls, with credentials, because the
 //! browser-binding cookie travels with them.
+//!
+//! The callback is the one unauthenticated route here, so it is limited per client address
+//! (`rate_limit::client_key`), and an invented `state` costs one read and no write.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use axum::{
-    Json, Router,
-    extract::{RawQuery, State},
+    Extension, Json, Router,
+    extract::{ConnectInfo, RawQuery, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -23,8 +26,9 @@ use tower_http::cors::CorsLayer;
 use super::{
     AppState, Error,
     auth::AuthUser,
-    browser_binding::{self, CookieScope},
+    browser_binding::CookieScope,
     changes::{Change, user_changed},
+    rate_limit::{RateLimiter, client_key},
     rfc3339,
 };
 use crate::{
@@ -35,6 +39,19 @@ use crate::{
 /// How long a consent round-trip may take.
 const STATE_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
+/// The routes that require a user's bearer token: the caller is verified before any work
+/// that reaches Google or the microservice, so their trace context may be adopted
+/// (`super::adopts_caller_trace`). The callback is not among them.
+pub(super) const AUTHENTICATED_ROUTES: [&str; 3] = [CONNECT, STATUS, DISCONNECT];
+const CONNECT: &str = "/api/integrations/google/connect";
+const CALLBACK: &str = "/api/integrations/google/callback";
+const STATUS: &str = "/api/integrations/google/status";
+const DISCONNECT: &str = "/api/integrations/google";
+
+/// The callback's per-client limit, one per router.
+#[derive(Clone)]
+struct CallbackLimiter(Arc<RateLimiter>);
+
 pub fn router(frontend_url: &str) -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(
@@ -43,11 +60,12 @@ pub fn router(frontend_url: &str) -> Router<AppState> {
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    let limiter = CallbackLimiter(Arc::new(RateLimiter::for_callback()));
     Router::new()
-        .route("/api/integrations/google/connect", post(connect))
-        .route("/api/integrations/google/callback", get(callback))
-        .route("/api/integrations/google/status", get(status))
-        .route("/api/integrations/google", delete(disconnect))
+        .route(CONNECT, post(connect))
+        .route(CALLBACK, get(callback).layer(Extension(limiter)))
+        .route(STATUS, get(status))
+        .route(DISCONNECT, delete(disconnect))
         .layer(cors)
 }
 
@@ -100,14 +118,28 @@ fn found(location: &str) -> Response {
 
 async fn callback(
     State(app): State<AppState>,
+    Extension(CallbackLimiter(limiter)): Extension<CallbackLimiter>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let base = format!("{}/dashboard/integrations", app.config.frontend_url);
+    let client = client_key(peer.map(|Extension(ConnectInfo(addr))| addr.ip()), &headers);
+    if let Some(client) = client
+        && limiter.check(&client).is_err()
+    {
+        // A redirect like every other callback outcome, not a 429: the one who lands here is
+        // a browser sent back by Google, and the frontend can say "try again in a minute"
+        // where a bare JSON error would strand the user. Nothing is read or spent (the state
+        // and its cookie stay, so a reload a little later can still finish), and debug only:
+        // a flood must not turn into a flood of log lines.
+        tracing::debug!("callback rate limit reached");
+        return found(&format!("{base}?google=error&reason=rate_limited"));
+    }
     let params: HashMap<String, String> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let base = format!("{}/dashboard/integrations", app.config.frontend_url);
     let state = params
         .get("state")
         .map(String::as_str)
@@ -165,7 +197,7 @@ async fn complete_consent(
     };
     let user_id = taken.user_id;
     if app.config.browser_binding
-        && !browser_binding::presented_matches(headers, state, taken.browser_hash.as_deref())
+        && !cookie_scope(app).presented_matches(headers, state, taken.browser_hash.as_deref())
     {
         // Someone else's consent link (or a browser that lost the cookie): the state is spent
         // and nothing is stored, so the link cannot attach this browser's account to the user.

@@ -42,7 +42,7 @@ pub use console::forge_cookie as forge_console_cookie;
 pub use console::{COOKIE as CONSOLE_COOKIE, LIFETIME as CONSOLE_SESSION_LIFETIME};
 pub use error::Error;
 pub use health::Readiness;
-pub use rate_limit::{CONNECTS_PER_MINUTE, RateLimiter};
+pub use rate_limit::{CALLBACKS_PER_MINUTE, CONNECTS_PER_MINUTE, RateLimiter};
 pub use serve::serve;
 
 use crate::{
@@ -100,17 +100,50 @@ async fn not_found() -> Error {
     Error::NotFound("not_found", "no such route".into())
 }
 
-/// Refuses a declared body above the limit with a JSON 413.
+/// Refuses a body above the limit with a JSON 413, whether its length is declared or not.
+/// A body of undeclared length (chunked) is read here, up to the limit and within the
+/// request deadline's length, and handed on whole: otherwise an oversized one got axum's
+/// plain-text 413 from whichever extractor hit the limit, or none at all from a handler that
+/// never reads its body. (Bodies are small: no route takes more than a form or a token.)
 async fn limit_body(request: Request, next: Next) -> Response {
+    use axum::body::HttpBody as _;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        .and_then(|v| v.parse::<u64>().ok());
+    let hint = request.body().size_hint();
+    let limit = MAX_BODY_BYTES as u64;
+    if declared.is_some_and(|len| len > limit) || hint.lower() > limit {
         return Error::PayloadTooLarge(MAX_BODY_BYTES).into_response();
     }
-    next.run(request).await
+    // hyper ends a body at its declared length: nothing more can arrive.
+    if hint.upper().is_some_and(|len| len <= limit) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(REQUEST_DEADLINE, read_limited(body)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => Error::Timeout.into_response(),
+    }
+}
+
+/// The whole body, or `PayloadTooLarge` as soon as it passes the limit.
+async fn read_limited(body: axum::body::Body) -> Result<Vec<u8>, Error> {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        // The client broke off or sent a malformed chunk; it will hardly read the answer.
+        let chunk =
+            chunk.map_err(|_| Error::BadRequest("the request body could not be read".into()))?;
+        if read.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Error::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read)
 }
 
 /// Answers `504 {"error": "timeout"}` for a request still running after `limit` (its handler
@@ -151,7 +184,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    crate::telemetry::continue_trace(&span, request.headers());
+    if adopts_caller_trace(&route) {
+        crate::telemetry::continue_trace(&span, request.headers());
+    } else {
+        crate::telemetry::link_trace(&span, request.headers());
+    }
     let started = Instant::now();
     let response = {
         use tracing::Instrument;
@@ -169,6 +206,17 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether a request on `route` may continue its caller's trace: only on routes whose
+/// handlers verify the caller (a user's JWT, the admin token: every `/admin/` route takes
+/// `AdminAuth`) before any work that reaches Google or the microservice. Every other route
+/// (the callback, Google's RISC pushes, health, metrics, the console, anything unmatched)
+/// starts a trace of its own and links the caller's, as OpenTelemetry advises for public
+/// endpoints: an anonymous `traceparent` and `tracestate` would otherwise travel on to Google
+/// and into the pushes, and graft our spans onto a trace of the caller's choosing.
+fn adopts_caller_trace(route: &str) -> bool {
+    route.starts_with("/admin/") || integrations::AUTHENTICATED_ROUTES.contains(&route)
 }
 
 /// RFC 3339 in UTC with a `Z` and whole seconds, as the contract writes timestamps.

@@ -7,7 +7,11 @@
 //! sqlx gives no handle on its socket, so after each new connection this sets the option on
 //! every TCP socket of the process whose peer is the database's port; all of those are
 //! sqlx's, and the option is harmless on any socket. Linux only (it reads `/proc/self/fd`);
-//! elsewhere it does nothing. Remove once sqlx sets the option again.
+//! elsewhere it does nothing. Remove once sqlx sets the option again: the test
+//! `nodelay::sqlx_alone_still_leaves_nagle_on` fails on that day.
+//!
+//! The descriptors are borrowed, never owned: nothing here closes one or keeps one past the
+//! loop step that found it (see [`for_each_database_socket`]).
 
 use std::str::FromStr;
 
@@ -49,6 +53,9 @@ pub fn database_sockets_without_delay(port: u16) -> (usize, bool) {
     (count, all)
 }
 
+/// Calls `f` with each TCP socket of this process whose peer port is `port`. `f` gets a
+/// `SockRef`, which never closes its descriptor on drop, and its higher-ranked lifetime keeps
+/// `f` from holding on to it past the call.
 fn for_each_database_socket(port: u16, mut f: impl FnMut(socket2::SockRef<'_>)) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -58,9 +65,13 @@ fn for_each_database_socket(port: u16, mut f: impl FnMut(socket2::SockRef<'_>)) 
             .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
     });
     for fd in sockets.filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()) {
-        // SAFETY: the descriptor is used only within this call; if it was closed (or reused)
-        // since the directory was read, the calls fail or reach another of this process's
-        // sockets, which the option does not harm.
+        // SAFETY: the borrow lives for this loop step only, and neither it nor the `SockRef`
+        // made from it closes the descriptor (sqlx owns it and closes it). If another thread
+        // closed the descriptor since the directory was read, the calls below fail with
+        // `EBADF`; if the number was reused meanwhile, they reach whatever now holds it: on a
+        // non-socket they fail (`ENOTSOCK`), and a socket gets the option only if its peer is
+        // the database's port, where it does no harm. Only getpeername, getsockopt and
+        // setsockopt(TCP_NODELAY) are ever called: nothing reads, writes or closes.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let socket = socket2::SockRef::from(&borrowed);
         let to_database = socket

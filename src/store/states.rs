@@ -47,16 +47,28 @@ impl Store {
     }
 
     /// Consumes a state: only the one caller whose delete removed the row gets it, so a state
-    /// can never be used twice, even by two racing callbacks. One `DELETE ... RETURNING`, so a
-    /// callback costs one statement here, not a read and a delete. Expiry is the caller's check.
+    /// can never be used twice, even by two racing callbacks. Expiry is the caller's check.
+    ///
+    /// Reads before it deletes. The callback is unauthenticated, so anyone can send invented
+    /// states; a delete of one would still queue for the write lock (on SQLite the whole
+    /// database's, held by the batched writer or another process's `rotate-key`, for up to the
+    /// busy timeout) on the one pooled connection, and the service would serve nobody while it
+    /// waits. A read of an absent key takes no lock in WAL mode, so an unknown state costs one
+    /// index lookup and no write; a known one costs that read and its one delete.
     #[tracing::instrument(name = "db.take_state", skip_all)]
     pub async fn take_oauth_state(&self, state: &str) -> Result<Option<TakenState>, StoreError> {
-        let Some(row) = oauth_state::Entity::delete_by_id(state)
-            .exec_with_returning(&self.db)
-            .await?
-        else {
+        let Some(row) = oauth_state::Entity::find_by_id(state).one(&self.db).await? else {
             return Ok(None);
         };
+        // The row never changes once made, so what was read is what the delete removes; of
+        // two callbacks that both read it, only the one whose delete removed it goes on.
+        let deleted = oauth_state::Entity::delete_by_id(state)
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        if deleted == 0 {
+            return Ok(None);
+        }
         Ok(Some(TakenState {
             pkce_verifier: self
                 .cipher

@@ -230,3 +230,52 @@ async fn malformed_and_oversized_requests() {
     assert_eq!(health.status(), StatusCode::OK);
     t.shutdown().await;
 }
+
+/// A body of undeclared length (`Transfer-Encoding: chunked`) over the limit gets the same JSON
+/// 413 as one whose `Content-Length` says so, on a route that ignores its body (connect) and on
+/// one that reads it (the console's sign-in form), where axum answered in plain text; a small
+/// chunked body still reaches its handler.
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_the_json_413() {
+    let t = TestApp::spawn().await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<axum::body::Body>();
+    let chunked = |chunks: usize| {
+        let stream =
+            futures::stream::iter((0..chunks).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 4096])));
+        axum::body::Body::from_stream(stream)
+    };
+    let post = |path: &str, chunks: usize| {
+        http::Request::post(format!("{}{path}", t.url))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", t.jwt("chunky")),
+            )
+            .body(chunked(chunks))
+            .unwrap()
+    };
+    for path in ["/api/integrations/google/connect", "/console"] {
+        let response = client.request(post(path, 32)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert!(
+            response.headers()[http::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 4096)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "payload_too_large", "{path}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let small = client
+        .request(post("/api/integrations/google/connect", 2))
+        .await
+        .unwrap();
+    assert_eq!(small.status(), StatusCode::OK);
+    assert!(t.app().store.user("chunky").await.unwrap().is_none());
+    t.shutdown().await;
+}

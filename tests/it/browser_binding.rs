@@ -114,6 +114,85 @@ async fn the_starting_browser_completes_and_the_cookie_is_as_the_contract_says()
     t.shutdown().await;
 }
 
+/// Over https the cookie is a `__Host-` cookie (issue 19, L5: a sibling subdomain cannot set
+/// one), and the callback reads that name and no other. The service runs on plain loopback
+/// here with an https redirect URI; the test carries the callback's query over by hand.
+#[tokio::test]
+async fn over_https_the_cookie_is_host_prefixed_and_read_by_that_name() {
+    let mut t = TestApp::spawn().await;
+    let app = t.app.take().unwrap();
+    let addr = app.addr;
+    app.shutdown().await;
+    let mut config = t.config(addr);
+    config.google.redirect_uri = "https://tw.example/api/integrations/google/callback"
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    t.app = Some(
+        tokenwarden::app::App::spawn(config, listener)
+            .await
+            .unwrap(),
+    );
+
+    let (auth_url, pair) = connect_capturing_cookie(&t, "hanna").await;
+    assert!(pair.starts_with("__Host-tw_oauth_"), "{pair}");
+    let set_cookie = other_browser()
+        .post(format!("{}/api/integrations/google/connect", t.url))
+        .bearer_auth(t.jwt("hanna"))
+        .send()
+        .await
+        .unwrap()
+        .headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["Secure", "Path=/;", "HttpOnly", "SameSite=Lax"] {
+        assert!(format!("{set_cookie};").contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+
+    let browser = other_browser();
+    let back = callback_url(&browser, &auth_url).await;
+    assert!(back.starts_with("https://tw.example/"), "{back}");
+    let local = format!(
+        "{}/api/integrations/google/callback?{}",
+        t.url,
+        back.split_once('?').unwrap().1
+    );
+    // The same value without the prefix, as a sibling subdomain could toss it in: refused.
+    let tossed = pair.trim_start_matches("__Host-");
+    let answer = browser
+        .get(&local)
+        .header(header::COOKIE, tossed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&answer), format!("{ERROR_BASE}browser_mismatch"));
+    assert_eq!(t.status("hanna").await["connected"], false);
+
+    // A fresh flow with its `__Host-` cookie completes, and that cookie is removed.
+    let (auth_url, pair) = connect_capturing_cookie(&t, "hanna").await;
+    let back = callback_url(&browser, &auth_url).await;
+    let local = format!(
+        "{}/api/integrations/google/callback?{}",
+        t.url,
+        back.split_once('?').unwrap().1
+    );
+    let answer = browser
+        .get(&local)
+        .header(header::COOKIE, &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&answer), CONNECTED);
+    let cleared = answer.headers()[header::SET_COOKIE].to_str().unwrap();
+    let name = pair.split('=').next().unwrap();
+    assert!(cleared.starts_with(&format!("{name}=;")), "{cleared}");
+    assert!(format!("{cleared};").contains("Path=/;"), "{cleared}");
+    assert_eq!(t.status("hanna").await["connected"], true);
+    t.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_cookie_from_another_flow_is_refused() {
     let t = TestApp::spawn().await;

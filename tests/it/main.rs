@@ -17,6 +17,8 @@ mod disconnect;
 mod faults;
 mod fuzz;
 mod metrics_labels;
+mod nodelay;
+mod oauth_states;
 mod partial_consent;
 mod pg_outage;
 mod process;

@@ -1,13 +1,18 @@
 //! `POST /api/integrations/google/connect` is limited per user: a burst of
 //! `CONNECTS_PER_MINUTE`, then `429` with a JSON error and `Retry-After`, while other users and
-//! other routes are unaffected.
+//! other routes are unaffected. The unauthenticated callback is limited per client address.
 
 use reqwest::StatusCode;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::Value;
-use tokenwarden::{http::CONNECTS_PER_MINUTE, store::entity::oauth_state};
+use tokenwarden::{
+    http::{CALLBACKS_PER_MINUTE, CONNECTS_PER_MINUTE},
+    store::entity::oauth_state,
+};
 
-use crate::support::TestApp;
+use crate::support::{TestApp, location};
+
+const ERROR_BASE: &str = "http://frontend.test/dashboard/integrations?google=error&reason=";
 
 async fn post_connect(t: &TestApp, user: &str) -> reqwest::Response {
     t.http
@@ -63,5 +68,58 @@ async fn connect_is_rate_limited_per_user() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    t.shutdown().await;
+}
+
+async fn callback_from(t: &TestApp, query: &str, forwarded_for: Option<&str>) -> String {
+    let mut request = t.http.get(format!(
+        "{}/api/integrations/google/callback?{query}",
+        t.url
+    ));
+    if let Some(client) = forwarded_for {
+        request = request.header("x-forwarded-for", client);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    location(&response)
+}
+
+/// The unauthenticated callback is limited per client address: a burst of
+/// `CALLBACKS_PER_MINUTE`, then a redirect with `reason=rate_limited` that reads and spends
+/// nothing. The test runs on loopback, which counts as a proxy in front of the service, so
+/// the client is the address that proxy appends to `X-Forwarded-For`.
+#[tokio::test]
+async fn callback_is_rate_limited_per_client_address() {
+    let t = TestApp::spawn().await;
+    let invented = "code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let invalid = format!("{ERROR_BASE}invalid_state");
+    let limited = format!("{ERROR_BASE}rate_limited");
+    // The client's own claim comes first; the proxy's entry is the last one.
+    let flooder = Some("198.51.100.1, 203.0.113.7");
+    for _ in 0..CALLBACKS_PER_MINUTE {
+        assert_eq!(callback_from(&t, invented, flooder).await, invalid);
+    }
+    assert_eq!(callback_from(&t, invented, flooder).await, limited);
+    // Changing the claimed part changes nothing.
+    let claim = Some("192.0.2.99, 203.0.113.7");
+    assert_eq!(callback_from(&t, invented, claim).await, limited);
+    // Another client, and the proxy's own requests (loopback naming no client), are not limited.
+    assert_eq!(
+        callback_from(&t, invented, Some("203.0.113.8")).await,
+        invalid
+    );
+    assert_eq!(callback_from(&t, invented, None).await, invalid);
+
+    // A real consent refused by the limit is not spent: it finishes from elsewhere.
+    let auth_url = t.start_connect("rl-carol").await;
+    let consent = t.http.get(&auth_url).send().await.unwrap();
+    let back = location(&consent);
+    let query = back.split_once('?').unwrap().1;
+    assert_eq!(callback_from(&t, query, flooder).await, limited);
+    assert_eq!(t.status("rl-carol").await["connected"], false);
+    assert_eq!(
+        callback_from(&t, query, Some("203.0.113.9")).await,
+        "http://frontend.test/dashboard/integrations?google=connected"
+    );
     t.shutdown().await;
 }

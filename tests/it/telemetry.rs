@@ -15,7 +15,7 @@ use tokenwarden::{
     telemetry::{OtlpProtocol, TelemetryConfig},
 };
 
-use crate::support::{Options, TestApp, eventually, init_telemetry, logs};
+use crate::support::{Options, TestApp, eventually, init_telemetry, location, logs};
 
 /// One exported span, flattened out of the OTLP JSON.
 #[derive(Debug, Clone)]
@@ -355,5 +355,97 @@ async fn request_spans_carry_a_bounded_method() {
             span.name
         );
     }
+    t.shutdown().await;
+}
+
+/// An unauthenticated request does not continue its caller's trace (issue 19): the callback
+/// starts a trace of its own and links the caller's, so the caller's `traceparent` never
+/// reaches the push. An authenticated route (disconnect, with the user's JWT) still continues
+/// its caller's trace into the microservice's DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_callers_trace_is_linked_not_continued() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let telemetry = init_telemetry(&TelemetryConfig {
+        otlp_endpoint: Some(endpoint),
+        otlp_protocol: OtlpProtocol::HttpJson,
+        export_interval: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let t = TestApp::spawn().await;
+    let anonymous = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let auth_url = t.start_connect("linked-user").await;
+    let consent = t.http.get(&auth_url).send().await.unwrap();
+    let answer = t
+        .http
+        .get(location(&consent))
+        .header("traceparent", format!("00-{anonymous}-00f067aa0ba902b7-01"))
+        .header("tracestate", "caller=chosen")
+        .send()
+        .await
+        .unwrap();
+    assert!(location(&answer).ends_with("google=connected"));
+    let push = |method: &'static str| {
+        let received = t.microservice.received();
+        async move { received.into_iter().find(|r| r.method == method) }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            push("POST").await.is_some()
+        })
+        .await
+    );
+    let sent = push("POST")
+        .await
+        .unwrap()
+        .traceparent
+        .expect("traceparent sent");
+    let sent_trace = sent.split('-').nth(1).unwrap().to_string();
+    assert_ne!(
+        sent_trace, anonymous,
+        "the push continued an anonymous caller's trace"
+    );
+
+    // The callback's span is the root of that trace and links the caller's.
+    let linked = eventually(Duration::from_secs(10), || async {
+        telemetry.flush();
+        !receiver
+            .named("GET /api/integrations/google/callback")
+            .is_empty()
+    })
+    .await;
+    assert!(linked, "callback span exported");
+    let callback = receiver
+        .named("GET /api/integrations/google/callback")
+        .pop()
+        .unwrap();
+    assert_eq!(callback.trace_id, sent_trace);
+    assert!(callback.parent_span_id.is_empty(), "a root span");
+    let span: Value = serde_json::from_str(&callback.raw).unwrap();
+    assert_eq!(span["links"][0]["traceId"], anonymous, "{}", callback.raw);
+    assert!(!callback.raw.contains("caller=chosen"), "{}", callback.raw);
+
+    // A verified caller's trace is continued.
+    let verified = "0af7651916cd43dd8448eb211c80319c";
+    let response = t
+        .http
+        .delete(format!("{}/api/integrations/google", t.url))
+        .bearer_auth(t.jwt("linked-user"))
+        .header("traceparent", format!("00-{verified}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            push("DELETE").await.is_some()
+        })
+        .await
+    );
+    let deleted = push("DELETE")
+        .await
+        .unwrap()
+        .traceparent
+        .expect("traceparent sent");
+    assert_eq!(deleted.split('-').nth(1), Some(verified));
     t.shutdown().await;
 }
