@@ -1,7 +1,8 @@
 //! The reference microservice's side of CONTRACT 5a: `Token-Version` (stale pushes refused
 //! with 409, tombstones, malformed versions, senders that do not version, concurrent pushes)
 //! and the helpers that build and send pushes; the stall mode that makes a timed-out push land
-//! late is in `stalls`, Standard Webhooks signatures in `signatures`.
+//! late is in `stalls`, Standard Webhooks signatures and their binding to the request in
+//! `signatures`.
 
 mod signatures;
 mod stalls;
@@ -20,8 +21,12 @@ use super::{EXPIRY, client, microservice, microservice_with, tokens_body};
 #[derive(Default)]
 struct Push {
     version: Option<String>,
-    /// Secrets to sign with (each adds a signature to `webhook-signature`).
+    /// Secrets to sign with (each adds a signature to `webhook-signature`). A signed body names
+    /// its user and version, as tokenwarden signs it.
     sign_with: Vec<&'static str>,
+    /// Signs the body as given, without naming its user and version (a sender from before
+    /// the binding).
+    unbound: bool,
     /// Seconds added to now for `webhook-timestamp`.
     timestamp_offset: i64,
     /// Bytes sent instead of the signed body (a tampered push).
@@ -38,10 +43,11 @@ impl Push {
         }
     }
 
+    /// Signed with `secret` at version 1.
     fn signed(secret: &'static str) -> Self {
         Self {
             sign_with: vec![secret],
-            ..Self::default()
+            ..Self::version(1)
         }
     }
 }
@@ -49,25 +55,49 @@ impl Push {
 /// The body the microservice answered, parsed; `Null` when it was not JSON.
 type Answer = (StatusCode, Value);
 
-async fn send(
-    ms: &ReferenceMicroservice,
-    method: Method,
-    user: &str,
-    body: Option<&Value>,
-    push: &Push,
-) -> reqwest::Result<Answer> {
-    let url = if method == Method::DELETE {
-        format!("{}/api/google-tokens/{user}", ms.base_url())
-    } else {
-        format!("{}/api/users/{user}/google-calendar/connect", ms.base_url())
-    };
-    let bytes = body
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
-    let mut request = client().request(method, url);
-    if let Some(version) = &push.version {
-        request = request.header("Token-Version", version);
+/// A push as it goes on the wire, so a test can capture it and replay it elsewhere.
+#[derive(Clone, Debug)]
+struct Wire {
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Wire {
+    /// The same push with its `Token-Version` header replaced.
+    fn with_version(mut self, version: &str) -> Self {
+        self.headers.retain(|(name, _)| *name != "Token-Version");
+        self.headers.push(("Token-Version", version.to_owned()));
+        self
     }
+}
+
+/// Builds `push` as a sender would put it on the wire: the body (bound to `user` and the
+/// version when signed), the version and the signatures.
+fn wire(method: &Method, user: &str, body: Option<&Value>, push: &Push) -> Wire {
+    let mut headers = Vec::new();
+    if let Some(version) = &push.version {
+        headers.push(("Token-Version", version.clone()));
+    }
+    let mut body = body.cloned();
+    if !push.sign_with.is_empty() && !push.unbound {
+        let version: Value = push
+            .version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .into();
+        let binding = json!({"user_id": user, "token_version": version});
+        body = Some(match (method, body) {
+            (&Method::DELETE, _) | (_, None) => binding,
+            (_, Some(mut body)) => {
+                body["user_id"] = binding["user_id"].clone();
+                body["token_version"] = binding["token_version"].clone();
+                body
+            }
+        });
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
     if !push.sign_with.is_empty() {
         let id = format!("msg_{user}_{}", push.version.as_deref().unwrap_or("0"));
         let timestamp = chrono::Utc::now().timestamp() + push.timestamp_offset;
@@ -81,10 +111,33 @@ async fn send(
                     .unwrap()
             })
             .collect();
-        request = request
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signatures.join(" "));
+        headers.push(("webhook-id", id));
+        headers.push(("webhook-timestamp", timestamp.to_string()));
+        headers.push(("webhook-signature", signatures.join(" ")));
+    }
+    Wire {
+        body: bytes,
+        headers,
+    }
+}
+
+/// Sends `wire` with `method` to `user`'s URL; `push` says which bearer, timeout and tampered
+/// body go with it.
+async fn deliver(
+    ms: &ReferenceMicroservice,
+    method: Method,
+    user: &str,
+    wire: &Wire,
+    push: &Push,
+) -> reqwest::Result<Answer> {
+    let url = if method == Method::DELETE {
+        format!("{}/api/google-tokens/{user}", ms.base_url())
+    } else {
+        format!("{}/api/users/{user}/google-calendar/connect", ms.base_url())
+    };
+    let mut request = client().request(method, url);
+    for (name, value) in &wire.headers {
+        request = request.header(*name, value);
     }
     if let Some(token) = push.bearer {
         request = request.bearer_auth(token);
@@ -92,16 +145,27 @@ async fn send(
     if let Some(timeout) = push.timeout {
         request = request.timeout(timeout);
     }
-    if body.is_some() {
+    if !wire.body.is_empty() {
         request = request.header("content-type", "application/json");
     }
     let response = request
-        .body(push.tampered_body.clone().unwrap_or(bytes))
+        .body(push.tampered_body.clone().unwrap_or(wire.body.clone()))
         .send()
         .await?;
     let status = response.status();
     let text = response.text().await?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+async fn send(
+    ms: &ReferenceMicroservice,
+    method: Method,
+    user: &str,
+    body: Option<&Value>,
+    push: &Push,
+) -> reqwest::Result<Answer> {
+    let wire = wire(&method, user, body, push);
+    deliver(ms, method, user, &wire, push).await
 }
 
 async fn connect(ms: &ReferenceMicroservice, user: &str, access: &str, push: &Push) -> Answer {

@@ -1,18 +1,20 @@
 //! Standard Webhooks signatures on the reference microservice (CONTRACT 5a): verified over the
-//! exact body with one secret or, during a rotation, several.
+//! exact body with one secret or, during a rotation, several; and bound to the request, so a
+//! push captured on the wire is refused (`401`) when replayed for another user, with another
+//! version, or as a DELETE, and the victim keeps their tokens.
 
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},
 };
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 use standardwebhooks::Webhook;
 use tokenwarden_sandbox::{MicroserviceConfig, ReferenceMicroservice};
 
-use super::{Answer, Push, access_token, connect, delete};
-use crate::{client, microservice_with, tokens_body};
+use super::{Answer, Push, Wire, access_token, connect, delete, deliver, send, wire};
+use crate::{client, microservice, microservice_with, tokens_body};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -26,6 +28,16 @@ async fn signing_microservice(secrets: &str, bearer: Option<&str>) -> ReferenceM
         ..Default::default()
     })
     .await
+}
+
+/// A `401` for a signed body that does not name this request's user and version, or does
+/// not fit its method.
+fn is_unbound(answer: &Answer) -> bool {
+    answer.0 == StatusCode::UNAUTHORIZED
+        && answer.1["success"] == false
+        && answer.1["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Invalid webhook payload: "))
 }
 
 fn is_unauthorized(answer: &Answer) -> bool {
@@ -116,11 +128,17 @@ async fn signed_pushes_are_verified_over_the_exact_body() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{missing}");
     }
 
-    // A DELETE is signed over its empty body.
+    // A DELETE is signed over its body naming the user and the version; signed over an empty
+    // body, as before that binding, it is refused.
     let delete_push = Push {
         version: Some("4".into()),
         ..Push::signed(SECRET)
     };
+    let unbound = Push {
+        unbound: true,
+        ..Push::signed(SECRET)
+    };
+    assert!(is_unbound(&delete(&ms, "u", &unbound).await));
     assert_eq!(delete(&ms, "u", &delete_push).await.0, StatusCode::OK);
     assert_eq!(access_token(&ms, "u").await, None);
     // The sandbox read is not a push: no signature needed.
@@ -162,7 +180,7 @@ async fn during_a_rotation_either_secret_verifies() {
     let new_only = signing_microservice(OTHER_SECRET, None).await;
     let both = Push {
         sign_with: vec![SECRET, OTHER_SECRET],
-        ..Push::default()
+        ..Push::version(1)
     };
     assert_eq!(
         connect(&new_only, "u", "both", &both).await.0,
@@ -267,7 +285,26 @@ async fn refusals_are_logged_with_the_reason_and_never_the_secret() {
     };
     connect(&ms, user, "a", &old).await;
     connect(&ms, user, "a", &Push::signed(UNKNOWN_SECRET)).await;
+    let captured = wire(
+        &Method::POST,
+        "someone-else",
+        Some(&tokens_body("ya29.replayed-token")),
+        &Push::signed(SECRET),
+    );
+    let replayed = deliver(&ms, Method::POST, user, &captured, &Push::default()).await;
+    assert!(is_unbound(&replayed.unwrap()));
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let replays: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("signed body not bound to it") && l.contains(user))
+        .collect();
+    assert_eq!(replays.len(), 1, "{text}");
+    assert!(
+        replays[0].contains("the signed user_id is not the URL's user"),
+        "{}",
+        replays[0]
+    );
+    assert!(!text.contains("ya29.replayed-token"), "a token leaked");
     let refusals: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("bad webhook signature") && l.contains(user))
@@ -282,4 +319,126 @@ async fn refusals_are_logged_with_the_reason_and_never_the_secret() {
     assert!(refusals[2].contains("signature invalid"), "{}", refusals[2]);
     let key = SECRET.trim_start_matches("whsec_");
     assert!(!text.contains(key), "the secret leaked into the logs");
+}
+
+/// Issue 19: alice's signed push, replayed unchanged to mallory's URL, gave mallory alice's
+/// tokens; replayed with `Token-Version: 9223372036854775807` it pinned alice so every later
+/// real push got `409`; a signed DELETE replayed against mallory deleted mallory. The signature
+/// covers the body only, so the body names its user and version, and a replay disagrees.
+#[tokio::test]
+async fn a_captured_push_replayed_for_another_user_or_version_is_refused() {
+    let ms = signing_microservice(SECRET, None).await;
+    let alices = wire(
+        &Method::POST,
+        "alice",
+        Some(&tokens_body("alice-v1")),
+        &Push::signed(SECRET),
+    );
+    let none = Push::default();
+    let sent = deliver(&ms, Method::POST, "alice", &alices, &none).await;
+    assert_eq!(sent.unwrap().0, StatusCode::OK);
+
+    let for_mallory = deliver(&ms, Method::POST, "mallory", &alices, &none).await;
+    assert!(is_unbound(&for_mallory.unwrap()));
+    assert_eq!(access_token(&ms, "mallory").await, None);
+    assert_eq!(ms.token_version("mallory").await.unwrap(), None);
+
+    let pinning = alices.clone().with_version("9223372036854775807");
+    let pinned = deliver(&ms, Method::POST, "alice", &pinning, &none).await;
+    assert!(is_unbound(&pinned.unwrap()));
+    let unversioned = Wire {
+        headers: (alices.headers.iter())
+            .filter(|(name, _)| *name != "Token-Version")
+            .cloned()
+            .collect(),
+        ..alices.clone()
+    };
+    let answer = deliver(&ms, Method::POST, "alice", &unversioned, &none).await;
+    assert!(
+        is_unbound(&answer.unwrap()),
+        "a signed push needs its version"
+    );
+    assert_eq!(ms.token_version("alice").await.unwrap(), Some(1));
+    // Alice's next real push is taken: she was not pinned.
+    let next = Push {
+        version: Some("2".into()),
+        ..Push::signed(SECRET)
+    };
+    assert_eq!(
+        connect(&ms, "alice", "alice-v2", &next).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        access_token(&ms, "alice").await.as_deref(),
+        Some("alice-v2")
+    );
+}
+
+#[tokio::test]
+async fn a_captured_delete_or_a_push_replayed_as_a_delete_is_refused() {
+    let ms = signing_microservice(SECRET, None).await;
+    let none = Push::default();
+    for user in ["alice", "mallory"] {
+        let answer = connect(&ms, user, &format!("{user}-v1"), &Push::signed(SECRET)).await;
+        assert_eq!(answer.0, StatusCode::OK, "{answer:?}");
+    }
+    let at_2 = Push {
+        version: Some("2".into()),
+        ..Push::signed(SECRET)
+    };
+    let alices_delete = wire(&Method::DELETE, "alice", None, &at_2);
+    let replayed = deliver(&ms, Method::DELETE, "mallory", &alices_delete, &none).await;
+    assert!(is_unbound(&replayed.unwrap()));
+    assert_eq!(
+        access_token(&ms, "mallory").await.as_deref(),
+        Some("mallory-v1")
+    );
+    assert_eq!(ms.token_version("mallory").await.unwrap(), Some(1));
+
+    // Alice's next connect, captured before it lands, sent as a DELETE of alice.
+    let alices_post = wire(
+        &Method::POST,
+        "alice",
+        Some(&tokens_body("alice-v2")),
+        &at_2,
+    );
+    let as_delete = deliver(&ms, Method::DELETE, "alice", &alices_post, &none).await;
+    assert!(is_unbound(&as_delete.unwrap()));
+    assert_eq!(
+        access_token(&ms, "alice").await.as_deref(),
+        Some("alice-v1")
+    );
+    // A DELETE's body posted as a connect does not fit either.
+    let as_post = deliver(&ms, Method::POST, "alice", &alices_delete, &none).await;
+    assert!(is_unbound(&as_post.unwrap()));
+
+    // Each, sent as signed, is taken.
+    let deleted = deliver(&ms, Method::DELETE, "alice", &alices_delete, &none).await;
+    assert_eq!(deleted.unwrap().0, StatusCode::OK);
+    assert_eq!(access_token(&ms, "alice").await, None);
+    assert_eq!(
+        access_token(&ms, "mallory").await.as_deref(),
+        Some("mallory-v1")
+    );
+}
+
+/// Without a signing secret nothing is bound: the seed's bodies are taken as before, and so are
+/// a sender's bound ones (the POST's two extra keys, a DELETE's JSON body).
+#[tokio::test]
+async fn unsigned_pushes_take_seed_and_bound_bodies_alike() {
+    let ms = microservice().await;
+    assert_eq!(
+        connect(&ms, "u", "seed", &Push::version(1)).await.0,
+        StatusCode::OK
+    );
+    let mut bound: Value = tokens_body("bound");
+    bound["user_id"] = json!("u");
+    bound["token_version"] = json!(2);
+    let answer = send(&ms, Method::POST, "u", Some(&bound), &Push::version(2)).await;
+    assert_eq!(answer.unwrap().0, StatusCode::OK);
+    assert_eq!(access_token(&ms, "u").await.as_deref(), Some("bound"));
+    let body = json!({"user_id": "u", "token_version": 3});
+    let answer = send(&ms, Method::DELETE, "u", Some(&body), &Push::version(3)).await;
+    assert_eq!(answer.unwrap().0, StatusCode::OK);
+    assert_eq!(access_token(&ms, "u").await, None);
 }
