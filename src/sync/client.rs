@@ -13,21 +13,23 @@ use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::signing::Signer;
+use super::signing::{Binding, Signer};
 use crate::{
     config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,
     store::StoredTokens,
 };
 
-/// The body of `POST /api/users/{user_id}/google-calendar/connect`, exactly as the seed sends
-/// it (README: The microservice contract).
+/// The body of `POST /api/users/{user_id}/google-calendar/connect`: exactly the seed's four
+/// fields (README: The microservice contract), and when pushes are signed the [`Binding`] too.
 #[derive(Serialize)]
 struct ConnectBody<'a> {
     access_token: &'a str,
     refresh_token: &'a str,
     token_expiry: String,
     scope: &'a str,
+    #[serde(flatten)]
+    binding: Option<Binding<'a>>,
 }
 
 /// The header carrying the user's change counter on every push.
@@ -86,8 +88,17 @@ impl MicroserviceClient {
         url
     }
 
+    /// The user and version a signed body carries; `None` when pushes are not signed, so the
+    /// bodies stay exactly the seed's.
+    fn binding<'a>(&self, user_id: &'a str, version: i64) -> Option<Binding<'a>> {
+        self.signer.as_ref().map(|_| Binding {
+            user_id,
+            token_version: version,
+        })
+    }
+
     /// Adds what every call carries besides its body: the trace, the bearer token, the
-    /// version and the signatures over `body` (empty for a DELETE).
+    /// version and the signatures over `body` (empty for an unsigned DELETE).
     fn prepared(
         &self,
         request: reqwest::RequestBuilder,
@@ -130,6 +141,7 @@ impl MicroserviceClient {
             refresh_token: tokens.refresh_token.expose_secret(),
             token_expiry: token_expiry.clone(),
             scope: &tokens.scope,
+            binding: self.binding(user_id, version),
         };
         let url = self.endpoint(
             base,
@@ -199,7 +211,27 @@ impl MicroserviceClient {
             "🔄 Deleting Google Calendar tokens from microservice"
         );
         let url = self.endpoint(base, &["api", "google-tokens", user_id]);
-        let request = self.prepared(self.http.delete(url), user_id, version, b"");
+        // Unsigned, no body, as the seed sends it; signed, exactly the binding, so the
+        // signature cannot be lifted onto another user's DELETE.
+        let body = match self
+            .binding(user_id, version)
+            .map(|b| serde_json::to_vec(&b))
+        {
+            None => Vec::new(),
+            Some(Ok(body)) => body,
+            Some(Err(e)) => {
+                return Delivery::Failed {
+                    error: format!("cannot encode the body: {e}"),
+                    details: "{ status: undefined, statusText: undefined }".into(),
+                };
+            }
+        };
+        let mut request = self.prepared(self.http.delete(url), user_id, version, &body);
+        if !body.is_empty() {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
         match judge(request.send().await, true) {
             Delivery::Delivered => {
                 tracing::info!(userId = %user_id, "✅ Tokens deleted from microservice successfully");
@@ -270,4 +302,40 @@ fn urlencode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(binding: Option<Binding<'_>>) -> String {
+        let body = ConnectBody {
+            access_token: "a",
+            refresh_token: "r",
+            token_expiry: "2025-12-13T10:30:00Z".into(),
+            scope: "s",
+            binding,
+        };
+        String::from_utf8(serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn unsigned_bodies_are_the_seeds_and_signed_ones_name_user_and_version() {
+        assert_eq!(
+            body(None),
+            r#"{"access_token":"a","refresh_token":"r","token_expiry":"2025-12-13T10:30:00Z","scope":"s"}"#
+        );
+        let binding = Binding {
+            user_id: "alice",
+            token_version: 7,
+        };
+        assert_eq!(
+            body(Some(binding)),
+            r#"{"access_token":"a","refresh_token":"r","token_expiry":"2025-12-13T10:30:00Z","scope":"s","user_id":"alice","token_version":7}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&binding).unwrap(),
+            r#"{"user_id":"alice","token_version":7}"#
+        );
+    }
 }

@@ -6,9 +6,15 @@
 //! signature by each, space-separated, so every receiver can verify with whichever secret it
 //! has. The `webhook-id` is derived from the user and the `Token-Version`: every retry of one
 //! change carries the same id, every other change another, so receivers can drop duplicates.
+//!
+//! The signature covers the body only, not the URL, the method or the `Token-Version` header,
+//! so a signed body also names its user and version ([`Binding`], CONTRACT 5a): a push
+//! captured on the wire cannot be replayed for another user, with another version, or as a
+//! DELETE, because the receiver refuses a signed body that disagrees with the request.
 
 use http::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use standardwebhooks::{
     HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, Webhook,
@@ -26,6 +32,15 @@ pub enum SecretError {
     Base64 { position: usize, count: usize },
     #[error("secret {position} of {count} is empty")]
     Empty { position: usize, count: usize },
+}
+
+/// What a signed push's body carries besides the seed's fields: the user of its URL and its
+/// `Token-Version` (a JSON number), so the signature covers both. A signed DELETE's body is
+/// exactly this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Binding<'a> {
+    pub user_id: &'a str,
+    pub token_version: i64,
 }
 
 /// Signs pushes with one or more secrets.

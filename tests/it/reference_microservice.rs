@@ -187,7 +187,7 @@ async fn contract_checker_passes_on_postgres() {
     let code = tokenwarden_check::run(args, &mut out, &mut err).await;
     let out = String::from_utf8(out).unwrap();
     assert_eq!(code, 0, "{out}{}", String::from_utf8_lossy(&err));
-    assert_eq!(out.lines().last(), Some("16 passed, 0 failed"), "{out}");
+    assert_eq!(out.lines().last(), Some("20 passed, 0 failed"), "{out}");
     assert_eq!(ms.stored_count().await.unwrap(), 0);
     ms.stop().await;
 }

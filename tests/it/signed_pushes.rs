@@ -1,7 +1,8 @@
 //! Pushes the microservice can trust (README: Writing a microservice): every push carries the
 //! user's `Token-Version`, a late push is refused by version instead of overwriting a newer
 //! one, and with a signing secret every push is signed and verified by the reference
-//! microservice.
+//! microservice; a signed body names its user and version, so the signature covers them
+//! (CONTRACT 5a) while an unsigned body stays exactly the seed's.
 
 use std::time::Duration;
 
@@ -22,6 +23,21 @@ fn pushes_of(t: &TestApp, user: &str) -> Vec<ReceivedRequest> {
         .into_iter()
         .filter(|r| r.user_id == user)
         .collect()
+}
+
+/// The keys of the seed's connect body, sorted.
+const SEED_KEYS: [&str; 4] = ["access_token", "refresh_token", "scope", "token_expiry"];
+
+/// The keys of a recorded JSON body, sorted; empty when it had none.
+fn body_keys(request: &ReceivedRequest) -> Vec<&str> {
+    let mut keys: Vec<&str> = request
+        .body
+        .as_ref()
+        .and_then(|b| b.as_object())
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    keys
 }
 
 fn version(request: &ReceivedRequest) -> i64 {
@@ -85,8 +101,15 @@ async fn versions_increase_across_refresh_disconnect_and_reconnect(backend: Back
         t.microservice.token_version("vera").await.unwrap(),
         versions.last().map(|v| *v as u64)
     );
-    // No secret configured: nothing signed.
+    // No secret configured: nothing signed, and the bodies are exactly the seed's.
     assert!(pushes.iter().all(|r| r.webhook_signature.is_none()));
+    for push in &pushes {
+        if push.method == "POST" {
+            assert_eq!(body_keys(push), SEED_KEYS, "{push:?}");
+        } else {
+            assert_eq!(push.body, None, "an unsigned DELETE has no body: {push:?}");
+        }
+    }
     t.shutdown().await;
 }
 on_both_backends!(versions_increase_across_refresh_disconnect_and_reconnect);
@@ -195,6 +218,51 @@ async fn signed_pushes_are_verified_and_carry_one_id_per_change() {
         );
     }
     assert_ne!(pushes[0].webhook_id, pushes[1].webhook_id);
+    t.shutdown().await;
+}
+
+/// The signature covers the body only, so a signed body names its user and version: the POST
+/// carries the seed's four fields and both, the DELETE exactly both, and the reference
+/// microservice (which refuses a signed body that disagrees with the request) takes them.
+/// Before, the bodies were the seed's and a captured push could be replayed for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_bodies_name_their_user_and_version() {
+    let t = TestApp::spawn_with(Options {
+        signing_secret: Some(SECRET.into()),
+        microservice_signing_secret: Some(SECRET.into()),
+        ..Options::default()
+    })
+    .await;
+    t.connect("bea").await;
+    assert!(mirrored(&t, "bea").await);
+    assert_eq!(t.disconnect("bea").await.0, StatusCode::OK);
+    let deleted = eventually(Duration::from_secs(10), || async {
+        pushes_of(&t, "bea")
+            .iter()
+            .any(|r| r.method == "DELETE" && r.status == 200)
+    })
+    .await;
+    assert!(deleted, "{:?}", pushes_of(&t, "bea"));
+    assert_eq!(t.microservice.stored("bea").await.unwrap(), None);
+
+    let pushes = pushes_of(&t, "bea");
+    let methods: Vec<&str> = pushes.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["POST", "DELETE"], "{pushes:?}");
+    assert!(pushes.iter().all(|r| r.status == 200), "{pushes:?}");
+    for push in &pushes {
+        let body = push.body.as_ref().expect("a signed push has a JSON body");
+        assert_eq!(body["user_id"], "bea", "{push:?}");
+        assert_eq!(
+            body["token_version"].as_i64(),
+            Some(version(push)),
+            "a JSON number equal to Token-Version: {push:?}"
+        );
+    }
+    let mut post_keys = SEED_KEYS.to_vec();
+    post_keys.extend(["token_version", "user_id"]);
+    post_keys.sort_unstable();
+    assert_eq!(body_keys(&pushes[0]), post_keys);
+    assert_eq!(body_keys(&pushes[1]), ["token_version", "user_id"]);
     t.shutdown().await;
 }
 

@@ -1,8 +1,10 @@
 //! One push as a case describes it (which user, which version, which credentials to leave out
-//! or spoil), built the way tokenwarden sends it and sent to the microservice under test.
+//! or spoil), built the way tokenwarden sends it and sent to the microservice under test; or a
+//! push already put on the wire, replayed unchanged elsewhere as an attacker who captured it
+//! would (CONTRACT 5a: a signed body names its user and version, so such a replay is refused).
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use standardwebhooks::{HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP};
 
 use crate::Target;
@@ -41,7 +43,8 @@ pub(crate) enum Signing {
 pub(crate) struct Push {
     pub(crate) method: Method,
     pub(crate) user_id: String,
-    /// The JSON body (POST); `None` sends an empty body (DELETE).
+    /// The JSON body (POST); `None` sends an empty body (DELETE). With a secret, the body also
+    /// names the user and the version (a DELETE's is exactly those two).
     pub(crate) body: Option<Value>,
     pub(crate) version: Option<u64>,
     pub(crate) bearer: Bearer,
@@ -82,14 +85,6 @@ impl Push {
         self.signing = signing;
         self
     }
-
-    fn path(&self) -> String {
-        if self.method == Method::DELETE {
-            format!("/api/google-tokens/{}", self.user_id)
-        } else {
-            format!("/api/users/{}/google-calendar/connect", self.user_id)
-        }
-    }
 }
 
 /// What the microservice answered, or why there was no answer.
@@ -125,26 +120,92 @@ impl Answer {
     }
 }
 
+/// A push as it goes on the wire: built once, sent as is or replayed unchanged to another URL,
+/// with another method or another `Token-Version` header.
+#[derive(Clone, Debug)]
+pub(crate) struct Wire {
+    method: Method,
+    /// The user of the URL it goes to.
+    user_id: String,
+    /// The bytes sent (after any tampering).
+    body: Vec<u8>,
+    /// Every header but `Content-Type`, which goes with a non-empty body.
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Wire {
+    /// The same bytes and headers sent to `user_id`'s URL of the same method.
+    pub(crate) fn for_user(mut self, user_id: &str) -> Self {
+        user_id.clone_into(&mut self.user_id);
+        self
+    }
+
+    /// The same bytes and headers sent with `method` (to that method's URL).
+    pub(crate) fn with_method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// The same bytes and headers but `Token-Version`, which is `version`.
+    pub(crate) fn with_version(mut self, version: u64) -> Self {
+        self.headers.retain(|(name, _)| *name != TOKEN_VERSION);
+        self.headers.push((TOKEN_VERSION, version.to_string()));
+        self
+    }
+
+    fn path(&self) -> String {
+        if self.method == Method::DELETE {
+            format!("/api/google-tokens/{}", self.user_id)
+        } else {
+            format!("/api/users/{}/google-calendar/connect", self.user_id)
+        }
+    }
+}
+
 impl Target {
     /// Sends `push`, signed and authenticated as it asks.
     pub(crate) async fn send(&self, push: &Push) -> Answer {
-        let url = format!("{}{}", self.base_url, push.path());
-        let body = push
-            .body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
-            .unwrap_or_default();
-        let mut request = self.http.request(push.method.clone(), url);
+        match self.wire(push) {
+            Ok(wire) => self.deliver(&wire).await,
+            Err(reason) => Answer::Failed(reason),
+        }
+    }
+
+    /// Puts `push` on the wire as tokenwarden would: with a secret, its body names its user
+    /// and version (a DELETE's body is exactly those two) and is signed by every secret.
+    /// Fails only when it cannot be signed.
+    pub(crate) fn wire(&self, push: &Push) -> Result<Wire, String> {
+        let mut headers = Vec::new();
         if let Some(version) = push.version {
-            request = request.header(TOKEN_VERSION, version.to_string());
+            headers.push((TOKEN_VERSION, version.to_string()));
         }
         match (push.bearer, &self.bearer) {
-            (Bearer::Configured, Some(token)) => request = request.bearer_auth(token),
+            (Bearer::Configured, Some(token)) => {
+                headers.push(("authorization", format!("Bearer {token}")));
+            }
             (Bearer::Wrong, _) => {
-                request = request.bearer_auth(format!("wrong-{:016x}", rand::random::<u64>()));
+                let wrong = format!("Bearer wrong-{:016x}", rand::random::<u64>());
+                headers.push(("authorization", wrong));
             }
             _ => {}
         }
+        let mut body = push.body.clone();
+        if !self.keys.is_empty() {
+            let binding = json!({"user_id": push.user_id, "token_version": push.version});
+            body = match (&push.method, body) {
+                (&Method::DELETE, _) | (_, None) => Some(binding),
+                (_, Some(mut fields)) => {
+                    if let Some(fields) = fields.as_object_mut() {
+                        fields.insert("user_id".into(), binding["user_id"].clone());
+                        fields.insert("token_version".into(), binding["token_version"].clone());
+                    }
+                    Some(fields)
+                }
+            };
+        }
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
         let mut sent = body.clone();
         if push.signing != Signing::Missing && !self.keys.is_empty() {
             let offset = match push.signing {
@@ -159,27 +220,38 @@ impl Target {
                 push.version
                     .map_or_else(|| "0".to_owned(), |v| v.to_string())
             );
-            let signatures: Result<Vec<String>, _> = self
+            let signatures = self
                 .keys
                 .iter()
                 .map(|key| key.sign(&id, timestamp, &body))
-                .collect();
-            let signatures = match signatures {
-                Ok(signatures) => signatures,
-                Err(e) => return Answer::Failed(format!("cannot sign: {e}")),
-            };
-            request = request
-                .header(HEADER_WEBHOOK_ID, id)
-                .header(HEADER_WEBHOOK_TIMESTAMP, timestamp.to_string())
-                .header(HEADER_WEBHOOK_SIGNATURE, signatures.join(" "));
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(|e| format!("cannot sign: {e}"))?;
+            headers.push((HEADER_WEBHOOK_ID, id));
+            headers.push((HEADER_WEBHOOK_TIMESTAMP, timestamp.to_string()));
+            headers.push((HEADER_WEBHOOK_SIGNATURE, signatures.join(" ")));
             if push.signing == Signing::TamperedBody {
                 sent = tamper(&body);
             }
         }
-        if push.body.is_some() {
+        Ok(Wire {
+            method: push.method.clone(),
+            user_id: push.user_id.clone(),
+            body: sent,
+            headers,
+        })
+    }
+
+    /// Sends `wire` exactly as built.
+    pub(crate) async fn deliver(&self, wire: &Wire) -> Answer {
+        let url = format!("{}{}", self.base_url, wire.path());
+        let mut request = self.http.request(wire.method.clone(), url);
+        for (name, value) in &wire.headers {
+            request = request.header(*name, value);
+        }
+        if !wire.body.is_empty() {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
-        match request.body(sent).send().await {
+        match request.body(wire.body.clone()).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response

@@ -8,12 +8,14 @@
 //! `<prefix><case>-<random>`, and deletes it afterwards with a newer version, so runs never
 //! collide with each other or with real users. Pushes carry `Token-Version`, the bearer token
 //! when given one, and Standard Webhooks signatures (the `standardwebhooks` crate) when given a
-//! secret, as tokenwarden sends them.
+//! secret, as tokenwarden sends them: then a body also names its user and version, and the
+//! replay cases check that a captured push sent again for another user, with another version or
+//! as a DELETE is refused.
 //!
 //! # Layout
 //! - this file: the flags, their validation, and the entry points [`run`] and [`check`];
 //! - `client`: one push as a case describes it, signed and sent;
-//! - `cases`: the cases and how each is judged;
+//! - `cases`: the cases and how each is judged (`cases::replay`: the replay cases);
 //! - `report`: the results and the table.
 
 mod cases;
@@ -50,9 +52,12 @@ pub struct CheckArgs {
     )]
     pub token: Option<String>,
     /// Standard Webhooks secret the microservice verifies (whsec_<base64>; several
-    /// comma-separated sign every push with each): pushes are signed, and the cases
-    /// signature-missing, signature-tampered and signature-old check that an unsigned push, a
-    /// tampered body and a timestamp 10 minutes old are refused with 401. Without it those
+    /// comma-separated sign every push with each): pushes are signed over a body naming their
+    /// user_id and token_version, and the cases signature-missing, signature-tampered and
+    /// signature-old check that an unsigned push, a tampered body and a timestamp 10 minutes
+    /// old are refused with 401, and replay-user, replay-version, replay-delete-user and
+    /// replay-as-delete that a signed push replayed for another user, with another
+    /// Token-Version, or as a DELETE is refused with 401 and changes nothing. Without it those
     /// cases are not run and nothing is signed
     #[arg(
         long,

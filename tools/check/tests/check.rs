@@ -1,6 +1,8 @@
 //! The checker against the reference microservice (every case passes) and against broken
 //! microservices (exactly the cases about what they break fail), through the library's entry
-//! point, as `tokenwarden check-microservice` runs it.
+//! point, as `tokenwarden check-microservice` runs it. The broken ones are real HTTP servers
+//! started here: a double that ignores versions and signatures, and a proxy that verifies
+//! signatures the way microservices did before CONTRACT 5a bound a signed body to its request.
 
 use std::{
     collections::HashSet,
@@ -11,7 +13,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{delete, post},
 };
@@ -25,6 +27,12 @@ const TOKEN: &str = "ms-bearer-token";
 
 const VERSION_CASES: [&str; 3] = ["stale-version", "late-after-delete", "concurrent-versions"];
 const SIGNATURE_CASES: [&str; 3] = ["signature-missing", "signature-tampered", "signature-old"];
+const REPLAY_CASES: [&str; 4] = [
+    "replay-user",
+    "replay-version",
+    "replay-delete-user",
+    "replay-as-delete",
+];
 
 async fn reference(config: MicroserviceConfig) -> ReferenceMicroservice {
     ReferenceMicroservice::start(config, bind_loopback().await.unwrap())
@@ -103,7 +111,7 @@ async fn with_bearer_and_signing_every_case_passes_mid_rotation_too() {
     for secret in [SECRET, NEW_SECRET, &format!("{NEW_SECRET},{SECRET}")] {
         let (code, out, _) = run(args(&ms.base_url(), Some(TOKEN), Some(secret))).await;
         assert_eq!(code, 0, "{out}");
-        assert_eq!(out.lines().last(), Some("16 passed, 0 failed"), "{out}");
+        assert_eq!(out.lines().last(), Some("20 passed, 0 failed"), "{out}");
         assert!(!out.contains("note:"), "{out}");
     }
     // Every push carried a version; all but the ones meant to lack them carried a signature
@@ -156,9 +164,10 @@ async fn a_microservice_that_accepts_unsigned_pushes_fails_exactly_the_signature
     // The reference started without a secret takes any push, signed or not.
     let ms = reference(MicroserviceConfig::default()).await;
     let (report, out) = check(args(&ms.base_url(), None, Some(SECRET))).await;
-    assert_eq!(report.failed_cases(), SIGNATURE_CASES, "{out}");
+    let expected: Vec<&str> = SIGNATURE_CASES.into_iter().chain(REPLAY_CASES).collect();
+    assert_eq!(report.failed_cases(), expected, "{out}");
     assert_eq!(report.exit_code(), 1);
-    assert_eq!(out.lines().last(), Some("11 passed, 3 failed"), "{out}");
+    assert_eq!(out.lines().last(), Some("11 passed, 7 failed"), "{out}");
 
     // One that verifies with another secret refuses everything the checker signs.
     let other = reference(MicroserviceConfig {
@@ -168,6 +177,40 @@ async fn a_microservice_that_accepts_unsigned_pushes_fails_exactly_the_signature
     .await;
     let (report, _) = check(args(&other.base_url(), None, Some(SECRET))).await;
     assert!(report.failed() > 3, "{:?}", report.failed_cases());
+}
+
+/// Issue 19: a microservice that verified signatures over the body but not what the body was
+/// for took alice's push replayed for mallory, with a pinning version, and a captured DELETE
+/// replayed against anyone; the checker passed it 14/14. Now exactly the replay cases fail.
+#[tokio::test]
+async fn a_microservice_that_does_not_bind_signed_bodies_fails_exactly_the_replay_cases() {
+    let upstream = reference(MicroserviceConfig::default()).await;
+    let url = spawn_unbound_verifier(upstream.base_url()).await;
+    let (code, out, _) = run(args(&url, None, Some(SECRET))).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().last(), Some("14 passed, 4 failed"), "{out}");
+    let (report, out) = check(args(&url, None, Some(SECRET))).await;
+    assert_eq!(report.failed_cases(), REPLAY_CASES, "{out}");
+    let replayed = out.lines().find(|l| l.starts_with("replay-user")).unwrap();
+    assert!(replayed.contains("200, 401, 404") && replayed.contains("200, 200, 200"));
+    assert!(replayed.ends_with("NO"), "{replayed}");
+    // The same cases pass against the reference microservice, which binds them.
+    let bound = reference(MicroserviceConfig {
+        signing_secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .await;
+    let (report, out) = check(args(&bound.base_url(), None, Some(SECRET))).await;
+    assert_eq!(report.exit_code(), 0, "{out}");
+    for case in REPLAY_CASES {
+        let row = out.lines().find(|l| l.starts_with(case)).unwrap();
+        assert!(row.ends_with("yes"), "{row}");
+    }
+    assert_eq!(
+        bound.stored_count().await.unwrap(),
+        0,
+        "the cases cleaned up"
+    );
 }
 
 #[tokio::test]
@@ -357,4 +400,42 @@ async fn double_delete(
         "user_id": user_id,
     }))
     .into_response()
+}
+
+/// A microservice as they were before CONTRACT 5a bound a signed body to its request: it
+/// verifies the Standard Webhooks signature over the body (401 otherwise), then applies the
+/// push, here by handing it to `upstream` (a reference microservice without a secret).
+async fn spawn_unbound_verifier(upstream: String) -> String {
+    let listener = bind_loopback().await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = Router::new()
+        .fallback(unbound_verifier)
+        .with_state(upstream);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+async fn unbound_verifier(
+    State(upstream): State<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = standardwebhooks::Webhook::new(SECRET).unwrap();
+    if key.verify(&body, &headers).is_err() {
+        return refuse(StatusCode::UNAUTHORIZED, "Invalid webhook signature");
+    }
+    let mut forwarded = reqwest::Client::new()
+        .request(method, format!("{upstream}{uri}"))
+        .body(body);
+    for name in ["token-version", "content-type"] {
+        if let Some(value) = headers.get(name) {
+            forwarded = forwarded.header(name, value.as_bytes());
+        }
+    }
+    let answer = forwarded.send().await.unwrap();
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
+    let body = answer.bytes().await.unwrap();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

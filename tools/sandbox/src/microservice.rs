@@ -9,7 +9,9 @@
 //!
 //! It also keeps CONTRACT 5a: a push carrying `Token-Version: n` is refused with `409` when the
 //! user is already at `n` or newer (a DELETE's version counts, kept as a tombstone), and when
-//! started with a signing secret every push must carry a valid Standard Webhooks signature.
+//! started with a signing secret every push must carry a valid Standard Webhooks signature
+//! over a body naming the URL's user and the `Token-Version`, so a captured push cannot be
+//! replayed for another user, with another version, or as a DELETE.
 //!
 //! Beyond the contract it has two test routes, served only when started with sandbox controls
 //! (`--sandbox-controls`; tests, the demo and the load test turn them on): the fault controls
@@ -22,8 +24,10 @@
 //! - `store`: the seed's table and the version table beside it, compare-and-write;
 //! - `group_commit`: versioned pushes queued and applied many to a transaction;
 //! - `verify`: the `Token-Version` header and the signature check;
+//! - `binding`: a signed body bound to its request's user, version and method;
 //! - `faults`: fault modes, latency and `POST /sandbox/control`.
 
+mod binding;
 mod faults;
 mod group_commit;
 mod store;
@@ -47,7 +51,7 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::{FromRequest, FromRequestParts, Path, Request, State},
-    http::{HeaderMap, Method, StatusCode, header, request::Parts},
+    http::{HeaderMap, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -81,7 +85,8 @@ pub struct MicroserviceConfig {
     /// When set, every `/api` call must carry `Authorization: Bearer <this>`.
     pub bearer_token: Option<String>,
     /// When set (`whsec_<base64>`, or several comma-separated during a rotation), every push
-    /// must carry a Standard Webhooks signature by one of them over its exact body.
+    /// must carry a Standard Webhooks signature by one of them over its exact body, and that
+    /// body must name the URL's user and the `Token-Version` (CONTRACT 5a).
     pub signing_secret: Option<String>,
     /// Where the table lives: `sqlite::memory:`, `sqlite://file?mode=rwc` or `postgres://...`.
     pub database_url: String,
@@ -319,21 +324,6 @@ impl Inner {
         presented.is_some_and(|presented| crate::secrets_match(presented, expected))
     }
 
-    /// Checks a push's signature over its exact body, when signing is configured. Only pushes
-    /// (POST and DELETE) are signed: the sandbox's token read is not one.
-    fn signature_refusal(
-        &self,
-        method: &Method,
-        body: &[u8],
-        headers: &HeaderMap,
-    ) -> Option<String> {
-        let keys = self.signing.as_ref()?;
-        if *method != Method::POST && *method != Method::DELETE {
-            return None;
-        }
-        keys.verify(body, headers).err().map(|e| e.to_string())
-    }
-
     fn record(&self, request: ReceivedRequest) {
         if let Some(received) = &self.received {
             lock(received).push(request);
@@ -417,7 +407,7 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
     // still completes and is recorded, as on a server that does not notice the disconnect:
     // that is how a timed-out push lands late.
     let handled = tokio::spawn(async move {
-        let (response, injected_fault) = handle(&inner, parts, bytes, next)
+        let (response, injected_fault) = handle(&inner, &record.user_id, parts, bytes, next)
             .instrument(span.clone())
             .await;
         record.injected_fault = injected_fault;
@@ -432,9 +422,15 @@ async fn guard(State(inner): State<Arc<Inner>>, request: Request, next: Next) ->
     })
 }
 
-/// Fault injection, then the bearer and signature checks, then the route's handler; whether
-/// the answer is an injected fault.
-async fn handle(inner: &Inner, parts: Parts, bytes: Bytes, next: Next) -> (Response, bool) {
+/// Fault injection, then the bearer check, the signature and its binding to `user_id`'s
+/// request, then the route's handler; whether the answer is an injected fault.
+async fn handle(
+    inner: &Inner,
+    user_id: &str,
+    parts: Parts,
+    bytes: Bytes,
+    next: Next,
+) -> (Response, bool) {
     if let Some(fault) = inner.injected_fault().await {
         return (fault.into_response(), true);
     }
@@ -442,11 +438,7 @@ async fn handle(inner: &Inner, parts: Parts, bytes: Bytes, next: Next) -> (Respo
         let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized");
         return (refused.into_response(), false);
     }
-    if let Some(reason) = inner.signature_refusal(&parts.method, &bytes, &parts.headers) {
-        // The reason is the crate's (a missing header, a timestamp out of tolerance, no
-        // signature matching); it never includes a secret.
-        tracing::warn!(%reason, "reference microservice refused a push: bad webhook signature");
-        let refused = ApiError::new(StatusCode::UNAUTHORIZED, "Invalid webhook signature");
+    if let Some(refused) = inner.push_refusal(&parts.method, user_id, &bytes, &parts.headers) {
         return (refused.into_response(), false);
     }
     let request = Request::from_parts(parts, Body::from(bytes));
@@ -662,7 +654,8 @@ pub struct MicroserviceArgs {
     pub token: Option<String>,
     /// Standard Webhooks secret (whsec_<base64>; several comma-separated during a rotation):
     /// every push must then carry webhook-id, webhook-timestamp (within 5 minutes) and a
-    /// webhook-signature by one of them over its exact body, or is refused with 401
+    /// webhook-signature by one of them over its exact body, which must name the URL's
+    /// user_id and the Token-Version as token_version, or is refused with 401
     #[arg(long, env = "MICROSERVICE_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<String>,
     /// Also serve the test routes: POST /sandbox/control (fault injection, no authentication)

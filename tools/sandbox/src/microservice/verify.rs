@@ -1,13 +1,14 @@
 //! What a push carries beyond SEED.md's body (CONTRACT 5a): its `Token-Version`, and its
 //! Standard Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`),
-//! checked with the `standardwebhooks` crate against one secret or, during a rotation, several.
+//! checked with the `standardwebhooks` crate against one secret or, during a rotation, several,
+//! and then bound to its request by `binding`.
 
 use std::fmt;
 
-use axum::http::{HeaderMap, request::Parts};
+use axum::http::{HeaderMap, Method, StatusCode, request::Parts};
 use standardwebhooks::{Webhook, WebhookError};
 
-use super::ApiError;
+use super::{ApiError, Inner, binding};
 
 /// The header carrying the user's change counter.
 pub const TOKEN_VERSION_HEADER: &str = "token-version";
@@ -67,6 +68,45 @@ impl SigningKeys {
     }
 }
 
+impl Inner {
+    /// Why a push is refused (`401`) when signing is configured: no valid signature over its
+    /// exact body, or a signed body not bound to this request (`binding`). Only pushes (POST
+    /// and DELETE) are signed: the sandbox's token read is not one.
+    pub(super) fn push_refusal(
+        &self,
+        method: &Method,
+        user_id: &str,
+        body: &[u8],
+        headers: &HeaderMap,
+    ) -> Option<ApiError> {
+        let keys = self.signing.as_ref()?;
+        if *method != Method::POST && *method != Method::DELETE {
+            return None;
+        }
+        if let Err(reason) = keys.verify(body, headers) {
+            // The reason is the crate's (a missing header, a timestamp out of tolerance, no
+            // signature matching); it never includes a secret.
+            tracing::warn!(%reason, "reference microservice refused a push: bad webhook signature");
+            return Some(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid webhook signature",
+            ));
+        }
+        if let Err(reason) = binding::check(method, user_id, headers, body) {
+            // A valid signature over a body meant for another request: a replay.
+            tracing::warn!(
+                %reason,
+                "reference microservice refused a push: signed body not bound to it"
+            );
+            return Some(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("Invalid webhook payload: {reason}"),
+            ));
+        }
+        None
+    }
+}
+
 /// The push's `Token-Version`, when it sent one: a positive integer.
 pub(super) struct TokenVersion(pub(super) Option<i64>);
 
@@ -80,7 +120,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TokenVersion {
 
 /// `None` without the header (a sender that does not version); `400` unless it is exactly one
 /// positive decimal integer that fits the `BIGINT` column.
-fn parse_token_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+pub(super) fn parse_token_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let mut values = headers.get_all(TOKEN_VERSION_HEADER).iter();
     let Some(value) = values.next() else {
         return Ok(None);

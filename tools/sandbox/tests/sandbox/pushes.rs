@@ -1,31 +1,32 @@
 //! The reference microservice's side of CONTRACT 5a: `Token-Version` (stale pushes refused
-//! with 409, tombstones, malformed versions, senders that do not version, concurrent pushes),
-//! Standard Webhooks signatures, and the stall mode that makes a timed-out push land late.
+//! with 409, tombstones, malformed versions, senders that do not version, concurrent pushes)
+//! and the helpers that build and send pushes; the stall mode that makes a timed-out push land
+//! late is in `stalls`, Standard Webhooks signatures and their binding to the request in
+//! `signatures`.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+mod signatures;
+mod stalls;
+
+use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use standardwebhooks::Webhook;
-use tokenwarden_sandbox::{FaultMode, MicroserviceConfig, ReferenceMicroservice};
+use tokenwarden_sandbox::{MicroserviceConfig, ReferenceMicroservice};
 
 use super::{EXPIRY, client, microservice, microservice_with, tokens_body};
-
-const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const UNKNOWN_SECRET: &str = "whsec_3Kx1n1K8Rb2Fq1j4x0Zq8w2e3r4t5y6u";
 
 /// One push as a test builds it: what to send beyond the method, the user and the body.
 #[derive(Default)]
 struct Push {
     version: Option<String>,
-    /// Secrets to sign with (each adds a signature to `webhook-signature`).
+    /// Secrets to sign with (each adds a signature to `webhook-signature`). A signed body names
+    /// its user and version, as tokenwarden signs it.
     sign_with: Vec<&'static str>,
+    /// Signs the body as given, without naming its user and version (a sender from before
+    /// the binding).
+    unbound: bool,
     /// Seconds added to now for `webhook-timestamp`.
     timestamp_offset: i64,
     /// Bytes sent instead of the signed body (a tampered push).
@@ -42,10 +43,11 @@ impl Push {
         }
     }
 
+    /// Signed with `secret` at version 1.
     fn signed(secret: &'static str) -> Self {
         Self {
             sign_with: vec![secret],
-            ..Self::default()
+            ..Self::version(1)
         }
     }
 }
@@ -53,25 +55,49 @@ impl Push {
 /// The body the microservice answered, parsed; `Null` when it was not JSON.
 type Answer = (StatusCode, Value);
 
-async fn send(
-    ms: &ReferenceMicroservice,
-    method: Method,
-    user: &str,
-    body: Option<&Value>,
-    push: &Push,
-) -> reqwest::Result<Answer> {
-    let url = if method == Method::DELETE {
-        format!("{}/api/google-tokens/{user}", ms.base_url())
-    } else {
-        format!("{}/api/users/{user}/google-calendar/connect", ms.base_url())
-    };
-    let bytes = body
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
-    let mut request = client().request(method, url);
-    if let Some(version) = &push.version {
-        request = request.header("Token-Version", version);
+/// A push as it goes on the wire, so a test can capture it and replay it elsewhere.
+#[derive(Clone, Debug)]
+struct Wire {
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Wire {
+    /// The same push with its `Token-Version` header replaced.
+    fn with_version(mut self, version: &str) -> Self {
+        self.headers.retain(|(name, _)| *name != "Token-Version");
+        self.headers.push(("Token-Version", version.to_owned()));
+        self
     }
+}
+
+/// Builds `push` as a sender would put it on the wire: the body (bound to `user` and the
+/// version when signed), the version and the signatures.
+fn wire(method: &Method, user: &str, body: Option<&Value>, push: &Push) -> Wire {
+    let mut headers = Vec::new();
+    if let Some(version) = &push.version {
+        headers.push(("Token-Version", version.clone()));
+    }
+    let mut body = body.cloned();
+    if !push.sign_with.is_empty() && !push.unbound {
+        let version: Value = push
+            .version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .into();
+        let binding = json!({"user_id": user, "token_version": version});
+        body = Some(match (method, body) {
+            (&Method::DELETE, _) | (_, None) => binding,
+            (_, Some(mut body)) => {
+                body["user_id"] = binding["user_id"].clone();
+                body["token_version"] = binding["token_version"].clone();
+                body
+            }
+        });
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
     if !push.sign_with.is_empty() {
         let id = format!("msg_{user}_{}", push.version.as_deref().unwrap_or("0"));
         let timestamp = chrono::Utc::now().timestamp() + push.timestamp_offset;
@@ -85,10 +111,33 @@ async fn send(
                     .unwrap()
             })
             .collect();
-        request = request
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signatures.join(" "));
+        headers.push(("webhook-id", id));
+        headers.push(("webhook-timestamp", timestamp.to_string()));
+        headers.push(("webhook-signature", signatures.join(" ")));
+    }
+    Wire {
+        body: bytes,
+        headers,
+    }
+}
+
+/// Sends `wire` with `method` to `user`'s URL; `push` says which bearer, timeout and tampered
+/// body go with it.
+async fn deliver(
+    ms: &ReferenceMicroservice,
+    method: Method,
+    user: &str,
+    wire: &Wire,
+    push: &Push,
+) -> reqwest::Result<Answer> {
+    let url = if method == Method::DELETE {
+        format!("{}/api/google-tokens/{user}", ms.base_url())
+    } else {
+        format!("{}/api/users/{user}/google-calendar/connect", ms.base_url())
+    };
+    let mut request = client().request(method, url);
+    for (name, value) in &wire.headers {
+        request = request.header(*name, value);
     }
     if let Some(token) = push.bearer {
         request = request.bearer_auth(token);
@@ -96,16 +145,27 @@ async fn send(
     if let Some(timeout) = push.timeout {
         request = request.timeout(timeout);
     }
-    if body.is_some() {
+    if !wire.body.is_empty() {
         request = request.header("content-type", "application/json");
     }
     let response = request
-        .body(push.tampered_body.clone().unwrap_or(bytes))
+        .body(push.tampered_body.clone().unwrap_or(wire.body.clone()))
         .send()
         .await?;
     let status = response.status();
     let text = response.text().await?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+async fn send(
+    ms: &ReferenceMicroservice,
+    method: Method,
+    user: &str,
+    body: Option<&Value>,
+    push: &Push,
+) -> reqwest::Result<Answer> {
+    let wire = wire(&method, user, body, push);
+    deliver(ms, method, user, &wire, push).await
 }
 
 async fn connect(ms: &ReferenceMicroservice, user: &str, access: &str, push: &Push) -> Answer {
@@ -365,402 +425,4 @@ async fn concurrent_versions_end_on_the_newest_on_a_pooled_sqlite_file() {
     concurrent_pushes_end_on_the_newest(&ms, 3).await;
     ms.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn signing_microservice(secrets: &str, bearer: Option<&str>) -> ReferenceMicroservice {
-    microservice_with(MicroserviceConfig {
-        signing_secret: Some(secrets.to_owned()),
-        bearer_token: bearer.map(str::to_owned),
-        sandbox_controls: true,
-        ..Default::default()
-    })
-    .await
-}
-
-fn is_unauthorized(answer: &Answer) -> bool {
-    answer
-        == &(
-            StatusCode::UNAUTHORIZED,
-            json!({"success": false, "message": "Invalid webhook signature"}),
-        )
-}
-
-#[tokio::test]
-async fn signed_pushes_are_verified_over_the_exact_body() {
-    let ms = signing_microservice(SECRET, None).await;
-    let ok = connect(&ms, "u", "signed", &Push::signed(SECRET)).await;
-    assert_eq!(ok.0, StatusCode::OK, "{ok:?}");
-    let versioned = Push {
-        version: Some("2".into()),
-        ..Push::signed(SECRET)
-    };
-    assert_eq!(
-        connect(&ms, "u", "signed-v2", &versioned).await.0,
-        StatusCode::OK
-    );
-
-    let refused = [
-        ("unsigned", Push::default()),
-        ("another secret", Push::signed(UNKNOWN_SECRET)),
-        (
-            "tampered body",
-            Push {
-                tampered_body: Some(serde_json::to_vec(&tokens_body("tampered")).unwrap()),
-                ..Push::signed(SECRET)
-            },
-        ),
-        (
-            "timestamp 10 minutes old",
-            Push {
-                timestamp_offset: -600,
-                ..Push::signed(SECRET)
-            },
-        ),
-        (
-            "timestamp 6 minutes ahead",
-            Push {
-                timestamp_offset: 360,
-                ..Push::signed(SECRET)
-            },
-        ),
-    ];
-    for (why, push) in &refused {
-        let answer = connect(&ms, "u", "forged", push).await;
-        assert!(is_unauthorized(&answer), "{why}: {answer:?}");
-        assert!(is_unauthorized(&delete(&ms, "u", push).await), "{why}");
-    }
-    // A timestamp 4 minutes off is within the tolerance.
-    let skewed = Push {
-        timestamp_offset: -240,
-        version: Some("3".into()),
-        ..Push::signed(SECRET)
-    };
-    assert_eq!(connect(&ms, "u", "skewed", &skewed).await.0, StatusCode::OK);
-    assert_eq!(access_token(&ms, "u").await.as_deref(), Some("skewed"));
-
-    // Each header missing on its own.
-    for missing in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        let body = serde_json::to_vec(&tokens_body("x")).unwrap();
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = Webhook::new(SECRET)
-            .unwrap()
-            .sign("msg_1", timestamp, &body)
-            .unwrap();
-        let mut request = client()
-            .post(format!(
-                "{}/api/users/u/google-calendar/connect",
-                ms.base_url()
-            ))
-            .header("content-type", "application/json");
-        for (name, value) in [
-            ("webhook-id", "msg_1".to_owned()),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", signature),
-        ] {
-            if name != missing {
-                request = request.header(name, value);
-            }
-        }
-        let response = request.body(body).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{missing}");
-    }
-
-    // A DELETE is signed over its empty body.
-    let delete_push = Push {
-        version: Some("4".into()),
-        ..Push::signed(SECRET)
-    };
-    assert_eq!(delete(&ms, "u", &delete_push).await.0, StatusCode::OK);
-    assert_eq!(access_token(&ms, "u").await, None);
-    // The sandbox read is not a push: no signature needed.
-    let read = client()
-        .get(format!("{}/api/users/u/google-calendar", ms.base_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), StatusCode::NOT_FOUND);
-}
-
-#[tokio::test]
-async fn during_a_rotation_either_secret_verifies() {
-    let ms = signing_microservice(&format!("{SECRET},{OTHER_SECRET}"), None).await;
-    for (version, secret) in [(1, SECRET), (2, OTHER_SECRET)] {
-        let push = Push {
-            version: Some(version.to_string()),
-            ..Push::signed(secret)
-        };
-        assert_eq!(
-            connect(&ms, "u", secret, &push).await.0,
-            StatusCode::OK,
-            "{secret}"
-        );
-    }
-    // A sender mid-rotation signs with both; one unknown signature beside a good one is fine.
-    let both = Push {
-        sign_with: vec![UNKNOWN_SECRET, OTHER_SECRET],
-        version: Some("3".into()),
-        ..Push::default()
-    };
-    assert_eq!(connect(&ms, "u", "both", &both).await.0, StatusCode::OK);
-    assert!(is_unauthorized(
-        &connect(&ms, "u", "unknown", &Push::signed(UNKNOWN_SECRET)).await
-    ));
-    assert_eq!(access_token(&ms, "u").await.as_deref(), Some("both"));
-
-    // A microservice that knows only the new secret still takes a push signed by both.
-    let new_only = signing_microservice(OTHER_SECRET, None).await;
-    let both = Push {
-        sign_with: vec![SECRET, OTHER_SECRET],
-        ..Push::default()
-    };
-    assert_eq!(
-        connect(&new_only, "u", "both", &both).await.0,
-        StatusCode::OK
-    );
-}
-
-#[tokio::test]
-async fn bearer_and_signature_are_both_checked() {
-    let ms = signing_microservice(SECRET, Some("ms-token")).await;
-    let signed_only = Push::signed(SECRET);
-    assert_eq!(
-        connect(&ms, "u", "a", &signed_only).await,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({"success": false, "message": "Unauthorized"})
-        )
-    );
-    let bearer_only = Push {
-        bearer: Some("ms-token"),
-        ..Push::default()
-    };
-    assert!(is_unauthorized(&connect(&ms, "u", "a", &bearer_only).await));
-    let both = Push {
-        bearer: Some("ms-token"),
-        ..Push::signed(SECRET)
-    };
-    assert_eq!(connect(&ms, "u", "a", &both).await.0, StatusCode::OK);
-}
-
-#[tokio::test]
-async fn bad_signing_secrets_stop_the_start_without_showing_them() {
-    for bad in [
-        "C2FVsBQIhrscChlQIMV",
-        "whsec_",
-        "whsec_%%%%",
-        "whsec_AAAA,nope",
-    ] {
-        let error = ReferenceMicroservice::start(
-            MicroserviceConfig {
-                signing_secret: Some(bad.to_owned()),
-                ..Default::default()
-            },
-            tokenwarden_sandbox::bind_loopback().await.unwrap(),
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("{bad} was accepted"))
-        .to_string();
-        assert!(error.starts_with("signing secret"), "{error}");
-        assert!(
-            !error.contains("%%%%") && !error.contains("C2FV"),
-            "{error}"
-        );
-    }
-}
-
-/// Everything logged in this test process, for the one test that reads the logs.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let logs = logs.clone();
-            move || LogWriter(logs.clone())
-        };
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .finish();
-        // Fails only if another test set a global subscriber first; then nothing is captured
-        // and the assertions below say so.
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        logs
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn refusals_are_logged_with_the_reason_and_never_the_secret() {
-    let logs = captured_logs();
-    let ms = signing_microservice(SECRET, None).await;
-    // A user of its own: under `cargo test` other tests log into the same process.
-    let user = "logged-refusals";
-    connect(&ms, user, "a", &Push::default()).await;
-    let old = Push {
-        timestamp_offset: -600,
-        ..Push::signed(SECRET)
-    };
-    connect(&ms, user, "a", &old).await;
-    connect(&ms, user, "a", &Push::signed(UNKNOWN_SECRET)).await;
-    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    let refusals: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("bad webhook signature") && l.contains(user))
-        .collect();
-    assert_eq!(refusals.len(), 3, "{text}");
-    assert!(refusals[0].contains("missing header id"), "{}", refusals[0]);
-    assert!(
-        refusals[1].contains("signature timestamp too old"),
-        "{}",
-        refusals[1]
-    );
-    assert!(refusals[2].contains("signature invalid"), "{}", refusals[2]);
-    let key = SECRET.trim_start_matches("whsec_");
-    assert!(!text.contains(key), "the secret leaked into the logs");
-}
-
-/// Waits (bounded) until `done` holds.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-#[tokio::test]
-async fn a_stalled_push_lands_late_and_is_refused_by_version() {
-    let ms = microservice().await;
-    ms.set_mode(FaultMode::StallThenApply);
-    // The sender gives up on version 1 (its timeout), but the push is still on its way.
-    let gave_up = Push {
-        timeout: Some(Duration::from_millis(300)),
-        ..Push::version(1)
-    };
-    let error = send(&ms, Method::POST, "u", Some(&tokens_body("late")), &gave_up)
-        .await
-        .unwrap_err();
-    assert!(error.is_timeout(), "{error:?}");
-    assert_eq!(ms.stalled(), 1);
-
-    // Newer pushes get through once the mode is healthy; the old one stays held.
-    ms.set_mode(FaultMode::Healthy);
-    assert_eq!(
-        connect(&ms, "u", "newer", &Push::version(2)).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(ms.stalled(), 1);
-
-    ms.release_stalled();
-    eventually("the late push is answered", || {
-        ms.received().iter().any(|r| r.status == 409)
-    })
-    .await;
-    assert_eq!(ms.stalled(), 0);
-    assert_eq!(access_token(&ms, "u").await.as_deref(), Some("newer"));
-    assert_eq!(ms.token_version("u").await.unwrap(), Some(2));
-    let late = &ms.received()[1];
-    assert_eq!(
-        (
-            late.token_version.as_deref(),
-            late.status,
-            late.injected_fault
-        ),
-        (Some("1"), 409, false)
-    );
-}
-
-#[tokio::test]
-async fn a_released_push_is_applied_and_the_controls_work_over_http() {
-    let ms = microservice().await;
-    let control = format!("{}/sandbox/control", ms.base_url());
-    let view: Value = client()
-        .post(&control)
-        .json(&json!({"mode": "stall_then_apply"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        view,
-        json!({"mode": "stall_then_apply", "error_rate": 0.0, "latency_ms": 0, "stalled": 0})
-    );
-    let pending = tokio::spawn({
-        let ms = ms.clone();
-        async move { connect(&ms, "u", "held", &Push::version(1)).await }
-    });
-    eventually("the push is held", || ms.stalled() == 1).await;
-    let view: Value = client()
-        .post(&control)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(view["stalled"], 1);
-    assert_eq!(access_token(&ms, "u").await, None);
-
-    let released = client()
-        .post(&control)
-        .json(&json!({"release": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(released.status(), StatusCode::OK);
-    let answer = tokio::time::timeout(Duration::from_secs(5), pending)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer.0, StatusCode::OK);
-    assert_eq!(access_token(&ms, "u").await.as_deref(), Some("held"));
-
-    // The mode stays: the next push is held again, until a stop lets it through.
-    let pending = tokio::spawn({
-        let ms = ms.clone();
-        async move {
-            send(
-                &ms,
-                Method::DELETE,
-                "u",
-                None,
-                &Push {
-                    timeout: Some(Duration::from_secs(10)),
-                    ..Push::version(2)
-                },
-            )
-            .await
-        }
-    });
-    eventually("the delete is held", || ms.stalled() == 1).await;
-    let started = std::time::Instant::now();
-    ms.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let _ = tokio::time::timeout(Duration::from_secs(5), pending).await;
-    eventually("the held delete is applied", || {
-        ms.received().iter().any(|r| r.method == "DELETE")
-    })
-    .await;
-    assert_eq!(ms.received().last().map(|r| r.status), Some(200));
-    assert_eq!(access_token(&ms, "u").await, None);
-    assert_eq!(ms.token_version("u").await.unwrap(), Some(2));
 }
