@@ -233,6 +233,7 @@ async fn complete_consent(
             .scope
             .unwrap_or_else(|| app.config.google.scopes.join(" ")),
         email,
+        authorization_expires_at: None,
     };
     let seed = match app.store.save_connection(&user_id, &new_tokens).await {
         Ok(seed) => seed,
@@ -322,6 +323,8 @@ async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Valu
             "token_expiry": null,
             "scope": null,
             "needs_reconnect": false,
+            "reconnect_reason": null,
+            "authorization_expires_at": null,
             "sync": sync_json(&SyncInfo { state: SyncState::None, ..Default::default() }),
         })));
     };
@@ -332,6 +335,8 @@ async fn status(State(app): State<AppState>, user: AuthUser) -> Result<Json<Valu
         "token_expiry": status.token_expiry.map(rfc3339),
         "scope": status.scope,
         "needs_reconnect": status.needs_reconnect,
+        "reconnect_reason": status.reconnect_reason,
+        "authorization_expires_at": status.authorization_expires_at.map(rfc3339),
         "sync": sync_json(&status.sync),
     })))
 }

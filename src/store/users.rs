@@ -22,6 +22,9 @@ pub struct NewTokens {
     pub expires_at: DateTime<Utc>,
     pub scope: String,
     pub email: Option<String>,
+    /// When this grant ends (Google's `refresh_token_expires_in`); `None` is ongoing access,
+    /// which clears an end stored for an earlier grant.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Tokens as they are now, decrypted, for a push to the microservice.
@@ -124,6 +127,9 @@ impl Store {
                 C::GoogleCalendarConnected,
                 C::GoogleScope,
                 C::NeedsReconnect,
+                C::ReconnectReason,
+                C::AuthorizationExpiresAt,
+                C::AuthorizationWarned,
                 C::SyncState,
                 C::SyncAttempts,
                 C::SyncLastError,
@@ -143,14 +149,7 @@ impl Store {
             .on_conflict(on_conflict)
             .exec_with_returning(&self.db)
             .await?;
-        Ok(ActorSeed {
-            user_id: saved.user_id,
-            token_expiry: saved.google_token_expiry,
-            needs_reconnect: false,
-            version: saved.token_version,
-            refresh_count: saved.refresh_count,
-            last_refresh_at: saved.last_refresh_at,
-        })
+        Ok(ActorSeed::from(saved))
     }
 
     /// The row of a first connection; `refresh` is the sealed refresh token.
@@ -175,6 +174,9 @@ impl Store {
             google_email: Set(tokens.email.clone()),
             google_scope: Set(Some(tokens.scope.clone())),
             needs_reconnect: Set(false),
+            reconnect_reason: Set(None),
+            authorization_expires_at: Set(tokens.authorization_expires_at),
+            authorization_warned: Set(false),
             token_version: Set(1),
             sync_state: Set(SyncState::Pending),
             sync_attempts: Set(0),
@@ -220,7 +222,16 @@ impl Store {
             )
             .col_expr(user::Column::GoogleCalendarConnected, Expr::value(true))
             .col_expr(user::Column::GoogleScope, Expr::value(tokens.scope.clone()))
-            .col_expr(user::Column::NeedsReconnect, Expr::value(false));
+            .col_expr(user::Column::NeedsReconnect, Expr::value(false))
+            .col_expr(
+                user::Column::ReconnectReason,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                user::Column::AuthorizationExpiresAt,
+                Expr::value(tokens.authorization_expires_at),
+            )
+            .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
         if let Some(email) = &tokens.email {
             update = update.col_expr(user::Column::GoogleEmail, Expr::value(email.clone()));
         }
@@ -236,6 +247,9 @@ impl Store {
             user_id: user_id.to_string(),
             token_expiry: Some(tokens.expires_at),
             needs_reconnect: false,
+            reconnect_reason: None,
+            authorization_expires_at: tokens.authorization_expires_at,
+            authorization_warned: false,
             version,
             refresh_count: row.refresh_count,
             last_refresh_at: row.last_refresh_at,

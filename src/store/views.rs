@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::{
     Store, StoreError, batch,
-    entity::user::{self, SyncState},
+    entity::user::{self, ReconnectReason, SyncState},
 };
 
 /// What a user actor starts from: schedule data only, never token values.
@@ -20,6 +20,12 @@ pub struct ActorSeed {
     pub user_id: String,
     pub token_expiry: Option<DateTime<Utc>>,
     pub needs_reconnect: bool,
+    /// Why, when `needs_reconnect`.
+    pub reconnect_reason: Option<ReconnectReason>,
+    /// When a time-limited grant ends.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether the app was already warned of that end.
+    pub authorization_warned: bool,
     pub version: i64,
     pub refresh_count: i64,
     pub last_refresh_at: Option<DateTime<Utc>>,
@@ -31,6 +37,9 @@ impl From<user::Model> for ActorSeed {
             user_id: row.user_id,
             token_expiry: row.google_token_expiry,
             needs_reconnect: row.needs_reconnect,
+            reconnect_reason: row.reconnect_reason,
+            authorization_expires_at: row.authorization_expires_at,
+            authorization_warned: row.authorization_warned,
             version: row.token_version,
             refresh_count: row.refresh_count,
             last_refresh_at: row.last_refresh_at,
@@ -67,6 +76,10 @@ pub struct ConnectionStatus {
     pub token_expiry: Option<DateTime<Utc>>,
     pub scope: Option<String>,
     pub needs_reconnect: bool,
+    /// Why the user must reconnect; `None` while connected.
+    pub reconnect_reason: Option<ReconnectReason>,
+    /// When a time-limited grant ends; `None` for ongoing access.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
     pub sync: SyncInfo,
 }
 
@@ -80,6 +93,8 @@ impl From<user::Model> for ConnectionStatus {
             token_expiry: row.google_token_expiry,
             scope: row.google_scope,
             needs_reconnect: row.needs_reconnect,
+            reconnect_reason: row.reconnect_reason.filter(|_| row.needs_reconnect),
+            authorization_expires_at: row.authorization_expires_at,
         }
     }
 }
@@ -117,6 +132,9 @@ impl Store {
             .columns([
                 user::Column::UserId,
                 user::Column::NeedsReconnect,
+                user::Column::ReconnectReason,
+                user::Column::AuthorizationExpiresAt,
+                user::Column::AuthorizationWarned,
                 user::Column::RefreshCount,
                 user::Column::LastRefreshAt,
             ])

@@ -17,6 +17,12 @@ pub struct Model {
     pub google_email: Option<String>,
     pub google_scope: Option<String>,
     pub needs_reconnect: bool,
+    /// Why `needs_reconnect` is set; `None` while connected.
+    pub reconnect_reason: Option<ReconnectReason>,
+    /// When a time-limited grant ends; `None` for ongoing access.
+    pub authorization_expires_at: Option<DateTimeUtc>,
+    /// Whether the app was told that this grant nears its end (once per grant).
+    pub authorization_warned: bool,
     /// Bumped by every token change; guards writes against lost updates.
     pub token_version: i64,
     pub sync_state: SyncState,
@@ -88,6 +94,39 @@ impl serde::Serialize for SyncState {
     }
 }
 
+/// Why a user must reconnect (CONTRACT 9), stored with `needs_reconnect` as the string status
+/// and admin show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum ReconnectReason {
+    /// Google answered `invalid_grant` or `admin_policy_enforced`.
+    #[sea_orm(string_value = "revoked")]
+    Revoked,
+    /// A time-limited grant reached its end.
+    #[sea_orm(string_value = "authorization_expired")]
+    AuthorizationExpired,
+    /// Google's Cross-Account Protection said so (CONTRACT 10).
+    #[sea_orm(string_value = "security_event")]
+    SecurityEvent,
+}
+
+impl ReconnectReason {
+    /// The stored string, as status, admin and events show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::AuthorizationExpired => "authorization_expired",
+            Self::SecurityEvent => "security_event",
+        }
+    }
+}
+
+impl serde::Serialize for ReconnectReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 
@@ -97,7 +136,7 @@ impl ActiveModelBehavior for ActiveModel {}
 mod tests {
     use sea_orm::{ActiveEnum, Iterable};
 
-    use super::SyncState;
+    use super::{ReconnectReason, SyncState};
 
     #[test]
     fn shown_strings_are_the_stored_ones() {
@@ -110,6 +149,16 @@ mod tests {
                 Ok(state)
             );
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        let reasons: Vec<&str> = ReconnectReason::iter()
+            .map(ReconnectReason::as_str)
+            .collect();
+        assert_eq!(
+            reasons,
+            ["revoked", "authorization_expired", "security_event"]
+        );
+        for reason in ReconnectReason::iter() {
+            assert_eq!(reason.to_value(), reason.as_str());
         }
     }
 }
