@@ -73,7 +73,11 @@ impl App {
         };
         // PostgreSQL always runs as a cluster (of one, alone); SQLite is single-node.
         let ownership = Arc::new(if store.is_postgres() {
-            Ownership::cluster(identity.node_id.clone(), store.shard_count())
+            Ownership::cluster(
+                identity.node_id.clone(),
+                &identity.process_token,
+                store.shard_count(),
+            )
         } else {
             Ownership::single(identity.node_id.clone())
         });

@@ -2,8 +2,9 @@
 //!
 //! - here: [`Ownership`], which shards this process holds, with their epochs and how long each
 //!   lease is valid by the process's own monotonic clock. Everything that acts for a user (a
-//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the epoch into its writes
-//!   (the fence). On a single node (SQLite, or no cluster) it holds everything, always.
+//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the lease (epoch and this
+//!   process's token) into its writes (the fence). On a single node (SQLite, or no cluster) it
+//!   holds everything, always.
 //! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
 //! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes.
 //! - `forward`: admin calls about one user, forwarded to its owner.
@@ -31,7 +32,7 @@ pub use forward::{FORWARDED_HEADER, forward_admin};
 pub use leases::LeaseLoop;
 pub use notices::{NoticeTargets, listen};
 
-use crate::store::NodeIdentity;
+use crate::store::{NodeIdentity, cluster::Fence};
 
 /// This process in its cluster, as the front door sees it.
 #[derive(Debug, Clone)]
@@ -65,6 +66,8 @@ pub enum NotActing {
 #[derive(Debug)]
 pub struct Ownership {
     node_id: String,
+    /// This process's token, the owner a lease names: with the epoch, the fence of its writes.
+    process_token: Arc<str>,
     /// `None` on a single node: every user, no fence.
     shards: Option<RwLock<Vec<Option<Held>>>>,
     shard_count: u32,
@@ -72,8 +75,8 @@ pub struct Ownership {
     in_flight: Vec<AtomicU32>,
 }
 
-/// Work for one user that may run here; the lease's epoch goes into its writes. Dropping it
-/// ends the work's count in its shard.
+/// Work for one user that may run here; the lease (epoch and process token) goes into its
+/// writes. Dropping it ends the work's count in its shard.
 pub struct Acting<'a> {
     ownership: &'a Ownership,
     shard: Option<usize>,
@@ -81,14 +84,18 @@ pub struct Acting<'a> {
 }
 
 impl Acting<'_> {
-    /// The fence of this work's writes; `None` on a single node.
-    pub fn epoch(&self) -> Option<i64> {
-        self.epoch
+    /// The fence of this work's writes: the lease's epoch and this process's token, checked
+    /// together by every write of the refresh path; `None` on a single node.
+    pub fn fence(&self) -> Option<Fence> {
+        Some(Fence {
+            epoch: self.epoch?,
+            owner_token: self.ownership.process_token.clone(),
+        })
     }
 
-    /// The shard and epoch this work writes under; `None` on a single node.
-    pub fn fence(&self) -> Option<(i32, i64)> {
-        Some((self.shard? as i32, self.epoch?))
+    /// The user's shard; `None` on a single node.
+    pub fn shard(&self) -> Option<i32> {
+        self.shard.map(|s| s as i32)
     }
 
     /// Whether the lease is still valid by this process's clock, for an answer that came back
@@ -116,17 +123,19 @@ impl Ownership {
     pub fn single(node_id: String) -> Self {
         Self {
             node_id,
+            process_token: Arc::from(""),
             shards: None,
             shard_count: 1,
             in_flight: Vec::new(),
         }
     }
 
-    /// A cluster node holding nothing yet.
-    pub fn cluster(node_id: String, shard_count: u32) -> Self {
+    /// A cluster node holding nothing yet; `process_token` is the one its leases name.
+    pub fn cluster(node_id: String, process_token: &str, shard_count: u32) -> Self {
         let n = shard_count.max(1) as usize;
         Self {
             node_id,
+            process_token: Arc::from(process_token),
             shards: Some(RwLock::new(vec![None; n])),
             shard_count: shard_count.max(1),
             in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
@@ -296,7 +305,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn work_runs_only_inside_a_valid_lease() {
-        let o = Ownership::cluster("n1".into(), 4);
+        let o = Ownership::cluster("n1".into(), "t1", 4);
         let user = (0..100)
             .map(|i| format!("u{i}"))
             .find(|u| o.shard_of(u) == 2)
@@ -306,7 +315,8 @@ mod tests {
         let (gained, lost) = o.apply(&[(2, 7)], until);
         assert_eq!((gained, lost), (vec![2], vec![]));
         let acting = o.act(&user).unwrap();
-        assert_eq!(acting.epoch(), Some(7));
+        let fence = acting.fence().unwrap();
+        assert_eq!((fence.epoch, &*fence.owner_token), (7, "t1"));
         assert!(acting.still_valid());
         // Paused past the lease: nothing new starts, and the answer in flight is dropped.
         tokio::time::advance(Duration::from_secs(4)).await;
@@ -330,6 +340,6 @@ mod tests {
     fn a_single_node_holds_everyone_without_a_fence() {
         let o = Ownership::single("solo".into());
         assert!(o.holds("anyone"));
-        assert_eq!(o.act("anyone").unwrap().epoch(), None);
+        assert_eq!(o.act("anyone").unwrap().fence(), None);
     }
 }

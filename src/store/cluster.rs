@@ -4,6 +4,8 @@
 //! sets every expiry, so nodes' clocks never have to agree. Must not decide anything: which
 //! shards to claim or release is the caller's (`cluster::leases`) choice.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
 
@@ -21,6 +23,16 @@ pub struct NodeIdentity {
     pub process_token: String,
     pub advertise_url: String,
     pub started_at: DateTime<Utc>,
+}
+
+/// The fence of a refresh-path write on a cluster: the writer's lease on the user's shard,
+/// as its epoch and the owning process's token. A write checks both against `shard_leases` in
+/// its own statement: the epoch alone could be issued twice if a database failover lost the
+/// claim that first took it (`docs/cluster.md`, "Fencing a write"), the token never is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: i64,
+    pub owner_token: Arc<str>,
 }
 
 /// What one renewal asks for.
@@ -203,16 +215,23 @@ impl Store {
         })
     }
 
-    /// The epoch of `shard` now: a write refused with another epoch was fenced.
-    pub async fn shard_epoch(&self, shard: i32) -> Result<Option<i64>, StoreError> {
+    /// The lease of `shard` now (`None` when no process holds it): a write refused under
+    /// another fence was fenced.
+    pub async fn shard_fence(&self, shard: i32) -> Result<Option<Fence>, StoreError> {
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT epoch FROM shard_leases WHERE shard = $1",
+            "SELECT epoch, owner_token FROM shard_leases WHERE shard = $1",
             [shard.into()],
         );
-        let row = self.db.query_one_raw(statement).await?;
-        Ok(match row {
-            Some(row) => Some(row.try_get("", "epoch")?),
+        let Some(row) = self.db.query_one_raw(statement).await? else {
+            return Ok(None);
+        };
+        let owner: Option<String> = row.try_get("", "owner_token")?;
+        Ok(match owner {
+            Some(owner) => Some(Fence {
+                epoch: row.try_get("", "epoch")?,
+                owner_token: owner.into(),
+            }),
             None => None,
         })
     }
