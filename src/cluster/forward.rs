@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::ClusterNode;
-use crate::store::Store;
+use crate::{config::without_userinfo, store::Store};
 
 /// Marks a call already forwarded once.
 pub const FORWARDED_HEADER: &str = "tokenwarden-forwarded";
@@ -46,14 +46,16 @@ pub async fn forward_admin(
     else {
         return Ok(None);
     };
-    let mut url = url::Url::parse(&base).map_err(|e| format!("bad advertise URL {base}: {e}"))?;
+    // Errors name the URL without its userinfo: it may hold a proxy's password.
+    let shown = without_userinfo(&base);
+    let mut url = url::Url::parse(&base).map_err(|e| format!("bad advertise URL {shown}: {e}"))?;
     url.path_segments_mut()
-        .map_err(|()| format!("bad advertise URL {base}"))?
+        .map_err(|()| format!("bad advertise URL {shown}"))?
         .pop_if_empty()
         .extend(["admin", "actors", user_id]);
     if !suffix.is_empty() {
         url.path_segments_mut()
-            .map_err(|()| format!("bad advertise URL {base}"))?
+            .map_err(|()| format!("bad advertise URL {shown}"))?
             .push(suffix);
     }
     let response = node
@@ -64,11 +66,15 @@ pub async fn forward_admin(
         .timeout(FORWARD_TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("the user's node ({token:.8}…) did not answer: {e}"))?;
+        // Without the URL, which reqwest's errors would show with its userinfo.
+        .map_err(|e| {
+            let e = e.without_url();
+            format!("the user's node ({token:.8}…) did not answer: {e}")
+        })?;
     let status = response.status();
-    let body = response
-        .json()
-        .await
-        .map_err(|e| format!("the user's node answered no JSON: {e}"))?;
+    let body = response.json().await.map_err(|e| {
+        let e = e.without_url();
+        format!("the user's node answered no JSON: {e}")
+    })?;
     Ok(Some(Relayed { status, body }))
 }

@@ -19,6 +19,7 @@ use super::{AppState, Error, auth::AdminAuth, rfc3339};
 use crate::{
     actors::ActorView,
     cluster::{FORWARDED_HEADER, forward_admin},
+    config::without_userinfo,
     store::{SyncInfo, cluster::RESYNC},
 };
 
@@ -137,7 +138,8 @@ async fn at_owner(
     }
 }
 
-/// `GET /admin/nodes`: every live node of the cluster; on a single node, this one.
+/// `GET /admin/nodes`: every live node of the cluster; on a single node, this one. An
+/// advertise URL is shown without its `user:password@`, which may be a proxy's credentials.
 async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Value>, Error> {
     let cluster = &app.cluster;
     let nodes: Vec<Value> = if cluster.ownership.is_cluster() {
@@ -148,7 +150,7 @@ async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Va
             .map(|n| {
                 json!({
                     "node_id": n.node_id,
-                    "advertise_url": n.advertise_url,
+                    "advertise_url": without_userinfo(&n.advertise_url),
                     "started_at": rfc3339(n.started_at),
                     "last_seen": rfc3339(n.last_seen),
                     "shards": n.shards,
@@ -159,7 +161,7 @@ async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Va
     } else {
         vec![json!({
             "node_id": cluster.identity.node_id,
-            "advertise_url": cluster.identity.advertise_url,
+            "advertise_url": without_userinfo(&cluster.identity.advertise_url),
             "started_at": rfc3339(cluster.identity.started_at),
             "last_seen": rfc3339(chrono::Utc::now()),
             "shards": app.store.shard_count(),

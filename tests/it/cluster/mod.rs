@@ -25,6 +25,7 @@ mod views;
 
 mod failover;
 mod graceful_stop;
+mod node_urls;
 mod rolling_restart;
 mod routing;
 mod sigstop;
