@@ -177,6 +177,7 @@ impl App {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            forwarded: Default::default(),
         };
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {

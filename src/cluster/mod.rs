@@ -7,14 +7,18 @@
 //!   holds everything, always.
 //! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
 //! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes.
-//! - `forward`: admin calls about one user, forwarded to its owner.
+//! - `forward`: admin calls about one user, forwarded to its owner; `credential`: what such a
+//!   call carries instead of the admin token, and the proof on its answer; `replay`: the
+//!   nonces already spent.
 //!
 //! Must not touch: actors' state (it tells the supervisor which shards came and went), HTTP
 //! routing (the front door calls in here).
 
+mod credential;
 mod forward;
 mod leases;
 mod notices;
+mod replay;
 
 use std::{
     sync::{
@@ -28,9 +32,14 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use forward::{FORWARDED_HEADER, forward_admin};
+pub use credential::{Call, Refused};
+pub use forward::{
+    ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, FORWARDED_HEADER, ForwardError,
+    accept_forwarded, answer_proof, forward_admin,
+};
 pub use leases::LeaseLoop;
 pub use notices::{NoticeTargets, listen};
+pub use replay::SeenNonces;
 
 use crate::store::{NodeIdentity, cluster::Fence};
 
@@ -41,6 +50,8 @@ pub struct ClusterNode {
     pub identity: NodeIdentity,
     /// For admin calls forwarded to a user's owner.
     pub http: reqwest::Client,
+    /// Credentials of forwarded calls already accepted here: each is good for one call.
+    pub forwarded: Arc<SeenNonces>,
 }
 
 /// One held lease as this process sees it.

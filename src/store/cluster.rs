@@ -78,7 +78,9 @@ struct GrantRow {
 
 /// Renews the held leases (but those released), claims up to `claim` free or lapsed ones
 /// (each claim bumps the epoch), releases the given ones and upserts the node's heartbeat (and
-/// forgets nodes gone for an hour), all in one statement. The two updates touch disjoint rows: a
+/// forgets nodes gone for an hour), all in one statement. The heartbeat writes the node's id
+/// and address again each time: a row changed by hand (say, an address pointed elsewhere) is
+/// put right within a renewal period. The two updates touch disjoint rows: a
 /// lapsed lease of our own is renewed, never claimed.
 const RENEW_SQL: &str = "
 WITH claimable AS (
@@ -102,7 +104,7 @@ WITH claimable AS (
   INSERT INTO cluster_nodes (process_token, node_id, advertise_url, started_at, last_seen, expires_at, actors)
   VALUES ($2, $1, $6, $7, now(), now() + make_interval(secs => $3), $8)
   ON CONFLICT (process_token) DO UPDATE SET last_seen = now(), expires_at = EXCLUDED.expires_at,
-    actors = EXCLUDED.actors
+    actors = EXCLUDED.actors, node_id = EXCLUDED.node_id, advertise_url = EXCLUDED.advertise_url
   RETURNING 1
 ), forgotten AS (
   DELETE FROM cluster_nodes WHERE expires_at < now() - interval '1 hour'

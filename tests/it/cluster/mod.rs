@@ -26,6 +26,7 @@ mod views;
 mod failover;
 mod graceful_stop;
 mod node_urls;
+mod rogue_owner;
 mod rolling_restart;
 mod routing;
 mod sigstop;
