@@ -6,7 +6,8 @@
 //!   process's token) into its writes (the fence). On a single node (SQLite, or no cluster) it
 //!   holds everything, always.
 //! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
-//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes.
+//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes;
+//!   `sealed`: how a notice proves it comes from a node (and hides its user id).
 //! - `forward`: admin calls about one user, forwarded to its owner; `credential`: what such a
 //!   call carries instead of the admin token, and the proof on its answer; `replay`: the
 //!   nonces already spent.
@@ -19,6 +20,7 @@ mod forward;
 mod leases;
 mod notices;
 mod replay;
+mod sealed;
 
 use std::{
     sync::{
@@ -40,6 +42,7 @@ pub use forward::{
 pub use leases::LeaseLoop;
 pub use notices::{NoticeTargets, listen};
 pub use replay::SeenNonces;
+pub use sealed::{Notice, Notices};
 
 use crate::store::{NodeIdentity, cluster::Fence};
 
@@ -52,6 +55,8 @@ pub struct ClusterNode {
     pub http: reqwest::Client,
     /// Credentials of forwarded calls already accepted here: each is good for one call.
     pub forwarded: Arc<SeenNonces>,
+    /// Seals the change notices this node sends.
+    pub notices: Arc<Notices>,
 }
 
 /// One held lease as this process sees it.

@@ -23,10 +23,10 @@ use crate::{
     actors::ActorView,
     cluster::{
         ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, Call, FORWARDED_HEADER,
-        ForwardError, Refused, accept_forwarded, answer_proof, forward_admin,
+        ForwardError, Notice, Refused, accept_forwarded, answer_proof, forward_admin,
     },
     config::without_userinfo,
-    store::{SyncInfo, cluster::RESYNC},
+    store::SyncInfo,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -276,7 +276,10 @@ async fn resync(
     let queued = app.store.queue_resync_all().await?;
     if app.cluster.ownership.is_cluster() {
         // Every node (this one too) queues the pushes of the shards it holds.
-        app.store.notify(RESYNC).await?;
+        app.cluster
+            .notices
+            .send(&app.store, &Notice::Resync)
+            .await?;
     } else {
         let (store, sync) = (app.store.clone(), app.sync.clone());
         tokio::spawn(async move {

@@ -164,8 +164,9 @@ impl Store {
         Ok(grant)
     }
 
-    /// Gives up every lease of this process and leaves the node list, then tells the other
-    /// nodes to claim at once (a graceful stop hands over in moments, not after the TTL).
+    /// Gives up every lease of this process and leaves the node list; the caller then tells
+    /// the other nodes to claim at once (a graceful stop hands over in moments, not after the
+    /// TTL).
     pub async fn release_all(&self, node: &NodeIdentity) -> Result<(), StoreError> {
         let token: Value = node.process_token.clone().into();
         self.db
@@ -183,7 +184,7 @@ impl Store {
                 [token],
             ))
             .await?;
-        self.notify(crate::store::cluster::REBALANCE).await
+        Ok(())
     }
 
     /// Every live node, with the shards it holds.
@@ -238,7 +239,8 @@ impl Store {
         })
     }
 
-    /// Sends a change notice to every node (PostgreSQL only; a no-op elsewhere).
+    /// Sends a change notice to every node (PostgreSQL only; a no-op elsewhere). `payload` is
+    /// sealed (`cluster::Notices::send`): listeners drop anything else.
     pub async fn notify(&self, payload: &str) -> Result<(), StoreError> {
         if !self.is_postgres() {
             return Ok(());
@@ -254,7 +256,8 @@ impl Store {
     }
 }
 
-/// The notice that asks every node to renew (and so claim) now.
+/// The notice that asks every node to renew (and so claim) now. This and the two below are
+/// the bodies of notices, which travel sealed (`cluster::Notices`).
 pub const REBALANCE: &str = "rebalance";
 /// The notice of an operator's resync: every node queues its own users' pushes.
 pub const RESYNC: &str = "resync";

@@ -24,6 +24,7 @@ mod users;
 mod views;
 
 mod failover;
+mod forged_notice;
 mod graceful_stop;
 mod node_urls;
 mod rogue_owner;
