@@ -73,7 +73,11 @@ impl App {
         };
         // PostgreSQL always runs as a cluster (of one, alone); SQLite is single-node.
         let ownership = Arc::new(if store.is_postgres() {
-            Ownership::cluster(identity.node_id.clone(), store.shard_count())
+            Ownership::cluster(
+                identity.node_id.clone(),
+                &identity.process_token,
+                store.shard_count(),
+            )
         } else {
             Ownership::single(identity.node_id.clone())
         });
@@ -82,6 +86,7 @@ impl App {
             .await
             .context("stored tokens cannot be read")?;
         let metrics = Arc::new(Metrics::for_node(&identity.node_id));
+        let notices = Arc::new(cluster::Notices::new(&config.admin_token, &metrics));
         let history = Arc::new(History::default());
         let shutdown = CancellationToken::new();
         let stop_sync = CancellationToken::new();
@@ -117,6 +122,7 @@ impl App {
                 supervisor: supervisor.clone(),
                 sync: sync.clone(),
                 wake: wake.clone(),
+                notices: notices.clone(),
             };
             let (listening_tx, listening) = tokio::sync::oneshot::channel();
             tokio::spawn(cluster::listen(
@@ -144,6 +150,7 @@ impl App {
                 ttl: config.cluster.lease_ttl,
                 metrics: metrics.clone(),
                 wake,
+                notices: notices.clone(),
             };
             tracing::info!(node = %identity.node_id, "joining the cluster");
             let leases = tokio::spawn(lease_loop.run(stop_leases.clone()));
@@ -173,6 +180,8 @@ impl App {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            forwarded: Default::default(),
+            notices,
         };
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         let state = AppState {
@@ -279,6 +288,8 @@ impl App {
                 Ok(()) => {
                     let shards = self.cluster.ownership.clear().len();
                     tracing::info!(shards, "shard leases released");
+                    let rebalance = &cluster::Notice::Rebalance;
+                    let _ = self.cluster.notices.send(&self.store, rebalance).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot release shard leases; they lapse after the TTL")

@@ -99,6 +99,17 @@ pub struct SyncLabels {
     pub result: &'static str,
 }
 
+/// Labels of a cluster notice dropped unheard.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeDropLabels {
+    /// One of [`NOTICE_DROP_REASONS`].
+    pub reason: &'static str,
+}
+
+/// Why a cluster notice is dropped: not sealed under the cluster's key (`unsealed`), sealed
+/// outside its time window (`stale`), or heard already (`replayed`).
+pub const NOTICE_DROP_REASONS: [&str; 3] = ["unsealed", "stale", "replayed"];
+
 /// Labels of one HTTP duration series. `route` is a route template of the router or
 /// `unmatched`, never a raw path.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +165,8 @@ pub struct Metrics {
     /// Refreshes and pushes not started, or answers dropped, because the lease was not valid
     /// by this node's own clock (or the user belongs to another node).
     pub lease_skips: Counter,
+    /// Cluster notices dropped unheard, by `reason` (one of [`NOTICE_DROP_REASONS`]).
+    pub notices_dropped: Family<NoticeDropLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -254,11 +267,22 @@ impl Metrics {
             "Refreshes and pushes not started, or answers dropped, for want of a valid lease",
             lease_skips.clone(),
         );
+        let notices_dropped = Family::<NoticeDropLabels, Counter>::default();
+        // Every reason shows from the start, at 0, so an alert can watch it.
+        for reason in NOTICE_DROP_REASONS {
+            let _ = notices_dropped.get_or_create(&NoticeDropLabels { reason });
+        }
+        registry.register(
+            "cluster_notices_dropped",
+            "Cluster notices dropped unheard: not sealed with the cluster's key, stale or replayed",
+            notices_dropped.clone(),
+        );
         Self {
             registry,
             shards_owned,
             fenced_writes,
             lease_skips,
+            notices_dropped,
             refreshes,
             actors_by_status,
             syncs,

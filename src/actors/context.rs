@@ -63,7 +63,7 @@ impl ActorContext {
                 return RefreshOutcome::NotHere(why);
             }
         };
-        let epoch = acting.epoch();
+        let fence = acting.fence();
         let credentials = match self.store.refresh_credentials(user_id).await {
             Ok(Some(credentials)) => credentials,
             Ok(None) => return self.superseded(user_id).await,
@@ -89,7 +89,7 @@ impl ActorContext {
                     .store
                     .save_refreshed(
                         user_id,
-                        Expected { version, epoch },
+                        Expected { version, fence },
                         &tokens.access_token,
                         tokens.refresh_token.as_ref(),
                         tokens.expires_at,
@@ -105,7 +105,7 @@ impl ActorContext {
                 (result, saved)
             }
             Err(GoogleError::Revoked(_)) => {
-                (self.store.mark_revoked(user_id, version, epoch).await, None)
+                (self.store.mark_revoked(user_id, version, fence).await, None)
             }
             Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
             Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
@@ -137,12 +137,13 @@ impl ActorContext {
         }
     }
 
-    /// A write refused: by the fence (another node claimed the shard since this one started)
-    /// or because a newer change won.
+    /// A write refused: by the fence (another process holds the shard's lease now, or a new
+    /// epoch of it) or because a newer change won.
     async fn refused(&self, user_id: &str, acting: &Acting<'_>) -> RefreshOutcome {
-        if let Some((shard, epoch)) = acting.fence()
-            && matches!(self.store.shard_epoch(shard).await, Ok(Some(now)) if now != epoch)
+        if let (Some(shard), Some(fence)) = (acting.shard(), acting.fence())
+            && matches!(self.store.shard_fence(shard).await, Ok(now) if now.as_ref() != Some(&fence))
         {
+            let epoch = fence.epoch;
             self.metrics.fenced_writes.inc();
             tracing::warn!(userId = %user_id, shard, epoch, "refresh refused by the fence: the shard has a new owner");
             return RefreshOutcome::NotHere(crate::cluster::NotActing::NotHeld);

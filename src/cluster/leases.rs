@@ -13,11 +13,14 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ownership, safety_margin};
+use super::{
+    Ownership, safety_margin,
+    sealed::{Notice, Notices},
+};
 use crate::{
     actors::Supervisor,
     metrics::Metrics,
-    store::{LeaseRequest, NodeIdentity, Store, cluster::REBALANCE},
+    store::{LeaseRequest, NodeIdentity, Store},
 };
 
 /// The renewal period and the TTL's validity here, for a lease TTL.
@@ -36,6 +39,8 @@ pub struct LeaseLoop {
     pub metrics: Arc<Metrics>,
     /// Notified by a rebalance notice: renew now rather than at the next period.
     pub wake: Arc<Notify>,
+    /// Seals the rebalance notice.
+    pub notices: Arc<Notices>,
 }
 
 impl LeaseLoop {
@@ -85,7 +90,7 @@ impl LeaseLoop {
                     claim = self.rebalance(share);
                     if !release.is_empty() {
                         tracing::info!(shards = release.len(), "shard leases handed over");
-                        let _ = self.store.notify(REBALANCE).await;
+                        let _ = self.notices.send(&self.store, &Notice::Rebalance).await;
                     }
                     // The first round only learns the cluster's size; a share still to claim
                     // (a node left, or handed shards over) is claimed at once, not a period

@@ -2,18 +2,25 @@
 //!
 //! - here: [`Ownership`], which shards this process holds, with their epochs and how long each
 //!   lease is valid by the process's own monotonic clock. Everything that acts for a user (a
-//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the epoch into its writes
-//!   (the fence). On a single node (SQLite, or no cluster) it holds everything, always.
+//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the lease (epoch and this
+//!   process's token) into its writes (the fence). On a single node (SQLite, or no cluster) it
+//!   holds everything, always.
 //! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
-//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes.
-//! - `forward`: admin calls about one user, forwarded to its owner.
+//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes;
+//!   `sealed`: how a notice proves it comes from a node (and hides its user id).
+//! - `forward`: admin calls about one user, forwarded to its owner; `credential`: what such a
+//!   call carries instead of the admin token, and the proof on its answer; `replay`: the
+//!   nonces already spent.
 //!
 //! Must not touch: actors' state (it tells the supervisor which shards came and went), HTTP
 //! routing (the front door calls in here).
 
+mod credential;
 mod forward;
 mod leases;
 mod notices;
+mod replay;
+mod sealed;
 
 use std::{
     sync::{
@@ -27,11 +34,17 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use forward::{FORWARDED_HEADER, forward_admin};
+pub use credential::{Call, Refused};
+pub use forward::{
+    ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, FORWARDED_HEADER, ForwardError,
+    accept_forwarded, answer_proof, forward_admin,
+};
 pub use leases::LeaseLoop;
 pub use notices::{NoticeTargets, listen};
+pub use replay::SeenNonces;
+pub use sealed::{Notice, Notices};
 
-use crate::store::NodeIdentity;
+use crate::store::{NodeIdentity, cluster::Fence};
 
 /// This process in its cluster, as the front door sees it.
 #[derive(Debug, Clone)]
@@ -40,6 +53,10 @@ pub struct ClusterNode {
     pub identity: NodeIdentity,
     /// For admin calls forwarded to a user's owner.
     pub http: reqwest::Client,
+    /// Credentials of forwarded calls already accepted here: each is good for one call.
+    pub forwarded: Arc<SeenNonces>,
+    /// Seals the change notices this node sends.
+    pub notices: Arc<Notices>,
 }
 
 /// One held lease as this process sees it.
@@ -65,6 +82,8 @@ pub enum NotActing {
 #[derive(Debug)]
 pub struct Ownership {
     node_id: String,
+    /// This process's token, the owner a lease names: with the epoch, the fence of its writes.
+    process_token: Arc<str>,
     /// `None` on a single node: every user, no fence.
     shards: Option<RwLock<Vec<Option<Held>>>>,
     shard_count: u32,
@@ -72,8 +91,8 @@ pub struct Ownership {
     in_flight: Vec<AtomicU32>,
 }
 
-/// Work for one user that may run here; the lease's epoch goes into its writes. Dropping it
-/// ends the work's count in its shard.
+/// Work for one user that may run here; the lease (epoch and process token) goes into its
+/// writes. Dropping it ends the work's count in its shard.
 pub struct Acting<'a> {
     ownership: &'a Ownership,
     shard: Option<usize>,
@@ -81,14 +100,18 @@ pub struct Acting<'a> {
 }
 
 impl Acting<'_> {
-    /// The fence of this work's writes; `None` on a single node.
-    pub fn epoch(&self) -> Option<i64> {
-        self.epoch
+    /// The fence of this work's writes: the lease's epoch and this process's token, checked
+    /// together by every write of the refresh path; `None` on a single node.
+    pub fn fence(&self) -> Option<Fence> {
+        Some(Fence {
+            epoch: self.epoch?,
+            owner_token: self.ownership.process_token.clone(),
+        })
     }
 
-    /// The shard and epoch this work writes under; `None` on a single node.
-    pub fn fence(&self) -> Option<(i32, i64)> {
-        Some((self.shard? as i32, self.epoch?))
+    /// The user's shard; `None` on a single node.
+    pub fn shard(&self) -> Option<i32> {
+        self.shard.map(|s| s as i32)
     }
 
     /// Whether the lease is still valid by this process's clock, for an answer that came back
@@ -116,17 +139,19 @@ impl Ownership {
     pub fn single(node_id: String) -> Self {
         Self {
             node_id,
+            process_token: Arc::from(""),
             shards: None,
             shard_count: 1,
             in_flight: Vec::new(),
         }
     }
 
-    /// A cluster node holding nothing yet.
-    pub fn cluster(node_id: String, shard_count: u32) -> Self {
+    /// A cluster node holding nothing yet; `process_token` is the one its leases name.
+    pub fn cluster(node_id: String, process_token: &str, shard_count: u32) -> Self {
         let n = shard_count.max(1) as usize;
         Self {
             node_id,
+            process_token: Arc::from(process_token),
             shards: Some(RwLock::new(vec![None; n])),
             shard_count: shard_count.max(1),
             in_flight: (0..n).map(|_| AtomicU32::new(0)).collect(),
@@ -296,7 +321,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn work_runs_only_inside_a_valid_lease() {
-        let o = Ownership::cluster("n1".into(), 4);
+        let o = Ownership::cluster("n1".into(), "t1", 4);
         let user = (0..100)
             .map(|i| format!("u{i}"))
             .find(|u| o.shard_of(u) == 2)
@@ -306,7 +331,8 @@ mod tests {
         let (gained, lost) = o.apply(&[(2, 7)], until);
         assert_eq!((gained, lost), (vec![2], vec![]));
         let acting = o.act(&user).unwrap();
-        assert_eq!(acting.epoch(), Some(7));
+        let fence = acting.fence().unwrap();
+        assert_eq!((fence.epoch, &*fence.owner_token), (7, "t1"));
         assert!(acting.still_valid());
         // Paused past the lease: nothing new starts, and the answer in flight is dropped.
         tokio::time::advance(Duration::from_secs(4)).await;
@@ -330,6 +356,6 @@ mod tests {
     fn a_single_node_holds_everyone_without_a_fence() {
         let o = Ownership::single("solo".into());
         assert!(o.holds("anyone"));
-        assert_eq!(o.act("anyone").unwrap().epoch(), None);
+        assert_eq!(o.act("anyone").unwrap().fence(), None);
     }
 }

@@ -3,8 +3,9 @@
 //! takes a callback or a disconnect writes the row, then notifies; the user's owner reloads the
 //! row, brings its actor up to date and pushes. A notice is only a hint: the row is the truth,
 //! so a notice lost while the listening connection was down is made up for by reloading every
-//! held shard once it is back. Must not touch: the rows themselves (it reads seeds through the
-//! store), actors' state.
+//! held shard once it is back. Only notices sealed by a node are heard (`sealed`): any role
+//! that can connect to the database can `NOTIFY`. Must not touch: the rows themselves (it
+//! reads seeds through the store), actors' state.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,13 +13,13 @@ use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Ownership;
+use super::{
+    Ownership,
+    sealed::{Notice, Notices},
+};
 use crate::{
     actors::Supervisor,
-    store::{
-        Store,
-        cluster::{CHANGES_CHANNEL, REBALANCE, RESYNC, USER_PREFIX},
-    },
+    store::{Store, cluster::CHANGES_CHANNEL},
     sync::{SyncDispatcher, resume_unfinished_syncs},
 };
 
@@ -34,6 +35,8 @@ pub struct NoticeTargets {
     pub sync: SyncDispatcher,
     /// Wakes the lease loop.
     pub wake: Arc<Notify>,
+    /// Opens what is heard; anything not sealed by a node is dropped.
+    pub notices: Arc<Notices>,
 }
 
 /// Listens on the changes channel until `stop`, reconnecting after failures; `listening` is
@@ -100,20 +103,23 @@ fn catch_up(targets: &NoticeTargets) {
 }
 
 async fn handle(targets: &NoticeTargets, payload: &str) {
-    if payload == REBALANCE {
-        targets.wake.notify_one();
-    } else if payload == RESYNC {
-        let targets = targets.clone();
-        tokio::spawn(async move {
-            let held = targets.ownership.held_shards();
-            if let Err(e) =
-                resume_unfinished_syncs(&targets.store, &targets.sync, false, Some(&held)).await
-            {
-                tracing::error!(error = %e, "resync could not queue every user");
-            }
-        });
-    } else if let Some(user_id) = payload.strip_prefix(USER_PREFIX) {
-        user_changed(targets, user_id).await;
+    let Some(notice) = targets.notices.open(payload) else {
+        return;
+    };
+    match notice {
+        Notice::Rebalance => targets.wake.notify_one(),
+        Notice::Resync => {
+            let targets = targets.clone();
+            tokio::spawn(async move {
+                let held = targets.ownership.held_shards();
+                if let Err(e) =
+                    resume_unfinished_syncs(&targets.store, &targets.sync, false, Some(&held)).await
+                {
+                    tracing::error!(error = %e, "resync could not queue every user");
+                }
+            });
+        }
+        Notice::User(user_id) => user_changed(targets, &user_id).await,
     }
 }
 

@@ -225,7 +225,8 @@ pub struct ServeArgs {
     pub node_id: Option<String>,
     /// Where other nodes reach this one (admin calls about its users are forwarded there).
     /// Default: `http://` + LISTEN_ADDR.
-    #[arg(long, env = "NODE_ADVERTISE_URL")]
+    // Hidden in `--help`: a URL may carry `user:password@` (for a proxy in front of the node).
+    #[arg(long, env = "NODE_ADVERTISE_URL", hide_env_values = true)]
     pub node_advertise_url: Option<String>,
     /// A node that stops renewing its shard leases loses them after this many seconds.
     #[arg(

@@ -1,14 +1,17 @@
 //! Operator routes (README: Admin routes): the actor registry, forced refresh, the resync
 //! that pushes every connected user's tokens (the seed's upgrade path, without reconnects),
 //! and the cluster's live nodes. On a cluster, a call about one user that lands on a node not
-//! running the user's actor is answered by the user's owner (`cluster::forward_admin`).
+//! running the user's actor is answered by the user's owner (`cluster::forward_admin`); the
+//! owner takes the forwarded call's credential in place of the admin token and proves its
+//! answer ([`Caller`]).
 
 use std::collections::HashMap;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    body::Body,
+    extract::{FromRequestParts, MatchedPath, Path, Query, State},
+    http::{HeaderValue, StatusCode, header::AUTHORIZATION, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -18,18 +21,24 @@ use serde_json::{Value, json};
 use super::{AppState, Error, auth::AdminAuth, rfc3339};
 use crate::{
     actors::ActorView,
-    cluster::{FORWARDED_HEADER, forward_admin},
-    store::{SyncInfo, cluster::RESYNC},
+    cluster::{
+        ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, Call, FORWARDED_HEADER,
+        ForwardError, Notice, Refused, accept_forwarded, answer_proof, forward_admin,
+    },
+    config::without_userinfo,
+    store::SyncInfo,
 };
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Largest answer this node signs for another (an actor's view is well under a kilobyte).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/actors", get(list_actors))
-        .route("/admin/actors/{user_id}", get(get_actor))
-        .route("/admin/actors/{user_id}/refresh", post(refresh_actor))
+        .route(ACTOR_ROUTE, get(get_actor))
+        .route(ACTOR_REFRESH_ROUTE, post(refresh_actor))
         .route("/admin/resync", post(resync))
         .route("/admin/nodes", get(list_nodes))
 }
@@ -75,47 +84,132 @@ async fn list_actors(
     })))
 }
 
+/// Who asks about one user: the operator (the admin token), or another node forwarding the
+/// operator's call with a credential for exactly this call (`cluster::forward`), which is
+/// answered with the proof that this node holds the same key.
+enum Caller {
+    /// `forwarded`: marked as forwarded by a node of an earlier version (which sends the
+    /// admin token itself): answered here, never sent on.
+    Operator {
+        forwarded: bool,
+    },
+    Node {
+        nonce: String,
+    },
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Error> {
+        let Some(credential) = parts.headers.get(FORWARDED_HEADER).cloned() else {
+            AdminAuth::from_request_parts(parts, app).await?;
+            return Ok(Self::Operator { forwarded: false });
+        };
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        let Path(user_id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| Error::BadRequest(e.body_text()))?;
+        let call = Call {
+            method: parts.method.as_str(),
+            route: &route,
+            user_id: &user_id,
+        };
+        let accepted = credential
+            .to_str()
+            .map_err(|_| Refused::Malformed)
+            .and_then(|c| accept_forwarded(&app.cluster, &app.config.admin_token, c, call));
+        match accepted {
+            Ok(nonce) => Ok(Self::Node { nonce }),
+            Err(_) if parts.headers.contains_key(AUTHORIZATION) => {
+                AdminAuth::from_request_parts(parts, app).await?;
+                Ok(Self::Operator { forwarded: true })
+            }
+            Err(refused) => {
+                tracing::warn!(reason = %refused, "forwarded admin call refused");
+                Err(Error::Unauthorized("invalid forwarded credential"))
+            }
+        }
+    }
+}
+
+impl Caller {
+    fn forwarded(&self) -> bool {
+        !matches!(self, Self::Operator { forwarded: false })
+    }
+
+    /// The answer as sent: to a forwarding node, with the proof over its nonce, status and
+    /// body that lets that node relay it.
+    async fn answer(self, app: &AppState, result: Result<Response, Error>) -> Response {
+        let response = result.unwrap_or_else(IntoResponse::into_response);
+        let Self::Node { nonce } = self else {
+            return response;
+        };
+        let (mut head, body) = response.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
+            return Error::Internal(anyhow::anyhow!("an answer too large to forward"))
+                .into_response();
+        };
+        let proof = answer_proof(&app.config.admin_token, &nonce, head.status.as_u16(), &body);
+        // Base64url is always a valid header value.
+        if let Ok(proof) = HeaderValue::from_str(&proof) {
+            head.headers.insert(ANSWER_PROOF_HEADER, proof);
+        }
+        Response::from_parts(head, Body::from(body))
+    }
+}
+
 async fn get_actor(
     State(app): State<AppState>,
-    _: AdminAuth,
-    headers: HeaderMap,
+    caller: Caller,
     Path(user_id): Path<String>,
-) -> Result<Response, Error> {
-    let Some(view) = app.supervisor.get(&user_id).await? else {
-        return at_owner(&app, &headers, reqwest::Method::GET, &user_id, "").await;
-    };
-    let syncs = app.store.sync_infos(std::slice::from_ref(&user_id)).await?;
-    let node = app.cluster.ownership.node_id();
-    Ok(Json(actor_json(&view, &syncs, node)).into_response())
+) -> Response {
+    let result = async {
+        let Some(view) = app.supervisor.get(&user_id).await? else {
+            return at_owner(&app, &caller, reqwest::Method::GET, &user_id, "").await;
+        };
+        let syncs = app.store.sync_infos(std::slice::from_ref(&user_id)).await?;
+        let node = app.cluster.ownership.node_id();
+        Ok(Json(actor_json(&view, &syncs, node)).into_response())
+    }
+    .await;
+    caller.answer(&app, result).await
 }
 
 async fn refresh_actor(
     State(app): State<AppState>,
-    _: AdminAuth,
-    headers: HeaderMap,
+    caller: Caller,
     Path(user_id): Path<String>,
-) -> Result<Response, Error> {
-    if !app.supervisor.refresh_now(&user_id).await {
-        return at_owner(&app, &headers, reqwest::Method::POST, &user_id, "refresh").await;
+) -> Response {
+    let result = async {
+        if !app.supervisor.refresh_now(&user_id).await {
+            return at_owner(&app, &caller, reqwest::Method::POST, &user_id, "refresh").await;
+        }
+        let node = app.cluster.ownership.node_id();
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"user_id": user_id, "refresh": "queued", "node": node})),
+        )
+            .into_response())
     }
-    let node = app.cluster.ownership.node_id();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"user_id": user_id, "refresh": "queued", "node": node})),
-    )
-        .into_response())
+    .await;
+    caller.answer(&app, result).await
 }
 
 /// The answer of the user's owner, for a user this node has no actor for; `404` when no
-/// other node owns the user either.
+/// other node owns the user either, `502` when the owner's address answered without proving
+/// it belongs to the cluster.
 async fn at_owner(
     app: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     method: reqwest::Method,
     user_id: &str,
     suffix: &str,
 ) -> Result<Response, Error> {
-    let forwarded = headers.contains_key(FORWARDED_HEADER);
     let relayed = forward_admin(
         &app.cluster,
         &app.store,
@@ -123,21 +217,27 @@ async fn at_owner(
         method,
         user_id,
         suffix,
-        forwarded,
+        caller.forwarded(),
     )
-    .await
-    .map_err(Error::Unavailable)?;
+    .await;
     match relayed {
-        Some(relayed) => {
+        Ok(Some(relayed)) => {
             let status =
                 StatusCode::from_u16(relayed.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             Ok((status, Json(relayed.body)).into_response())
         }
-        None => Err(no_actor(user_id)),
+        Ok(None) => Err(no_actor(user_id)),
+        Err(ForwardError::Unavailable(message)) => Err(Error::Unavailable(message)),
+        Err(ForwardError::Unproven(message)) => Ok((
+            StatusCode::BAD_GATEWAY,
+            Json(json!({"error": "bad_gateway", "message": message})),
+        )
+            .into_response()),
     }
 }
 
-/// `GET /admin/nodes`: every live node of the cluster; on a single node, this one.
+/// `GET /admin/nodes`: every live node of the cluster; on a single node, this one. An
+/// advertise URL is shown without its `user:password@`, which may be a proxy's credentials.
 async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Value>, Error> {
     let cluster = &app.cluster;
     let nodes: Vec<Value> = if cluster.ownership.is_cluster() {
@@ -148,7 +248,7 @@ async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Va
             .map(|n| {
                 json!({
                     "node_id": n.node_id,
-                    "advertise_url": n.advertise_url,
+                    "advertise_url": without_userinfo(&n.advertise_url),
                     "started_at": rfc3339(n.started_at),
                     "last_seen": rfc3339(n.last_seen),
                     "shards": n.shards,
@@ -159,7 +259,7 @@ async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Va
     } else {
         vec![json!({
             "node_id": cluster.identity.node_id,
-            "advertise_url": cluster.identity.advertise_url,
+            "advertise_url": without_userinfo(&cluster.identity.advertise_url),
             "started_at": rfc3339(cluster.identity.started_at),
             "last_seen": rfc3339(chrono::Utc::now()),
             "shards": app.store.shard_count(),
@@ -176,7 +276,10 @@ async fn resync(
     let queued = app.store.queue_resync_all().await?;
     if app.cluster.ownership.is_cluster() {
         // Every node (this one too) queues the pushes of the shards it holds.
-        app.store.notify(RESYNC).await?;
+        app.cluster
+            .notices
+            .send(&app.store, &Notice::Resync)
+            .await?;
     } else {
         let (store, sync) = (app.store.clone(), app.sync.clone());
         tokio::spawn(async move {

@@ -5,7 +5,10 @@
 //! not touch: the row (the route has written it already).
 
 use super::AppState;
-use crate::store::{ActorSeed, StoredTokens, SyncSnapshot, cluster::USER_PREFIX};
+use crate::{
+    cluster::Notice,
+    store::{ActorSeed, StoredTokens, SyncSnapshot},
+};
 
 /// What the route did to the user's row.
 pub enum Change {
@@ -39,7 +42,8 @@ pub async fn user_changed(app: &AppState, user_id: &str, change: Change) {
         }
         return;
     }
-    if let Err(e) = app.store.notify(&format!("{USER_PREFIX}{user_id}")).await {
+    let notice = Notice::User(user_id.to_string());
+    if let Err(e) = app.cluster.notices.send(&app.store, &notice).await {
         // The row is saved; the owner catches up when it next reloads or refreshes the user.
         tracing::warn!(userId = %user_id, error = %e, "cannot tell the user's node of a change");
     }

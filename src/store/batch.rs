@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     StoreError,
+    cluster::Fence,
     entity::user::{self, SyncState},
 };
 
@@ -138,8 +139,8 @@ pub(super) struct RefreshedRow {
     pub expires_at: DateTime<Utc>,
     pub scope: Option<String>,
     pub now: DateTime<Utc>,
-    /// The writer's epoch of the user's shard (a cluster's fence); `None` on a single node.
-    pub epoch: Option<i64>,
+    /// The writer's lease of the user's shard (a cluster's fence); `None` on a single node.
+    pub fence: Option<Fence>,
 }
 
 /// A write the batched writer knows.
@@ -150,7 +151,7 @@ pub(super) enum Write {
         user_id: String,
         version: i64,
         now: DateTime<Utc>,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     },
 }
 
@@ -181,8 +182,8 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
                 user_id,
                 version,
                 now,
-                epoch,
-            } => Some((user_id.as_str(), *version, *now, *epoch)),
+                fence,
+            } => Some((user_id.as_str(), *version, *now, fence.as_ref())),
             Write::Refreshed(_) => None,
         })
         .collect();
@@ -261,7 +262,7 @@ impl Params {
 }
 
 /// The VALUES rows of refreshes to save, as `v(uid, expected, access, rotated, expiry, scope,
-/// now, epoch)`.
+/// now, epoch, owner)`.
 fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
     let tuples: Vec<String> = rows
         .iter()
@@ -274,20 +275,21 @@ fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
                 params.push(r.expires_at, "TIMESTAMPTZ"),
                 params.push(r.scope.clone(), "TEXT"),
                 params.push(r.now, "TIMESTAMPTZ"),
-                params.push(r.epoch, "BIGINT"),
+                params.push(r.fence.as_ref().map(|f| f.epoch), "BIGINT"),
+                params.push(owner_of(r.fence.as_ref()), "TEXT"),
             ];
             format!("({})", fields.join(", "))
         })
         .collect();
     format!(
-        "v(uid, expected, access, rotated, expiry, scope, now, epoch) AS (VALUES {})",
+        "v(uid, expected, access, rotated, expiry, scope, now, epoch, owner) AS (VALUES {})",
         tuples.join(", ")
     )
 }
 
 /// The conditional update of the refreshes in `v`: each row gets its new token only if its
-/// version is still the one the refresh read (and, on a cluster, the writer's epoch is still
-/// its shard's), exactly as the single-row save did.
+/// version is still the one the refresh read (and, on a cluster, the writer still holds its
+/// shard's lease), exactly as the single-row save did.
 fn refreshed_update() -> String {
     format!(
         "UPDATE users SET \
@@ -320,35 +322,44 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
     params.statement(format!("WITH {values} {}", refreshed_update()))
 }
 
-/// An acknowledgement: user, version, when, and the writer's epoch.
-type Ack<'a> = (&'a str, i64, DateTime<Utc>, Option<i64>);
+/// An acknowledgement: user, version, when, and the writer's fence.
+type Ack<'a> = (&'a str, i64, DateTime<Utc>, Option<&'a Fence>);
+
+/// The owner's process token of a fence, as a bound value.
+fn owner_of(fence: Option<&Fence>) -> Option<String> {
+    fence.map(|f| f.owner_token.to_string())
+}
 
 /// The fence of every refresh-path write (CONTRACT section 8): a row is written only while
-/// the writer's epoch (column `epoch` of `alias`) is still its shard's epoch, checked in the
-/// same statement. Without an epoch (a single node) there is nothing to check.
+/// the writer's lease (columns `epoch` and `owner` of `alias`) is still its shard's, epoch and
+/// owner's process token both, checked in the same statement. The token is what tells two
+/// owners apart if a database failover lost a claim and the same epoch was issued again.
+/// Without an epoch (a single node) there is nothing to check.
 fn fenced(alias: &str) -> String {
     format!(
         "({alias}.epoch IS NULL OR EXISTS (SELECT 1 FROM shard_leases l \
-         WHERE l.shard = users.shard AND l.epoch = {alias}.epoch))"
+         WHERE l.shard = users.shard AND l.epoch = {alias}.epoch \
+         AND l.owner_token = {alias}.owner))"
     )
 }
 
-/// The VALUES rows of acknowledgements, as `alias(uid, ver, now, epoch)`.
+/// The VALUES rows of acknowledgements, as `alias(uid, ver, now, epoch, owner)`.
 fn acks_values(params: &mut Params, alias: &str, acks: &[Ack]) -> String {
     let tuples: Vec<String> = acks
         .iter()
-        .map(|(user_id, version, now, epoch)| {
+        .map(|(user_id, version, now, fence)| {
             let fields = [
                 params.push(user_id.to_string(), "TEXT"),
                 params.push(*version, "BIGINT"),
                 params.push(*now, "TIMESTAMPTZ"),
-                params.push(*epoch, "BIGINT"),
+                params.push(fence.map(|f| f.epoch), "BIGINT"),
+                params.push(owner_of(*fence), "TEXT"),
             ];
             format!("({})", fields.join(", "))
         })
         .collect();
     format!(
-        "{alias}(uid, ver, now, epoch) AS (VALUES {})",
+        "{alias}(uid, ver, now, epoch, owner) AS (VALUES {})",
         tuples.join(", ")
     )
 }

@@ -4,6 +4,8 @@
 //! sets every expiry, so nodes' clocks never have to agree. Must not decide anything: which
 //! shards to claim or release is the caller's (`cluster::leases`) choice.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
 
@@ -21,6 +23,16 @@ pub struct NodeIdentity {
     pub process_token: String,
     pub advertise_url: String,
     pub started_at: DateTime<Utc>,
+}
+
+/// The fence of a refresh-path write on a cluster: the writer's lease on the user's shard,
+/// as its epoch and the owning process's token. A write checks both against `shard_leases` in
+/// its own statement: the epoch alone could be issued twice if a database failover lost the
+/// claim that first took it (`docs/cluster.md`, "Fencing a write"), the token never is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: i64,
+    pub owner_token: Arc<str>,
 }
 
 /// What one renewal asks for.
@@ -66,7 +78,9 @@ struct GrantRow {
 
 /// Renews the held leases (but those released), claims up to `claim` free or lapsed ones
 /// (each claim bumps the epoch), releases the given ones and upserts the node's heartbeat (and
-/// forgets nodes gone for an hour), all in one statement. The two updates touch disjoint rows: a
+/// forgets nodes gone for an hour), all in one statement. The heartbeat writes the node's id
+/// and address again each time: a row changed by hand (say, an address pointed elsewhere) is
+/// put right within a renewal period. The two updates touch disjoint rows: a
 /// lapsed lease of our own is renewed, never claimed.
 const RENEW_SQL: &str = "
 WITH claimable AS (
@@ -90,7 +104,7 @@ WITH claimable AS (
   INSERT INTO cluster_nodes (process_token, node_id, advertise_url, started_at, last_seen, expires_at, actors)
   VALUES ($2, $1, $6, $7, now(), now() + make_interval(secs => $3), $8)
   ON CONFLICT (process_token) DO UPDATE SET last_seen = now(), expires_at = EXCLUDED.expires_at,
-    actors = EXCLUDED.actors
+    actors = EXCLUDED.actors, node_id = EXCLUDED.node_id, advertise_url = EXCLUDED.advertise_url
   RETURNING 1
 ), forgotten AS (
   DELETE FROM cluster_nodes WHERE expires_at < now() - interval '1 hour'
@@ -150,8 +164,9 @@ impl Store {
         Ok(grant)
     }
 
-    /// Gives up every lease of this process and leaves the node list, then tells the other
-    /// nodes to claim at once (a graceful stop hands over in moments, not after the TTL).
+    /// Gives up every lease of this process and leaves the node list; the caller then tells
+    /// the other nodes to claim at once (a graceful stop hands over in moments, not after the
+    /// TTL).
     pub async fn release_all(&self, node: &NodeIdentity) -> Result<(), StoreError> {
         let token: Value = node.process_token.clone().into();
         self.db
@@ -169,7 +184,7 @@ impl Store {
                 [token],
             ))
             .await?;
-        self.notify(crate::store::cluster::REBALANCE).await
+        Ok(())
     }
 
     /// Every live node, with the shards it holds.
@@ -203,21 +218,29 @@ impl Store {
         })
     }
 
-    /// The epoch of `shard` now: a write refused with another epoch was fenced.
-    pub async fn shard_epoch(&self, shard: i32) -> Result<Option<i64>, StoreError> {
+    /// The lease of `shard` now (`None` when no process holds it): a write refused under
+    /// another fence was fenced.
+    pub async fn shard_fence(&self, shard: i32) -> Result<Option<Fence>, StoreError> {
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT epoch FROM shard_leases WHERE shard = $1",
+            "SELECT epoch, owner_token FROM shard_leases WHERE shard = $1",
             [shard.into()],
         );
-        let row = self.db.query_one_raw(statement).await?;
-        Ok(match row {
-            Some(row) => Some(row.try_get("", "epoch")?),
+        let Some(row) = self.db.query_one_raw(statement).await? else {
+            return Ok(None);
+        };
+        let owner: Option<String> = row.try_get("", "owner_token")?;
+        Ok(match owner {
+            Some(owner) => Some(Fence {
+                epoch: row.try_get("", "epoch")?,
+                owner_token: owner.into(),
+            }),
             None => None,
         })
     }
 
-    /// Sends a change notice to every node (PostgreSQL only; a no-op elsewhere).
+    /// Sends a change notice to every node (PostgreSQL only; a no-op elsewhere). `payload` is
+    /// sealed (`cluster::Notices::send`): listeners drop anything else.
     pub async fn notify(&self, payload: &str) -> Result<(), StoreError> {
         if !self.is_postgres() {
             return Ok(());
@@ -233,7 +256,8 @@ impl Store {
     }
 }
 
-/// The notice that asks every node to renew (and so claim) now.
+/// The notice that asks every node to renew (and so claim) now. This and the two below are
+/// the bodies of notices, which travel sealed (`cluster::Notices`).
 pub const REBALANCE: &str = "rebalance";
 /// The notice of an operator's resync: every node queues its own users' pushes.
 pub const RESYNC: &str = "resync";

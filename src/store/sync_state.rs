@@ -1,7 +1,8 @@
 //! Where each user's push to the microservice stands: the acknowledgement (batched with the
 //! refreshes' writes), a skipped or failed attempt, and the lists of unfinished pushes that a
 //! start, a gained shard or a resync queue again. Every record is conditional on the version it
-//! is about, and fenced by the writer's epoch on a cluster. Must not touch: token columns.
+//! is about, and fenced by the writer's lease (epoch and process token) on a cluster. Must not
+//! touch: token columns.
 
 use chrono::Utc;
 use sea_orm::{
@@ -12,6 +13,7 @@ use sea_orm::{
 use super::{
     Store, StoreError,
     batch::{self, Write},
+    cluster::Fence,
     entity::user::{self, SyncState},
 };
 
@@ -22,13 +24,13 @@ impl Store {
         &self,
         user_id: &str,
         version: i64,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let ack = Write::Synced {
             user_id: user_id.to_string(),
             version,
             now: Utc::now(),
-            epoch,
+            fence,
         };
         self.writes
             .call(ack)
@@ -42,9 +44,9 @@ impl Store {
         &self,
         user_id: &str,
         version: i64,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Skipped, None, epoch)
+        self.set_sync_outcome(user_id, version, SyncState::Skipped, None, fence)
             .await
     }
 
@@ -54,9 +56,9 @@ impl Store {
         user_id: &str,
         version: i64,
         error: &str,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
-        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error), epoch)
+        self.set_sync_outcome(user_id, version, SyncState::Failed, Some(error), fence)
             .await
     }
 
@@ -67,7 +69,7 @@ impl Store {
         version: i64,
         state: SyncState,
         error: Option<&str>,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut update = user::Entity::update_many()
@@ -88,7 +90,7 @@ impl Store {
                 .col_expr(user::Column::SyncedVersion, Expr::value(version))
                 .col_expr(user::Column::SyncedAt, Expr::value(now))
         };
-        fenced(update, epoch)
+        fenced(update, fence)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(version))
             .exec(&self.db)
@@ -137,19 +139,24 @@ impl Store {
     }
 }
 
-/// Makes a refresh-path write conditional on the writer's epoch still being its shard's
-/// epoch (the fence of CONTRACT section 8); no condition on a single node.
+/// Makes a refresh-path write conditional on the writer still holding its shard's lease: the
+/// shard's epoch and owner's process token are both the writer's (the fence of CONTRACT section
+/// 8; the token tells apart two owners given one epoch by a database failover that lost a
+/// claim). No condition on a single node.
 pub(super) fn fenced(
     update: sea_orm::UpdateMany<user::Entity>,
-    epoch: Option<i64>,
+    fence: Option<Fence>,
 ) -> sea_orm::UpdateMany<user::Entity> {
-    match epoch {
-        Some(epoch) => update.filter(Expr::exists(
+    match fence {
+        Some(fence) => update.filter(Expr::exists(
             sea_orm::sea_query::Query::select()
                 .expr(Expr::val(1))
                 .from("shard_leases")
                 .and_where(Expr::col(("shard_leases", "shard")).equals(("users", "shard")))
-                .and_where(Expr::col(("shard_leases", "epoch")).eq(epoch))
+                .and_where(Expr::col(("shard_leases", "epoch")).eq(fence.epoch))
+                .and_where(
+                    Expr::col(("shard_leases", "owner_token")).eq(fence.owner_token.to_string()),
+                )
                 .to_owned(),
         )),
         None => update,

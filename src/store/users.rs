@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{
     ActorSeed, Store, StoreError,
     batch::{self, RefreshedRow, Write},
+    cluster::Fence,
     entity::user::{self, SyncState},
     sync_state::fenced,
 };
@@ -42,12 +43,12 @@ pub struct TokenChange {
     pub token_expiry: Option<DateTime<Utc>>,
 }
 
-/// What a refresh-path write expects of the row: its version as read, and the writer's epoch
+/// What a refresh-path write expects of the row: its version as read, and the writer's lease
 /// of the row's shard (the fence; `None` on a single node).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Expected {
     pub version: i64,
-    pub epoch: Option<i64>,
+    pub fence: Option<Fence>,
 }
 
 /// What a refresh needs.
@@ -291,7 +292,7 @@ impl Store {
     ) -> Result<Option<TokenChange>, StoreError> {
         let Expected {
             version: expected_version,
-            epoch,
+            fence,
         } = expected;
         let now = Utc::now();
         let row = RefreshedRow {
@@ -307,7 +308,7 @@ impl Store {
             expires_at,
             scope: scope.map(str::to_string),
             now,
-            epoch,
+            fence,
         };
         let saved = self
             .writes
@@ -327,12 +328,12 @@ impl Store {
         &self,
         user_id: &str,
         expected_version: i64,
-        epoch: Option<i64>,
+        fence: Option<Fence>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let version = expected_version + 1;
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true));
-        let result = fenced(with_pending_sync(update, version, Utc::now()), epoch)
+        let result = fenced(with_pending_sync(update, version, Utc::now()), fence)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(expected_version))
             .exec(&self.db)

@@ -79,7 +79,7 @@ impl Deliverer {
                 return (why == NotActing::NotHeld, None);
             }
         };
-        let epoch = acting.epoch();
+        let fence = acting.fence();
         let version = snapshot.version();
         let span = match &snapshot {
             SyncSnapshot::Connected { .. } => tracing::info_span!(
@@ -118,22 +118,22 @@ impl Deliverer {
         let recorded = match &outcome {
             Delivery::Delivered => {
                 self.metrics.sync(op, "ok");
-                self.store.mark_synced(user_id, version, epoch).await
+                self.store.mark_synced(user_id, version, fence).await
             }
             // A newer change reached the microservice first: this version needs no more work
             // (the newer one is the lane's next call, or was already acknowledged).
             Delivery::Superseded => {
                 self.metrics.sync(op, "superseded");
-                self.store.mark_synced(user_id, version, epoch).await
+                self.store.mark_synced(user_id, version, fence).await
             }
             Delivery::Skipped => {
                 self.metrics.sync(op, "skipped");
-                self.store.mark_sync_skipped(user_id, version, epoch).await
+                self.store.mark_sync_skipped(user_id, version, fence).await
             }
             Delivery::Failed { error, .. } => {
                 self.metrics.sync(op, "failed");
                 self.store
-                    .mark_sync_failed(user_id, version, error, epoch)
+                    .mark_sync_failed(user_id, version, error, fence)
                     .await
             }
         };

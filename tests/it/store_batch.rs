@@ -4,10 +4,11 @@
 
 use chrono::{Duration, Utc};
 use futures::future::join_all;
+use sea_orm::{ConnectionTrait, Database};
 use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::{
     crypto::TokenCipher,
-    store::{Expected, SeedUser, Store},
+    store::{Expected, SeedUser, Store, cluster::Fence},
 };
 
 use crate::{
@@ -56,7 +57,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                     &user(i),
                     Expected {
                         version: expected,
-                        epoch: None,
+                        fence: None,
                     },
                     &access,
                     rotated.as_ref(),
@@ -154,11 +155,11 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
     let db = TestDatabase::create(backend).await;
     let store = seeded_store(&db).await;
     let expiry = Utc::now() + Duration::minutes(60);
-    let save = |i: usize, epoch: Option<i64>| {
+    let save = |i: usize, fence: Option<Fence>| {
         let store = store.clone();
         async move {
             let access = SecretString::from(format!("mixed-access-{i}"));
-            let expected = Expected { version: 1, epoch };
+            let expected = Expected { version: 1, fence };
             store
                 .save_refreshed(&user(i), expected, &access, None, expiry, None)
                 .await
@@ -166,14 +167,20 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
                 .is_some()
         }
     };
-    let ack = |i: usize, epoch: Option<i64>| {
+    let ack = |i: usize, fence: Option<Fence>| {
         let store = store.clone();
-        async move { store.mark_synced(&user(i), 1, epoch).await.expect("ack") }
+        async move { store.mark_synced(&user(i), 1, fence).await.expect("ack") }
+    };
+    let stale = || {
+        Some(Fence {
+            epoch: 999,
+            owner_token: "no-such-process".into(),
+        })
     };
     let refreshes = (0..10).map(|i| save(i, None));
-    let fenced = (20..24).map(|i| save(i, Some(999)));
+    let fenced = (20..24).map(|i| save(i, stale()));
     let acks = (0..5).chain(10..20).map(|i| ack(i, None));
-    let fenced_acks = (24..28).map(|i| ack(i, Some(999)));
+    let fenced_acks = (24..28).map(|i| ack(i, stale()));
     let (saved, refused, (), ()) = futures::join!(
         join_all(refreshes),
         join_all(fenced),
@@ -212,6 +219,92 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
     }
 }
 on_both_backends!(mixed_batches_keep_every_condition);
+
+/// A database failover to an asynchronous standby can lose the claim that took an epoch, and
+/// the same epoch is then issued again to another process. Each refresh-path write (the
+/// refreshed tokens, the needs-reconnect flag, the sync records) is refused when the lease row
+/// has the writer's epoch but names another process, and written when it names the writer.
+async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let store = seeded_store(&db).await;
+    let sql = Database::connect(db.url.as_str()).await.expect("connect");
+    let users: Vec<String> = (0..4).map(user).collect();
+    for id in &users {
+        // The row as the new primary has it: this epoch, claimed by another process.
+        sql.execute_unprepared(&format!(
+            "UPDATE shard_leases SET epoch = 5, owner_node = 'other-node', \
+             owner_token = 'other-process' WHERE shard = {}",
+            store.shard_of(id)
+        ))
+        .await
+        .expect("lease row");
+    }
+    let fence = |owner: &str| {
+        Some(Fence {
+            epoch: 5,
+            owner_token: owner.into(),
+        })
+    };
+    let expiry = Utc::now() + Duration::minutes(60);
+    let access = SecretString::from("fenced-access".to_string());
+    let save = |id: &str, owner: &str| {
+        let expected = Expected {
+            version: 1,
+            fence: fence(owner),
+        };
+        let (store, id, access) = (store.clone(), id.to_string(), access.clone());
+        async move {
+            store
+                .save_refreshed(&id, expected, &access, None, expiry, None)
+                .await
+                .expect("save")
+        }
+    };
+    let revoke = |id: &str, owner: &str| {
+        let (store, id, fence) = (store.clone(), id.to_string(), fence(owner));
+        async move { store.mark_revoked(&id, 1, fence).await.expect("revoke") }
+    };
+    // Every write sets `updated_at`, so whole rows show whether anything was written.
+    let rows = |store: Store, users: Vec<String>| async move {
+        let mut rows = Vec::new();
+        for id in &users {
+            rows.push(store.user(id).await.expect("read").expect("row"));
+        }
+        rows
+    };
+
+    let before = rows(store.clone(), users.clone()).await;
+    assert!(save(&users[0], "this-process").await.is_none());
+    assert!(revoke(&users[1], "this-process").await.is_none());
+    store
+        .mark_sync_failed(&users[2], 1, "refused", fence("this-process"))
+        .await
+        .expect("failed");
+    store
+        .mark_synced(&users[3], 1, fence("this-process"))
+        .await
+        .expect("ack");
+    store
+        .mark_sync_skipped(&users[3], 1, fence("this-process"))
+        .await
+        .expect("skipped");
+    assert_eq!(
+        rows(store.clone(), users.clone()).await,
+        before,
+        "no write under another process's lease"
+    );
+
+    // The process the row names writes.
+    assert!(save(&users[0], "other-process").await.is_some());
+    assert!(revoke(&users[1], "other-process").await.is_some());
+    store
+        .mark_sync_failed(&users[2], 1, "failed", fence("other-process"))
+        .await
+        .expect("failed");
+    let attempts = store.user(&users[2]).await.unwrap().unwrap().sync_attempts;
+    assert_eq!(attempts, 1, "the owner's failure record counts");
+}
+on_both_backends!(the_fence_checks_the_owner_with_the_epoch);
 
 /// sqlx 0.9.0 leaves Nagle's algorithm on, and a write batch longer than one TCP segment then
 /// waits 40 ms for PostgreSQL's delayed ACK (`src/store/nodelay.rs`). Every connection the

@@ -24,7 +24,10 @@ mod users;
 mod views;
 
 mod failover;
+mod forged_notice;
 mod graceful_stop;
+mod node_urls;
+mod rogue_owner;
 mod rolling_restart;
 mod routing;
 mod sigstop;
