@@ -108,6 +108,7 @@ impl App {
             metrics: metrics.clone(),
             history: history.clone(),
             refresh: config.refresh.clone(),
+            warning: None,
             permits: refresh_permits.clone(),
             refreshing: Default::default(),
             backlog: Default::default(),

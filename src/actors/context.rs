@@ -16,7 +16,7 @@ use crate::{
     google::{GoogleClient, GoogleError},
     history::History,
     metrics::Metrics,
-    store::{Expected, Store, StoredTokens, SyncSnapshot},
+    store::{Expected, ReconnectReason, Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
 };
 
@@ -31,6 +31,9 @@ pub struct ActorContext {
     /// Where refresh outcomes are recorded for the console.
     pub history: Arc<History>,
     pub refresh: RefreshConfig,
+    /// How long before a time-limited grant ends the app is warned; `None` without app
+    /// events (nothing to warn).
+    pub warning: Option<std::time::Duration>,
     /// Bounds refreshes in flight towards Google, so a crowd of users due at the same time
     /// does not open a crowd of connections.
     pub permits: Arc<Semaphore>,
@@ -70,6 +73,27 @@ impl ActorContext {
             Err(e) => return RefreshOutcome::Transient(format!("database: {e}")),
         };
         let version = credentials.version;
+        // The end of a time-limited grant is final: at or after it, Google is not asked.
+        let now = chrono::Utc::now();
+        if credentials
+            .authorization_expires_at
+            .is_some_and(|end| end <= now)
+        {
+            return match self
+                .store
+                .expire_authorization(user_id, version, fence, now)
+                .await
+            {
+                Ok(Some(change)) => {
+                    let version = change.version;
+                    self.sync
+                        .changed_to(user_id, SyncSnapshot::Disconnected { version });
+                    RefreshOutcome::Revoked(ReconnectReason::AuthorizationExpired)
+                }
+                Ok(None) => self.refused(user_id, &acting).await,
+                Err(e) => RefreshOutcome::Transient(format!("database: {e}")),
+            };
+        }
         // The tokens saved are also what the microservice must get: handed to the sync as
         // they are, they save it a read and two decryptions. Without a scope in Google's
         // answer the stored one stays, which only the row knows.
@@ -104,9 +128,12 @@ impl ActorContext {
                 });
                 (result, saved)
             }
-            Err(GoogleError::Revoked(_)) => {
-                (self.store.mark_revoked(user_id, version, fence).await, None)
-            }
+            Err(GoogleError::Revoked(_)) => (
+                self.store
+                    .mark_needs_reconnect(user_id, version, fence, ReconnectReason::Revoked)
+                    .await,
+                None,
+            ),
             Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
             Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
         };
@@ -127,9 +154,9 @@ impl ActorContext {
                     None => self.sync.changed(user_id),
                 }
                 if change.token_expiry.is_some() {
-                    RefreshOutcome::Refreshed(change)
+                    RefreshOutcome::Refreshed(change, None)
                 } else {
-                    RefreshOutcome::Revoked
+                    RefreshOutcome::Revoked(ReconnectReason::Revoked)
                 }
             }
             Ok(None) => self.refused(user_id, &acting).await,
@@ -139,7 +166,7 @@ impl ActorContext {
 
     /// A write refused: by the fence (another process holds the shard's lease now, or a new
     /// epoch of it) or because a newer change won.
-    async fn refused(&self, user_id: &str, acting: &Acting<'_>) -> RefreshOutcome {
+    pub(super) async fn refused(&self, user_id: &str, acting: &Acting<'_>) -> RefreshOutcome {
         if let (Some(shard), Some(fence)) = (acting.shard(), acting.fence())
             && matches!(self.store.shard_fence(shard).await, Ok(now) if now.as_ref() != Some(&fence))
         {
@@ -151,7 +178,7 @@ impl ActorContext {
         self.superseded(user_id).await
     }
 
-    async fn superseded(&self, user_id: &str) -> RefreshOutcome {
+    pub(super) async fn superseded(&self, user_id: &str) -> RefreshOutcome {
         match self.store.actor_seed(user_id).await {
             Ok(seed) => RefreshOutcome::Superseded(seed),
             Err(e) => RefreshOutcome::Transient(format!("database: {e}")),

@@ -6,7 +6,10 @@ use ractor::RpcReplyPort;
 use serde::Serialize;
 
 use super::schedule::Schedule;
-use crate::store::{ActorSeed, TokenChange};
+use crate::{
+    cluster::NotActing,
+    store::{ActorSeed, ReconnectReason, TokenChange},
+};
 
 /// Why a refresh starts (an attribute of the refresh's logs and spans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub struct ActorInfo {
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub refresh_count: i64,
     pub restarts: u32,
+    pub reconnect_reason: Option<ReconnectReason>,
+    pub authorization_expires_at: Option<DateTime<Utc>>,
 }
 
 /// One actor's info as the admin API shows it, with `restarting` for one in restart backoff
@@ -92,9 +97,13 @@ pub struct Parked {
 
 impl Parked {
     /// A user as loaded from its row, with the refresh planned for it.
-    pub fn from_seed(seed: &ActorSeed, planned: Option<DateTime<Utc>>) -> Self {
+    pub fn from_seed(
+        seed: &ActorSeed,
+        planned: Option<DateTime<Utc>>,
+        warning: Option<std::time::Duration>,
+    ) -> Self {
         Self {
-            schedule: Schedule::from_seed(seed, planned),
+            schedule: Schedule::from_seed(seed, planned, warning),
             needs_reconnect: seed.needs_reconnect,
         }
     }
@@ -108,10 +117,12 @@ impl Parked {
         }
     }
 
-    /// The refresh a parked user is woken for; none while it waits for a reconnect.
+    /// When a parked user is woken: for its refresh, or its grant's warning or end,
+    /// whichever comes first; never while it waits for a reconnect.
     pub fn wake_plan(&self) -> Option<DateTime<Utc>> {
         self.schedule
-            .next_refresh_at
+            .next_due()
+            .map(|(at, _)| at)
             .filter(|_| !self.needs_reconnect)
     }
 
@@ -125,13 +136,16 @@ impl Parked {
 /// How a refresh job ended; sent back to the actor that started it.
 #[derive(Debug)]
 pub enum RefreshOutcome {
-    Refreshed(TokenChange),
+    /// Saved; with the grant's new end when Google's answer carried one.
+    Refreshed(TokenChange, Option<DateTime<Utc>>),
     /// Network, timeout, 5xx, or the database was unavailable: retry with backoff.
     Transient(String),
     /// Google refused for a reason that is not the user's (e.g. `invalid_client`).
     Rejected(String),
     /// The grant is gone; tokens were cleared and the user must reconnect.
-    Revoked,
+    /// The grant is over (Google revoked it, or a time-limited grant ended): the tokens are
+    /// cleared and the user must reconnect, for this reason.
+    Revoked(ReconnectReason),
     /// A newer change won the race; here is the row as it is now (`None`: not connected).
     Superseded(Option<ActorSeed>),
     /// Not this node's to do now: the lease is elsewhere, or not known valid (see
@@ -143,10 +157,10 @@ impl RefreshOutcome {
     /// Short name for spans and metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Refreshed(_) => "ok",
+            Self::Refreshed(..) => "ok",
             Self::Transient(_) => "transient",
             Self::Rejected(_) => "rejected",
-            Self::Revoked => "revoked",
+            Self::Revoked(_) => "revoked",
             Self::Superseded(_) => "superseded",
             Self::NotHere(_) => "not_owner",
         }
@@ -162,14 +176,37 @@ impl RefreshOutcome {
 
     /// Whether the attempt failed (a superseded one did not: newer tokens won).
     pub fn failed(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::Rejected(_) | Self::Revoked)
+        matches!(
+            self,
+            Self::Transient(_) | Self::Rejected(_) | Self::Revoked(_)
+        )
     }
+}
+
+/// How a job for a time-limited grant's warning or end ended.
+#[derive(Debug)]
+pub enum DeadlineOutcome {
+    /// The grant ended: the tokens are cleared and the user needs a reconnect.
+    Expired(TokenChange),
+    /// The app's warning is stored (or was already).
+    Warned,
+    /// The row changed meanwhile (a reconnect, or a refresh answer that moved the end): start
+    /// again from it; `None` when the user is gone.
+    Superseded(Option<ActorSeed>),
+    /// Not done now (the database, or the lease being renewed): look again soon.
+    Later(String),
+    /// Another node owns the user now.
+    NotHere(NotActing),
 }
 
 /// Messages of one user's token actor.
 pub enum UserTokenMsg {
-    /// New tokens were saved for this user (a consent completed).
-    TokensChanged(TokenChange),
+    /// New tokens were saved for this user (a consent completed): the row as saved.
+    TokensChanged(ActorSeed),
+    /// The grant's warning or end may be due (the timer armed for it fired).
+    Deadline,
+    /// A job run for the grant's warning or end finished.
+    DeadlineFinished(DeadlineOutcome),
     /// Refresh the access token now.
     Refresh(RefreshReason),
     /// A refresh job finished.

@@ -10,6 +10,7 @@
 //! - [`user_token`]: the per-user actor; [`context`]: what they share; [`messages`].
 
 mod context;
+mod deadline;
 mod loader;
 pub mod messages;
 mod registry;

@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 
 use super::messages::{ActorInfo, ActorStatus};
-use crate::store::ActorSeed;
+use crate::store::{ActorSeed, ReconnectReason};
 
 /// A retrying user parks when its retry is further away than this (or than
 /// `ACTOR_HIBERNATE_AFTER_SECS`, if shorter).
@@ -54,11 +54,46 @@ pub struct Schedule {
     /// Failed refreshes in a row: a user parked while it waits to retry resumes its backoff
     /// where it was when woken.
     pub failures: u32,
+    /// Why the user must reconnect, while it must.
+    pub reconnect_reason: Option<ReconnectReason>,
+    /// When a time-limited grant ends: at that moment the user needs a reconnect, with no
+    /// call to Google at or after it.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// When to warn the app that the grant nears its end; `None` once warned, without an
+    /// end, or without app events.
+    pub warn_at: Option<DateTime<Utc>>,
+}
+
+/// What is due at a user's next wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextDue {
+    /// The planned refresh (or retry).
+    Refresh,
+    /// The warning that a time-limited grant nears its end.
+    Warn,
+    /// The end of a time-limited grant.
+    Expire,
+}
+
+/// When to warn of a grant ending at `end`, `warning` ahead (at once if already that close);
+/// `None` without an end, without app events (`warning` `None`) or once `warned`.
+pub fn warn_at(
+    end: Option<DateTime<Utc>>,
+    warning: Option<Duration>,
+    warned: bool,
+) -> Option<DateTime<Utc>> {
+    let (end, warning) = (end?, warning?);
+    (!warned).then(|| end - chrono(warning))
 }
 
 impl Schedule {
-    /// A user's schedule as loaded from its row, with the refresh planned for it.
-    pub fn from_seed(seed: &ActorSeed, planned: Option<DateTime<Utc>>) -> Self {
+    /// A user's schedule as loaded from its row, with the refresh planned for it and the app
+    /// warned `warning` before a time-limited grant ends.
+    pub fn from_seed(
+        seed: &ActorSeed,
+        planned: Option<DateTime<Utc>>,
+        warning: Option<Duration>,
+    ) -> Self {
         Self {
             token_expiry: seed.token_expiry,
             next_refresh_at: planned.filter(|_| !seed.needs_reconnect),
@@ -66,7 +101,31 @@ impl Schedule {
             refresh_count: seed.refresh_count,
             version: seed.version,
             failures: 0,
+            reconnect_reason: seed.reconnect_reason.filter(|_| seed.needs_reconnect),
+            authorization_expires_at: seed.authorization_expires_at,
+            warn_at: warn_at(
+                seed.authorization_expires_at,
+                warning,
+                seed.authorization_warned,
+            ),
         }
+    }
+
+    /// The next thing due and when: the planned refresh, unless the grant's warning or its end
+    /// comes first (a refresh planned at or after the end never happens). Ties go to the end,
+    /// then the warning.
+    pub fn next_due(&self) -> Option<(DateTime<Utc>, NextDue)> {
+        [
+            self.authorization_expires_at
+                .map(|at| (at, NextDue::Expire)),
+            self.warn_at.map(|at| (at, NextDue::Warn)),
+            self.next_refresh_at
+                .filter(|at| self.authorization_expires_at.is_none_or(|end| *at < end))
+                .map(|at| (at, NextDue::Refresh)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
     }
 
     /// Whether a user with this schedule has nothing to do for longer than staying live is
@@ -87,8 +146,8 @@ impl Schedule {
         } else {
             hibernate_after
         };
-        self.next_refresh_at
-            .is_some_and(|at| delay_until(now, at) > wait)
+        self.next_due()
+            .is_some_and(|(at, _)| delay_until(now, at) > wait)
     }
 
     /// What `/admin/actors` shows of a user with this schedule.
@@ -101,6 +160,8 @@ impl Schedule {
             last_refresh_at: self.last_refresh_at,
             refresh_count: self.refresh_count,
             restarts,
+            reconnect_reason: self.reconnect_reason,
+            authorization_expires_at: self.authorization_expires_at,
         }
     }
 }
@@ -225,6 +286,46 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_time_limited_grant_is_warned_then_ends_and_no_refresh_is_planned_past_its_end() {
+        let warning = Some(Duration::from_secs(100));
+        let mut schedule = Schedule {
+            next_refresh_at: Some(t(50)),
+            authorization_expires_at: Some(t(300)),
+            warn_at: warn_at(Some(t(300)), warning, false),
+            ..Schedule::default()
+        };
+        assert_eq!(schedule.warn_at, Some(t(200)));
+        assert_eq!(schedule.next_due(), Some((t(50), NextDue::Refresh)));
+        schedule.next_refresh_at = Some(t(250));
+        assert_eq!(schedule.next_due(), Some((t(200), NextDue::Warn)));
+        schedule.warn_at = None;
+        assert_eq!(schedule.next_due(), Some((t(250), NextDue::Refresh)));
+        // A refresh planned at or after the end never happens: the end comes instead.
+        schedule.next_refresh_at = Some(t(300));
+        assert_eq!(schedule.next_due(), Some((t(300), NextDue::Expire)));
+        schedule.next_refresh_at = Some(t(400));
+        assert_eq!(schedule.next_due(), Some((t(300), NextDue::Expire)));
+        // Idle is judged by whatever comes first.
+        assert!(!schedule.is_idle(false, t(299), Duration::from_secs(10)));
+        assert!(schedule.is_idle(false, t(200), Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_warning_is_once_per_grant_and_only_with_app_events() {
+        let warning = Some(Duration::from_secs(100));
+        assert_eq!(warn_at(Some(t(300)), warning, true), None, "warned");
+        assert_eq!(warn_at(Some(t(300)), None, false), None, "no app events");
+        assert_eq!(warn_at(None, warning, false), None, "ongoing access");
+        // A grant that arrives already inside the window is warned at once (the time has
+        // passed, so it is due as soon as the actor looks).
+        assert_eq!(warn_at(Some(t(50)), warning, false), Some(t(-50)));
+    }
 
     fn at(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap()

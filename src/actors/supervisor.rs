@@ -211,17 +211,13 @@ impl SupervisorState {
         }
         if let Some(Slot::Live(actor)) = self.registry.get(&seed.user_id) {
             if !seed.needs_reconnect {
-                let change = crate::store::TokenChange {
-                    version: seed.version,
-                    token_expiry: seed.token_expiry,
-                };
-                let _ = actor.send_message(UserTokenMsg::TokensChanged(change));
+                let _ = actor.send_message(UserTokenMsg::TokensChanged(seed));
             }
             return;
         }
         let user_id = self.registry.key(&seed.user_id);
         let planned = planned_refresh(&self.ctx.refresh, seed.token_expiry);
-        let parked = Parked::from_seed(&seed, planned);
+        let parked = Parked::from_seed(&seed, planned, self.ctx.warning);
         if eager && !parked.is_idle(now, self.ctx.refresh.hibernate_after) {
             self.spawn(myself, user_id, parked).await;
         } else {

@@ -12,7 +12,6 @@ use super::{
     batch::{self, RefreshedRow, Write},
     cluster::Fence,
     entity::user::{self, SyncState},
-    sync_state::fenced,
 };
 
 /// Tokens from a code exchange, ready to be saved.
@@ -55,6 +54,8 @@ pub struct Expected {
 pub struct RefreshCredentials {
     pub refresh_token: SecretString,
     pub version: i64,
+    /// When the grant ends, if it is time-limited: no refresh may be asked at or after it.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
 }
 
 /// What the microservice should hold for a user at `version`.
@@ -275,6 +276,7 @@ impl Store {
         Ok(Some(RefreshCredentials {
             refresh_token: self.cipher.decrypt(&sealed, &refresh_context(user_id))?,
             version: row.token_version,
+            authorization_expires_at: row.authorization_expires_at,
         }))
     }
 
@@ -321,29 +323,6 @@ impl Store {
         }))
     }
 
-    /// Google said the grant is gone: clear the tokens, flag the user for reconnection and
-    /// queue the deletion at the microservice. `None` if a newer change got there first.
-    #[tracing::instrument(name = "db.mark_revoked", skip_all, fields(user.id = %user_id))]
-    pub async fn mark_revoked(
-        &self,
-        user_id: &str,
-        expected_version: i64,
-        fence: Option<Fence>,
-    ) -> Result<Option<TokenChange>, StoreError> {
-        let version = expected_version + 1;
-        let update = cleared(user::Entity::update_many())
-            .col_expr(user::Column::NeedsReconnect, Expr::value(true));
-        let result = fenced(with_pending_sync(update, version, Utc::now()), fence)
-            .filter(user::Column::UserId.eq(user_id))
-            .filter(user::Column::TokenVersion.eq(expected_version))
-            .exec(&self.db)
-            .await?;
-        Ok((result.rows_affected == 1).then_some(TokenChange {
-            version,
-            token_expiry: None,
-        }))
-    }
-
     /// The user disconnects: clear the tokens and queue the deletion at the microservice.
     /// Returns `None` if the user was not connected, else the refresh token that was stored
     /// (for revocation at Google), or `Some(None)` when there is none to revoke: none stored,
@@ -368,8 +347,18 @@ impl Store {
                 .google_refresh_token
                 .as_deref()
                 .map(|sealed| self.cipher.decrypt(sealed, &refresh_context(user_id)));
+            // A disconnected user has no grant: no reason to reconnect, no end to wait for.
             let update = cleared(user::Entity::update_many())
-                .col_expr(user::Column::NeedsReconnect, Expr::value(false));
+                .col_expr(user::Column::NeedsReconnect, Expr::value(false))
+                .col_expr(
+                    user::Column::ReconnectReason,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    user::Column::AuthorizationExpiresAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
             let result = with_pending_sync(update, row.token_version + 1, Utc::now())
                 .filter(user::Column::UserId.eq(user_id))
                 .filter(user::Column::TokenVersion.eq(row.token_version))
@@ -419,7 +408,7 @@ impl Store {
 }
 
 /// Adds the columns every token change sets: the new version and a fresh pending sync.
-fn with_pending_sync(
+pub(super) fn with_pending_sync(
     update: sea_orm::UpdateMany<user::Entity>,
     version: i64,
     now: DateTime<Utc>,
@@ -436,7 +425,9 @@ fn with_pending_sync(
 }
 
 /// Adds the columns that forget a connection's tokens.
-fn cleared(update: sea_orm::UpdateMany<user::Entity>) -> sea_orm::UpdateMany<user::Entity> {
+pub(super) fn cleared(
+    update: sea_orm::UpdateMany<user::Entity>,
+) -> sea_orm::UpdateMany<user::Entity> {
     update
         .col_expr(
             user::Column::GoogleAccessToken,

@@ -272,7 +272,12 @@ async fn reconnects_update_the_row_in_place(backend: Backend) {
     assert_eq!(first.version, 1);
     assert!(
         store
-            .mark_revoked("erin", 1, None)
+            .mark_needs_reconnect(
+                "erin",
+                1,
+                None,
+                tokenwarden::store::ReconnectReason::Revoked
+            )
             .await
             .expect("revoke")
             .is_some()

@@ -262,7 +262,12 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     };
     let revoke = |id: &str, owner: &str| {
         let (store, id, fence) = (store.clone(), id.to_string(), fence(owner));
-        async move { store.mark_revoked(&id, 1, fence).await.expect("revoke") }
+        async move {
+            store
+                .mark_needs_reconnect(&id, 1, fence, tokenwarden::store::ReconnectReason::Revoked)
+                .await
+                .expect("revoke")
+        }
     };
     // Every write sets `updated_at`, so whole rows show whether anything was written.
     let rows = |store: Store, users: Vec<String>| async move {

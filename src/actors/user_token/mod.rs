@@ -13,15 +13,17 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+mod grant;
+
 use super::{
     context::ActorContext,
     messages::{ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg},
-    schedule::{Schedule, delay_until},
+    schedule::{NextDue, Schedule, delay_until},
 };
 use crate::{cluster::NotActing, config::RefreshConfig, history::Activity, retry::Backoff};
 
 /// How soon a refresh that waited for its lease looks again.
-const LEASE_RECHECK: Duration = Duration::from_secs(1);
+pub(super) const LEASE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Refusals that are not the user's fault (e.g. a wrong client secret) are retried, but
 /// slowly: hammering Google will not fix the configuration.
@@ -67,6 +69,8 @@ pub struct UserTokenState {
     restarts: u32,
     /// The reason of the refresh in flight, if one is.
     in_flight: Option<RefreshReason>,
+    /// Whether a job for the grant's warning or end is in flight.
+    deadline_in_flight: bool,
     /// The planned time of the scheduled refresh in flight, for its lateness.
     planned_for_in_flight: Option<DateTime<Utc>>,
     /// Set once the actor has offered to hibernate; the supervisor stops it soon after.
@@ -101,6 +105,7 @@ impl Actor for UserTokenActor {
             timer: None,
             restarts: args.restarts,
             in_flight: None,
+            deadline_in_flight: false,
             planned_for_in_flight: None,
             hibernation_offered: false,
             ctx: args.ctx,
@@ -135,13 +140,9 @@ impl Actor for UserTokenActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UserTokenMsg::TokensChanged(change) => {
-                state.schedule.version = change.version;
-                state.schedule.token_expiry = change.token_expiry;
-                state.set_status(ActorStatus::Active);
-                state.schedule.failures = 0;
-                state.schedule(&myself);
-            }
+            UserTokenMsg::TokensChanged(seed) => state.new_grant(&myself, &seed),
+            UserTokenMsg::Deadline => state.deadline(&myself),
+            UserTokenMsg::DeadlineFinished(outcome) => state.finish_deadline(&myself, outcome),
             UserTokenMsg::Refresh(reason) => state.start_refresh(&myself, reason),
             UserTokenMsg::RefreshFinished(outcome) => state.finish_refresh(&myself, outcome),
             UserTokenMsg::Info(reply) => {
@@ -225,6 +226,7 @@ impl UserTokenState {
         // Still `Refreshing` without a refresh in flight: stopping (disconnected meanwhile).
         if self.hibernation_offered
             || self.in_flight.is_some()
+            || self.deadline_in_flight
             || self.status == ActorStatus::Refreshing
         {
             return;
@@ -254,7 +256,7 @@ impl UserTokenState {
     /// The parked form of this actor's state, if it is still idle.
     fn confirm_park(&mut self) -> Option<Parked> {
         let offered = std::mem::take(&mut self.hibernation_offered);
-        if !offered || self.in_flight.is_some() {
+        if !offered || self.in_flight.is_some() || self.deadline_in_flight {
             return None;
         }
         self.cancel_timer();
@@ -264,16 +266,31 @@ impl UserTokenState {
         })
     }
 
+    /// Plans the refresh (or retry) at `at` and arms the timer for what comes first: that
+    /// refresh, or the grant's warning or end.
     fn arm(&mut self, myself: &ActorRef<UserTokenMsg>, at: DateTime<Utc>, reason: RefreshReason) {
-        self.cancel_timer();
-        let delay = delay_until(Utc::now(), at);
         self.schedule.next_refresh_at = Some(at);
-        self.timer = Some(myself.send_after(delay, move || UserTokenMsg::Refresh(reason)));
+        self.arm_next(myself, reason);
+    }
+
+    fn arm_next(&mut self, myself: &ActorRef<UserTokenMsg>, reason: RefreshReason) {
+        self.cancel_timer();
+        let Some((at, due)) = self.schedule.next_due() else {
+            return;
+        };
+        let delay = delay_until(Utc::now(), at);
+        self.timer = Some(match due {
+            NextDue::Refresh => myself.send_after(delay, move || UserTokenMsg::Refresh(reason)),
+            NextDue::Warn | NextDue::Expire => myself.send_after(delay, || UserTokenMsg::Deadline),
+        });
     }
 
     fn start_refresh(&mut self, myself: &ActorRef<UserTokenMsg>, reason: RefreshReason) {
         // One refresh at a time, and none without a grant: a duplicate request is absorbed.
-        if self.in_flight.is_some() || self.status == ActorStatus::NeedsReconnect {
+        if self.in_flight.is_some()
+            || self.deadline_in_flight
+            || self.status == ActorStatus::NeedsReconnect
+        {
             return;
         }
         // Lateness is measured when the refresh is done (saved), against this plan.
@@ -322,7 +339,7 @@ impl UserTokenState {
                 outcome.error(),
             );
         }
-        if let (Some(planned), RefreshOutcome::Refreshed(_)) =
+        if let (Some(planned), RefreshOutcome::Refreshed(..)) =
             (self.planned_for_in_flight.take(), &outcome)
         {
             let late = (Utc::now() - planned).to_std().unwrap_or(Duration::ZERO);
@@ -332,7 +349,8 @@ impl UserTokenState {
                 .observe(late.as_secs_f64());
         }
         match outcome {
-            RefreshOutcome::Refreshed(change) => {
+            RefreshOutcome::Refreshed(change, end) => {
+                self.grant_end_moved(end);
                 let schedule = &mut self.schedule;
                 schedule.version = change.version;
                 schedule.token_expiry = change.token_expiry;
@@ -356,13 +374,7 @@ impl UserTokenState {
                     REJECTED_RETRY_MAX.max(self.ctx.refresh.retry_max),
                 );
             }
-            RefreshOutcome::Revoked => {
-                tracing::warn!(userId = %self.user_id, "Google grant revoked; user must reconnect");
-                self.set_status(ActorStatus::NeedsReconnect);
-                self.schedule.token_expiry = None;
-                self.cancel_timer();
-                self.schedule.next_refresh_at = None;
-            }
+            RefreshOutcome::Revoked(reason) => self.grant_ended(reason),
             RefreshOutcome::NotHere(NotActing::NotHeld) => {
                 // The supervisor drops this user too, when the renewal that lost the shard
                 // tells it.
@@ -381,18 +393,8 @@ impl UserTokenState {
             }
             RefreshOutcome::Superseded(seed) => {
                 match seed {
-                    Some(seed) => {
-                        // Newer tokens than the ones that failed: start afresh.
-                        self.schedule.failures = 0;
-                        self.schedule.version = seed.version;
-                        self.schedule.token_expiry = seed.token_expiry;
-                        self.set_status(if seed.needs_reconnect {
-                            ActorStatus::NeedsReconnect
-                        } else {
-                            ActorStatus::Active
-                        });
-                        self.schedule(myself);
-                    }
+                    // Newer tokens than the ones that failed: start afresh.
+                    Some(seed) => self.new_grant(myself, &seed),
                     // Disconnected meanwhile; the supervisor stops us too.
                     None => myself.stop(Some("no longer connected".into())),
                 }
