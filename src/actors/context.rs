@@ -77,6 +77,7 @@ impl ActorContext {
             .google
             .refresh(user_id, &credentials.refresh_token)
             .await
+            .inspect_err(|e| self.metrics.google_refresh_failure(e.reason()))
         {
             // An answer that comes back after the lease is gone is dropped: another node may
             // own the user by now, and an `invalid_grant` met this way is not a revocation.
@@ -107,8 +108,8 @@ impl ActorContext {
             Err(GoogleError::Revoked(_)) => {
                 (self.store.mark_revoked(user_id, version, epoch).await, None)
             }
-            Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
-            Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
+            Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e.to_string()),
+            Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e.to_string()),
         };
         match result {
             Ok(Some(change)) => {
