@@ -9,10 +9,12 @@
 //! Memory per grant is kept small because a load test may create about a million: tokens map
 //! to a grant index, grants are compact, repeated strings (scope, client id) are shared, and
 //! long-expired access tokens are swept away.
+//!
+//! Beside it: `controls` (the fault controls and `POST /sandbox/control`), `wire` (Google's
+//! answer shapes and request parsing) and `cli` (the `sandbox-google` subcommand).
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -25,14 +27,11 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{RawQuery, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use base64::{
-    Engine,
-    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
-};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::{Rng, distributions::Alphanumeric};
 use serde::{Deserialize, Serialize};
@@ -40,6 +39,15 @@ use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::watch};
 
 use super::{MAX_HANG, RunningServer, token_prefix, wait_while};
+
+mod cli;
+mod controls;
+mod wire;
+
+pub use cli::{SandboxGoogleArgs, run};
+use controls::{Controls, control};
+pub use controls::{RefreshMode, SandboxControls};
+use wire::{OAuthError, TokenResponse, basic_credentials, bearer_token, no_store, parse_form};
 
 /// How long an authorization code can be exchanged, as at Google.
 const CODE_LIFETIME: Duration = Duration::from_secs(5 * 60);
@@ -96,47 +104,6 @@ impl Default for SandboxGoogleConfig {
             record_issued: true,
         }
     }
-}
-
-/// How `/token` answers refresh-token grants.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshMode {
-    /// Refreshes work normally.
-    #[default]
-    Ok,
-    /// Every refresh gets a 500 `{"error":"internal_failure"}`.
-    Error500,
-    /// Every refresh is held open (at most 120 s, or until the mode changes) and then gets a
-    /// 500, without consuming or rotating anything.
-    Hang,
-    /// Every refresh gets `invalid_grant`, as if the user had revoked access.
-    InvalidGrant,
-}
-
-/// The provider's fault controls, as `POST /sandbox/control` accepts and answers them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SandboxControls {
-    /// How refresh-token grants are answered.
-    pub refresh_mode: RefreshMode,
-    /// Delay added to every `/token` answer, in milliseconds.
-    pub latency_ms: u64,
-    /// Probability of a 500 on a refresh.
-    pub error_rate: f64,
-    /// Whether refreshes rotate the refresh token.
-    pub rotate_refresh_tokens: bool,
-    /// How long a superseded refresh token keeps working, in seconds.
-    pub rotation_grace_secs: u64,
-    /// Lifetime of newly issued access tokens, in seconds.
-    pub token_lifetime_secs: u64,
-    /// Whether every authorization is refused (`error=access_denied`).
-    pub deny: bool,
-    /// Whether code exchanges answer without a refresh token.
-    pub omit_refresh_token: bool,
-    /// Scopes every consent leaves out, as a user unticking them on Google's consent screen
-    /// would (one consent: the `untick` parameter of `/o/oauth2/v2/auth`).
-    #[serde(default)]
-    pub untick_scopes: Vec<String>,
 }
 
 /// Counters of what the provider has done, as `GET /sandbox/stats` answers them.
@@ -199,20 +166,6 @@ struct Inner {
     server: Mutex<Option<RunningServer>>,
 }
 
-/// Controls as used internally, with durations rather than whole seconds.
-#[derive(Clone)]
-struct Controls {
-    refresh_mode: RefreshMode,
-    latency: Duration,
-    error_rate: f64,
-    rotate: bool,
-    grace: Duration,
-    lifetime: Duration,
-    deny: bool,
-    omit_refresh_token: bool,
-    untick_scopes: Vec<String>,
-}
-
 /// The provider's mutable memory.
 struct ProviderState {
     controls: Controls,
@@ -270,81 +223,6 @@ struct RefreshEntry {
 struct AccessEntry {
     grant: usize,
     expires_at: DateTime<Utc>,
-}
-
-/// A successful `/token` answer, in Google's shape.
-#[derive(Serialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<String>,
-    scope: String,
-    token_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id_token: Option<String>,
-}
-
-/// An OAuth error answer: `{"error": ..., "error_description": ...}` with a status.
-#[derive(Debug)]
-struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
-    description: Option<String>,
-}
-
-impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            description: Some(description.into()),
-        }
-    }
-
-    fn invalid_request(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
-    }
-
-    fn invalid_grant(description: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
-    }
-
-    fn invalid_client() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "The OAuth client was not found.",
-        )
-    }
-
-    /// What an injected refresh failure answers.
-    fn internal_failure() -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "internal_failure",
-            description: None,
-        }
-    }
-
-    /// A bare `{"error": ...}` answer, as `/revoke` and `/v1/userinfo` give.
-    fn bare(status: StatusCode, error: &'static str) -> Self {
-        Self {
-            status,
-            error,
-            description: None,
-        }
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "error": self.error });
-        if let Some(description) = self.description {
-            body["error_description"] = description.into();
-        }
-        (self.status, no_store(), Json(body)).into_response()
-    }
 }
 
 impl SandboxGoogle {
@@ -958,69 +836,6 @@ impl ProviderState {
     }
 }
 
-impl Controls {
-    fn view(&self) -> SandboxControls {
-        SandboxControls {
-            refresh_mode: self.refresh_mode,
-            latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
-            error_rate: self.error_rate,
-            rotate_refresh_tokens: self.rotate,
-            rotation_grace_secs: self.grace.as_secs(),
-            token_lifetime_secs: self.lifetime.as_secs(),
-            deny: self.deny,
-            omit_refresh_token: self.omit_refresh_token,
-            untick_scopes: self.untick_scopes.clone(),
-        }
-    }
-}
-
-/// A partial update of the controls, as `POST /sandbox/control` takes it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ControlUpdate {
-    refresh_mode: Option<RefreshMode>,
-    latency_ms: Option<u64>,
-    error_rate: Option<f64>,
-    rotate_refresh_tokens: Option<bool>,
-    rotation_grace_secs: Option<u64>,
-    token_lifetime_secs: Option<u64>,
-    deny: Option<bool>,
-    omit_refresh_token: Option<bool>,
-    untick_scopes: Option<Vec<String>>,
-}
-
-impl ControlUpdate {
-    fn apply(self, c: &mut Controls) {
-        if let Some(v) = self.refresh_mode {
-            c.refresh_mode = v;
-        }
-        if let Some(v) = self.latency_ms {
-            c.latency = Duration::from_millis(v);
-        }
-        if let Some(v) = self.error_rate {
-            c.error_rate = v;
-        }
-        if let Some(v) = self.rotate_refresh_tokens {
-            c.rotate = v;
-        }
-        if let Some(v) = self.rotation_grace_secs {
-            c.grace = Duration::from_secs(v);
-        }
-        if let Some(v) = self.token_lifetime_secs {
-            c.lifetime = Duration::from_secs(v);
-        }
-        if let Some(v) = self.deny {
-            c.deny = v;
-        }
-        if let Some(v) = self.omit_refresh_token {
-            c.omit_refresh_token = v;
-        }
-        if let Some(v) = self.untick_scopes {
-            c.untick_scopes = v;
-        }
-    }
-}
-
 /// Every route of the provider.
 fn router(inner: Arc<Inner>) -> Router {
     Router::new()
@@ -1107,101 +922,8 @@ async fn userinfo(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Respon
     }
 }
 
-async fn control(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
-    let update = match serde_json::from_slice::<ControlUpdate>(&body) {
-        Ok(update) => update,
-        Err(e) => return OAuthError::invalid_request(e.to_string()).into_response(),
-    };
-    if update.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        return OAuthError::invalid_request("error_rate must be between 0.0 and 1.0")
-            .into_response();
-    }
-    inner.update(|c| update.apply(c));
-    Json(inner.state().controls.view()).into_response()
-}
-
 async fn stats(State(inner): State<Arc<Inner>>) -> Json<SandboxStats> {
     Json(inner.state().stats.clone())
-}
-
-/// Command-line flags of `tokenwarden sandbox-google`.
-#[derive(clap::Args, Clone)]
-pub struct SandboxGoogleArgs {
-    /// Address to listen on; keep it on loopback
-    #[arg(long, env = "SANDBOX_GOOGLE_LISTEN", default_value = "127.0.0.1:4100")]
-    pub listen: SocketAddr,
-    /// Only this client id is accepted (any when unset)
-    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_ID")]
-    pub client_id: Option<String>,
-    /// Only this client secret is accepted (any when unset)
-    #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: Option<String>,
-    /// Lifetime of issued access tokens, in seconds
-    #[arg(long, env = "SANDBOX_TOKEN_LIFETIME_SECS", default_value_t = 3600)]
-    pub token_lifetime_secs: u64,
-    /// Delay added to every /token answer, in milliseconds
-    #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
-    pub latency_ms: u64,
-    /// Probability (0.0 to 1.0) that a refresh is answered with a 500
-    #[arg(long, env = "SANDBOX_ERROR_RATE", default_value_t = 0.0)]
-    pub error_rate: f64,
-    /// Answer each refresh with a new refresh token, superseding the old one
-    #[arg(long, env = "SANDBOX_ROTATE_REFRESH_TOKENS")]
-    pub rotate_refresh_tokens: bool,
-    /// How long a superseded refresh token keeps working, in seconds
-    #[arg(long, env = "SANDBOX_ROTATION_GRACE_SECS", default_value_t = 30)]
-    pub rotation_grace_secs: u64,
-}
-
-impl fmt::Debug for SandboxGoogleArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SandboxGoogleArgs")
-            .field("listen", &self.listen)
-            .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "[redacted]"),
-            )
-            .field("token_lifetime_secs", &self.token_lifetime_secs)
-            .field("latency_ms", &self.latency_ms)
-            .field("error_rate", &self.error_rate)
-            .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
-            .field("rotation_grace_secs", &self.rotation_grace_secs)
-            .finish()
-    }
-}
-
-/// Runs the provider alone until Ctrl-C.
-pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.error_rate),
-        "--error-rate must be between 0.0 and 1.0"
-    );
-    let config = SandboxGoogleConfig {
-        client_id: args.client_id,
-        client_secret: args.client_secret,
-        token_lifetime: Duration::from_secs(args.token_lifetime_secs),
-        rotate_refresh_tokens: args.rotate_refresh_tokens,
-        rotation_grace: Duration::from_secs(args.rotation_grace_secs),
-        latency: Duration::from_millis(args.latency_ms),
-        error_rate: args.error_rate,
-        // Nothing out of process can read the list, so it would only grow.
-        record_issued: false,
-    };
-    let listener = TcpListener::bind(args.listen).await?;
-    let google = SandboxGoogle::start(config, listener).await?;
-    tracing::info!(
-        auth_url = %google.auth_url(),
-        token_url = %google.token_url(),
-        revoke_url = %google.revoke_url(),
-        userinfo_url = %google.userinfo_url(),
-        control_url = %format!("{}/sandbox/control", google.base_url()),
-        "sandbox Google provider listening"
-    );
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("sandbox Google provider stopping");
-    google.shutdown().await;
-    Ok(())
 }
 
 /// Locks a mutex, carrying on past poisoning: the state stays usable for the tests reading it.
@@ -1209,68 +931,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Google's answers carry no-store so no cache keeps tokens.
-fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
-    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
-}
-
-/// Parses `application/x-www-form-urlencoded` data; the first value of a name wins.
-fn parse_form(data: &[u8]) -> HashMap<String, String> {
-    let mut form = HashMap::new();
-    for (name, value) in url::form_urlencoded::parse(data) {
-        form.entry(name.into_owned())
-            .or_insert_with(|| value.into_owned());
-    }
-    form
-}
-
-/// The client id and secret of an `Authorization: Basic` header, each form-urlencoded as
-/// RFC 6749 section 2.3.1 asks.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((form_decode(id), form_decode(secret)))
-}
-
-/// Decodes one form-urlencoded component (`+` is a space, `%XX` a byte).
-fn form_decode(component: &str) -> String {
-    let bytes = component.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (other, _) => {
-                out.push(other);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The requested scopes as Google grants them: `email` widened to the userinfo URL.
