@@ -28,6 +28,7 @@ use super::RunningServer;
 
 mod cli;
 mod controls;
+mod grant_end;
 mod routes;
 mod state;
 mod wire;
@@ -35,6 +36,7 @@ mod wire;
 pub use cli::{SandboxGoogleArgs, run};
 use controls::{Controls, control};
 pub use controls::{RefreshMode, SandboxControls};
+pub use grant_end::{GrantSelector, GrantView};
 use routes::router;
 use state::{PendingCode, ProviderState};
 
@@ -62,6 +64,9 @@ pub struct SandboxGoogleConfig {
     /// Keep every issued token string for [`SandboxGoogle::issued_tokens`]; load tests turn it
     /// off to keep memory flat.
     pub record_issued: bool,
+    /// How long each grant made by a code exchange lasts (`refresh_token_expires_in` in the
+    /// answers, `invalid_grant` from its end on); zero is ongoing access.
+    pub grant_lifetime: Duration,
 }
 
 impl Default for SandboxGoogleConfig {
@@ -75,6 +80,7 @@ impl Default for SandboxGoogleConfig {
             latency: Duration::ZERO,
             error_rate: 0.0,
             record_issued: true,
+            grant_lifetime: Duration::ZERO,
         }
     }
 }
@@ -104,6 +110,10 @@ pub struct SandboxStats {
     /// is a user whose calendar access lapsed for a while.
     #[serde(default)]
     pub expired_before_refresh: u64,
+    /// Refresh requests that arrived at or after their grant's end: calls a client that knew
+    /// the end should never have made.
+    #[serde(default)]
+    pub refreshes_after_grant_end: u64,
 }
 
 /// A grant created directly by [`SandboxGoogle::seed_grants`], as a code exchange would.

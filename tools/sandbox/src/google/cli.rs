@@ -34,6 +34,10 @@ pub struct SandboxGoogleArgs {
     /// How long a superseded refresh token keeps working, in seconds
     #[arg(long, env = "SANDBOX_ROTATION_GRACE_SECS", default_value_t = 30)]
     pub rotation_grace_secs: u64,
+    /// Make every new grant time-limited: it ends this many seconds after its consent (0:
+    /// ongoing access)
+    #[arg(long, env = "SANDBOX_GRANT_LIFETIME_SECS", default_value_t = 0)]
+    pub grant_lifetime_secs: u64,
 }
 
 impl fmt::Debug for SandboxGoogleArgs {
@@ -50,6 +54,7 @@ impl fmt::Debug for SandboxGoogleArgs {
             .field("error_rate", &self.error_rate)
             .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
             .field("rotation_grace_secs", &self.rotation_grace_secs)
+            .field("grant_lifetime_secs", &self.grant_lifetime_secs)
             .finish()
     }
 }
@@ -70,6 +75,7 @@ pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
         error_rate: args.error_rate,
         // Nothing out of process can read the list, so it would only grow.
         record_issued: false,
+        grant_lifetime: Duration::from_secs(args.grant_lifetime_secs),
     };
     let listener = TcpListener::bind(args.listen).await?;
     let google = SandboxGoogle::start(config, listener).await?;
@@ -79,6 +85,7 @@ pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
         revoke_url = %google.revoke_url(),
         userinfo_url = %google.userinfo_url(),
         control_url = %format!("{}/sandbox/control", google.base_url()),
+        grant_url = %format!("{}/sandbox/grant", google.base_url()),
         "sandbox Google provider listening"
     );
     tokio::signal::ctrl_c().await?;

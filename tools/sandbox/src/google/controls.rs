@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, wire::OAuthError};
+use super::{EXPIRED_OR_REVOKED, Inner, wire::OAuthError};
 
 /// How `/token` answers refresh-token grants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,43 @@ pub enum RefreshMode {
     Hang,
     /// Every refresh gets `invalid_grant`, as if the user had revoked access.
     InvalidGrant,
+    /// Every refresh gets a 401 `invalid_client`, as if our client secret were wrong: not the
+    /// user's doing, so tokenwarden must never ask them to reconnect for it.
+    InvalidClient,
+    /// Every refresh gets a 401 `deleted_client`, as for an OAuth client Google deleted.
+    DeletedClient,
+    /// Every refresh gets a 400 `admin_policy_enforced`, as when a Workspace admin blocks us.
+    AdminPolicyEnforced,
+    /// Every refresh gets a 429.
+    RateLimited,
+}
+
+impl RefreshMode {
+    /// The answer this mode gives every refresh instead of the real one, if any.
+    pub(super) fn injected_error(self) -> Option<OAuthError> {
+        use axum::http::StatusCode as S;
+        match self {
+            Self::Ok => None,
+            Self::Error500 | Self::Hang => Some(OAuthError::internal_failure()),
+            Self::InvalidGrant => Some(OAuthError::invalid_grant(EXPIRED_OR_REVOKED)),
+            Self::InvalidClient => Some(OAuthError::invalid_client()),
+            Self::DeletedClient => Some(OAuthError::new(
+                S::UNAUTHORIZED,
+                "deleted_client",
+                "The OAuth client was deleted.",
+            )),
+            Self::AdminPolicyEnforced => Some(OAuthError::new(
+                S::BAD_REQUEST,
+                "admin_policy_enforced",
+                "Access to this app is blocked by the administrator's policy.",
+            )),
+            Self::RateLimited => Some(OAuthError::new(
+                S::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "Rate limit exceeded.",
+            )),
+        }
+    }
 }
 
 /// The provider's fault controls, as `POST /sandbox/control` accepts and answers them.
@@ -53,6 +90,10 @@ pub struct SandboxControls {
     /// would (one consent: the `untick` parameter of `/o/oauth2/v2/auth`).
     #[serde(default)]
     pub untick_scopes: Vec<String>,
+    /// How long each new grant lasts, in seconds, as a user choosing time-based access would;
+    /// 0 is ongoing access.
+    #[serde(default)]
+    pub grant_lifetime_secs: u64,
 }
 
 /// Controls as used internally, with durations rather than whole seconds.
@@ -67,6 +108,7 @@ pub(super) struct Controls {
     pub(super) deny: bool,
     pub(super) omit_refresh_token: bool,
     pub(super) untick_scopes: Vec<String>,
+    pub(super) grant_lifetime: Duration,
 }
 
 impl Controls {
@@ -81,6 +123,7 @@ impl Controls {
             deny: self.deny,
             omit_refresh_token: self.omit_refresh_token,
             untick_scopes: self.untick_scopes.clone(),
+            grant_lifetime_secs: self.grant_lifetime.as_secs(),
         }
     }
 }
@@ -98,6 +141,7 @@ struct ControlUpdate {
     deny: Option<bool>,
     omit_refresh_token: Option<bool>,
     untick_scopes: Option<Vec<String>>,
+    grant_lifetime_secs: Option<u64>,
 }
 
 impl ControlUpdate {
@@ -128,6 +172,9 @@ impl ControlUpdate {
         }
         if let Some(v) = self.untick_scopes {
             c.untick_scopes = v;
+        }
+        if let Some(v) = self.grant_lifetime_secs {
+            c.grant_lifetime = Duration::from_secs(v);
         }
     }
 }

@@ -18,7 +18,7 @@ use chrono::Utc;
 use crate::{MAX_HANG, token_prefix, wait_while};
 
 use super::{
-    EXPIRED_OR_REVOKED, Inner, RefreshMode, SandboxStats, control,
+    Inner, RefreshMode, SandboxStats, control,
     wire::{OAuthError, TokenResponse, basic_credentials, bearer_token, no_store, parse_form},
 };
 
@@ -126,13 +126,7 @@ impl Inner {
         client: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         let controls = self.controls();
-        let injected = match controls.refresh_mode {
-            RefreshMode::Ok => None,
-            RefreshMode::Error500 => Some(OAuthError::internal_failure()),
-            RefreshMode::Hang => Some(OAuthError::internal_failure()),
-            RefreshMode::InvalidGrant => Some(OAuthError::invalid_grant(EXPIRED_OR_REVOKED)),
-        }
-        .or_else(|| {
+        let injected = controls.refresh_mode.injected_error().or_else(|| {
             (controls.error_rate > 0.0 && rand::random::<f64>() < controls.error_rate)
                 .then(OAuthError::internal_failure)
         });
@@ -169,6 +163,7 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/userinfo", get(userinfo))
         .route("/sandbox/control", post(control))
         .route("/sandbox/stats", get(stats))
+        .route("/sandbox/grant", post(super::grant_end::grant_control))
         .with_state(inner)
 }
 
@@ -181,11 +176,16 @@ async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -
 }
 
 async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = parse_form(&body);
+    // Noted before anything can fail or wait: what counts is that the call was made.
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        let token = form.get("refresh_token").map(String::as_str);
+        inner.state().note_refresh_request(token, Utc::now());
+    }
     let latency = inner.controls().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let form = parse_form(&body);
     let answer = match inner.authenticate_client(&headers, &form) {
         Err(error) => Err(error),
         Ok(client) => match form.get("grant_type").map(String::as_str) {

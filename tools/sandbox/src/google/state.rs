@@ -62,6 +62,10 @@ pub(super) struct ProviderState {
     pub(super) anonymous_users: u64,
     /// Access tokens issued since the last sweep.
     pub(super) issued_since_sweep: usize,
+    /// When each time-limited grant ends, by grant index; ongoing grants have no entry.
+    pub(super) grant_ends: HashMap<usize, DateTime<Utc>>,
+    /// When the latest refresh requests naming a time-limited grant arrived, by grant index.
+    pub(super) refresh_arrivals: HashMap<usize, Vec<DateTime<Utc>>>,
 }
 
 /// A code waiting to be exchanged, with what the exchange must match.
@@ -112,6 +116,7 @@ impl ProviderState {
                 deny: false,
                 omit_refresh_token: false,
                 untick_scopes: Vec::new(),
+                grant_lifetime: config.grant_lifetime,
             },
             codes: HashMap::new(),
             grants: Vec::new(),
@@ -123,6 +128,8 @@ impl ProviderState {
             stats: SandboxStats::default(),
             anonymous_users: 0,
             issued_since_sweep: 0,
+            grant_ends: HashMap::new(),
+            refresh_arrivals: HashMap::new(),
         }
     }
 
@@ -192,6 +199,7 @@ impl ProviderState {
         }
         self.stats.code_exchanges += 1;
         let grant = self.create_grant(&pending);
+        self.start_grant_clock(grant, now);
         let refresh_token = (!self.controls.omit_refresh_token).then(|| self.issue_refresh(grant));
         let (access_token, expires_in) = self.issue_access(grant, now);
         Ok(TokenResponse {
@@ -201,6 +209,7 @@ impl ProviderState {
             scope: pending.scope.clone(),
             token_type: "Bearer",
             id_token: Some(id_token(grant, &pending, now)),
+            refresh_token_expires_in: self.seconds_left(grant, now),
         })
     }
 
@@ -231,7 +240,7 @@ impl ProviderState {
             .get(token)
             .ok_or_else(|| OAuthError::invalid_grant(EXPIRED_OR_REVOKED))?;
         let grant = &self.grants[entry.grant];
-        if grant.revoked {
+        if grant.revoked || self.grant_ended(entry.grant, now) {
             return Err(OAuthError::invalid_grant(EXPIRED_OR_REVOKED));
         }
         if client.is_some_and(|c| c != &*grant.client_id) {
@@ -264,6 +273,7 @@ impl ProviderState {
             scope: self.grants[entry.grant].scope.to_string(),
             token_type: "Bearer",
             id_token: None,
+            refresh_token_expires_in: self.seconds_left(entry.grant, now),
         })
     }
 
@@ -340,6 +350,7 @@ impl ProviderState {
     pub(super) fn refresh_usable(&self, token: &str, now: DateTime<Utc>) -> bool {
         self.refresh_tokens.get(token).is_some_and(|r| {
             !self.grants[r.grant].revoked
+                && !self.grant_ended(r.grant, now)
                 && r.superseded_at
                     .is_none_or(|at| now < after(at, self.controls.grace))
         })

@@ -23,6 +23,9 @@ pub(super) struct TokenResponse {
     pub(super) token_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) id_token: Option<String>,
+    /// Whole seconds left of a time-limited grant; absent while access is ongoing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) refresh_token_expires_in: Option<u64>,
 }
 
 /// An OAuth error answer: `{"error": ..., "error_description": ...}` with a status.
