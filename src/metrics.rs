@@ -16,6 +16,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::google::FailureReason;
+
 /// The method label of an HTTP request: the standard methods, and `other` for any method a
 /// client invents (each new value would be a new series kept forever).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -83,6 +85,13 @@ pub struct RefreshLabels {
     pub result: &'static str,
 }
 
+/// Labels of a failed refresh at Google.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GoogleFailureLabels {
+    /// A [`FailureReason`]'s label, never text from Google's answer.
+    pub reason: &'static str,
+}
+
 /// Labels of the actors-by-status gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
@@ -140,6 +149,9 @@ pub struct Metrics {
     /// Refresh attempts by `reason` (`scheduled`, `forced`, `retry`) and `result` (`ok`,
     /// `transient`, `revoked`, `rejected`, `superseded`).
     pub refreshes: Family<RefreshLabels, Counter>,
+    /// Refreshes Google answered with a failure (or never answered), by `reason` (CONTRACT 9:
+    /// which reasons are the user's and which are ours or Google's).
+    pub google_refresh_failures: Family<GoogleFailureLabels, Counter>,
     /// User actors alive by `status`.
     pub actors_by_status: Family<StatusLabels, Gauge>,
     /// Microservice calls by `op` (`connect`, `delete`) and `result` (`ok`, `failed`, `skipped`).
@@ -194,6 +206,11 @@ impl Metrics {
         for status in ["active", "refreshing", "retrying", "needs_reconnect"] {
             let _ = actors_by_status.get_or_create(&StatusLabels { status });
         }
+        let google_refresh_failures = Family::<GoogleFailureLabels, Counter>::default();
+        for reason in FailureReason::ALL {
+            let reason = reason.as_str();
+            let _ = google_refresh_failures.get_or_create(&GoogleFailureLabels { reason });
+        }
         let syncs = Family::<SyncLabels, Counter>::default();
         let refresh_lateness = lateness_histogram();
         let remaining_lifetime = lifetime_histogram();
@@ -207,6 +224,11 @@ impl Metrics {
             "refreshes",
             "Token refresh attempts by result",
             refreshes.clone(),
+        );
+        registry.register(
+            "google_refresh_failures",
+            "Refreshes that failed at Google, by reason",
+            google_refresh_failures.clone(),
         );
         registry.register(
             "syncs",
@@ -284,6 +306,7 @@ impl Metrics {
             lease_skips,
             notices_dropped,
             refreshes,
+            google_refresh_failures,
             actors_by_status,
             syncs,
             refresh_lateness,
@@ -302,6 +325,14 @@ impl Metrics {
     pub fn refresh(&self, reason: &'static str, result: &'static str) {
         self.refreshes
             .get_or_create(&RefreshLabels { reason, result })
+            .inc();
+    }
+
+    /// Counts a refresh that failed at Google.
+    pub fn google_refresh_failure(&self, reason: FailureReason) {
+        let reason = reason.as_str();
+        self.google_refresh_failures
+            .get_or_create(&GoogleFailureLabels { reason })
             .inc();
     }
 

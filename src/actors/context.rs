@@ -97,10 +97,11 @@ impl ActorContext {
         // The tokens saved are also what the microservice must get: handed to the sync as
         // they are, they save it a read and two decryptions. Without a scope in Google's
         // answer the stored one stays, which only the row knows.
-        let (result, saved_tokens) = match self
+        let (result, saved_tokens, new_end) = match self
             .google
             .refresh(user_id, &credentials.refresh_token)
             .await
+            .inspect_err(|e| self.metrics.google_refresh_failure(e.reason()))
         {
             // An answer that comes back after the lease is gone is dropped: another node may
             // own the user by now, and an `invalid_grant` met this way is not a revocation.
@@ -118,6 +119,7 @@ impl ActorContext {
                         tokens.refresh_token.as_ref(),
                         tokens.expires_at,
                         tokens.scope.as_deref(),
+                        tokens.authorization_expires_at,
                     )
                     .await;
                 let saved = tokens.scope.map(|scope| StoredTokens {
@@ -126,16 +128,17 @@ impl ActorContext {
                     token_expiry: tokens.expires_at,
                     scope,
                 });
-                (result, saved)
+                (result, saved, tokens.authorization_expires_at)
             }
             Err(GoogleError::Revoked(_)) => (
                 self.store
                     .mark_needs_reconnect(user_id, version, fence, ReconnectReason::Revoked)
                     .await,
                 None,
+                None,
             ),
-            Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e),
-            Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e),
+            Err(GoogleError::Transient(e)) => return RefreshOutcome::Transient(e.to_string()),
+            Err(GoogleError::Rejected(e)) => return RefreshOutcome::Rejected(e.to_string()),
         };
         match result {
             Ok(Some(change)) => {
@@ -154,7 +157,7 @@ impl ActorContext {
                     None => self.sync.changed(user_id),
                 }
                 if change.token_expiry.is_some() {
-                    RefreshOutcome::Refreshed(change, None)
+                    RefreshOutcome::Refreshed(change, new_end)
                 } else {
                     RefreshOutcome::Revoked(ReconnectReason::Revoked)
                 }

@@ -12,8 +12,21 @@ use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 pub enum HttpError {
     #[error("{0}")]
     Network(String),
+    /// No answer in time (told apart from other network failures for the metrics).
+    #[error("{0}")]
+    Timeout(String),
     #[error("answered HTTP {0}")]
     Status(u16),
+}
+
+impl HttpError {
+    fn from_reqwest(error: &reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::Timeout(describe(error))
+        } else {
+            Self::Network(describe(error))
+        }
+    }
 }
 
 /// reqwest client shared by every call to Google.
@@ -39,12 +52,12 @@ impl OAuthHttp {
     async fn send(&self, mut request: HttpRequest) -> Result<HttpResponse, HttpError> {
         crate::telemetry::inject_context(request.headers_mut());
         let request =
-            reqwest::Request::try_from(request).map_err(|e| HttpError::Network(describe(&e)))?;
+            reqwest::Request::try_from(request).map_err(|e| HttpError::from_reqwest(&e))?;
         let response = self
             .client
             .execute(request)
             .await
-            .map_err(|e| HttpError::Network(describe(&e)))?;
+            .map_err(|e| HttpError::from_reqwest(&e))?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(HttpError::Status(status.as_u16()));
@@ -56,7 +69,7 @@ impl OAuthHttp {
         let body = response
             .bytes()
             .await
-            .map_err(|e| HttpError::Network(describe(&e)))?;
+            .map_err(|e| HttpError::from_reqwest(&e))?;
         builder
             .body(body.to_vec())
             .map_err(|e| HttpError::Network(e.to_string()))

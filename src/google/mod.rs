@@ -1,28 +1,51 @@
 //! The OAuth client that speaks to Google (or to the sandbox provider standing in for it):
 //! consent URL with PKCE, code exchange, refresh, revocation and the userinfo lookup. It turns
-//! Google's answers into plain results and classifies failures (transient, revoked, rejected);
-//! it never stores anything and never logs a token.
+//! Google's answers into plain results, the end of a time-limited grant included
+//! ([`grant_end`]), and classifies failures (transient, revoked, rejected, each with a precise
+//! [`FailureReason`]); it never stores anything and never logs a token.
 
+mod failure;
+mod grant_end;
 mod http_client;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    TokenResponse, TokenUrl,
-    basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType},
+    AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
+    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    basic::{
+        BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+        BasicTokenType,
+    },
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::config::GoogleConfig;
+use failure::classify;
+pub use failure::{Failure, FailureReason, GoogleError};
+pub use grant_end::GrantEndFields;
+use http_client::OAuthHttp;
 pub use http_client::describe as describe_reqwest_error;
-use http_client::{HttpError, OAuthHttp};
 
-type OAuthClient =
-    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+/// A token answer: RFC 6749's fields plus the end of a time-limited grant.
+type GoogleTokenResponse = StandardTokenResponse<GrantEndFields, BasicTokenType>;
+
+/// oauth2's `BasicClient` but for the token answer, which reads the grant's end too.
+type OAuthClient = Client<
+    BasicErrorResponse,
+    GoogleTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
 
 /// Fallback lifetime when Google omits `expires_in` (it never should; we never assume it does).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -35,6 +58,13 @@ pub struct TokenSet {
     pub expires_at: DateTime<Utc>,
     /// The scope Google granted, if it said.
     pub scope: Option<String>,
+    /// When a time-limited grant ends: the time the answer arrived plus the smaller of
+    /// `refresh_token_expires_in` and `authorization_expires_in` (CONTRACT 9). `None` reads
+    /// differently by where it came from, because Google repeats the end only when it has one:
+    /// - from [`GoogleClient::exchange_code`], `None` means ongoing access: the new grant has
+    ///   no end, so the caller clears any end stored for an earlier grant;
+    /// - from [`GoogleClient::refresh`], `None` means no news: the caller keeps the stored end.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -42,23 +72,9 @@ impl std::fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
+            .field("authorization_expires_at", &self.authorization_expires_at)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a token request failed, classified by what the caller should do next.
-#[derive(Debug, thiserror::Error)]
-pub enum GoogleError {
-    /// Network error, timeout, 429 or 5xx: try again later.
-    #[error("transient failure: {0}")]
-    Transient(String),
-    /// The grant is gone (`invalid_grant`, `admin_policy_enforced`): the user must reconnect.
-    #[error("grant revoked: {0}")]
-    Revoked(String),
-    /// Google refused for another reason (e.g. `invalid_client`): not the user's doing, so the
-    /// tokens are kept, but retrying soon will not help.
-    #[error("request rejected: {0}")]
-    Rejected(String),
 }
 
 /// A fresh consent round-trip: the URL to send the browser to and the PKCE verifier to keep.
@@ -79,7 +95,7 @@ pub struct GoogleClient {
 
 impl GoogleClient {
     pub fn new(config: &GoogleConfig) -> anyhow::Result<Self> {
-        let oauth = BasicClient::new(ClientId::new(config.client_id.clone()))
+        let oauth = Client::new(ClientId::new(config.client_id.clone()))
             .set_client_secret(ClientSecret::new(
                 config.client_secret.expose_secret().to_string(),
             ))
@@ -131,7 +147,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response))
+        Ok(token_set(&response, Utc::now()))
     }
 
     /// Uses a refresh token to get a new access token.
@@ -148,7 +164,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response))
+        Ok(token_set(&response, Utc::now()))
     }
 
     /// Revokes a token (revoking the refresh token ends the whole grant). Sent as Google
@@ -164,14 +180,18 @@ impl GoogleClient {
             .form(&[("token", token.expose_secret())])
             .send()
             .await
-            .map_err(|e| GoogleError::Transient(http_client::describe(&e)))?;
+            .map_err(|e| GoogleError::Transient(Failure::from_reqwest(&e)))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else if status.is_server_error() {
-            Err(GoogleError::Transient(format!("revoke answered {status}")))
+            Err(GoogleError::Transient(Failure::from_status(
+                status, "revoke",
+            )))
         } else {
-            Err(GoogleError::Rejected(format!("revoke answered {status}")))
+            Err(GoogleError::Rejected(Failure::from_status(
+                status, "revoke",
+            )))
         }
     }
 
@@ -194,20 +214,25 @@ impl GoogleClient {
             .bearer_auth(access_token.expose_secret())
             .send()
             .await
-            .map_err(|e| GoogleError::Transient(http_client::describe(&e)))?;
+            .map_err(|e| GoogleError::Transient(Failure::from_reqwest(&e)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(GoogleError::Rejected(format!("userinfo answered {status}")));
+            return Err(GoogleError::Rejected(Failure::from_status(
+                status, "userinfo",
+            )));
         }
-        let info: UserInfo = response
-            .json()
-            .await
-            .map_err(|_| GoogleError::Rejected("userinfo answer is not JSON".into()))?;
+        let info: UserInfo = response.json().await.map_err(|_| {
+            GoogleError::Rejected(Failure::new(
+                FailureReason::Other,
+                "userinfo answer is not JSON",
+            ))
+        })?;
         Ok(info.email)
     }
 }
 
-fn token_set(response: &oauth2::basic::BasicTokenResponse) -> TokenSet {
+/// The tokens of an answer received at `now`.
+fn token_set(response: &GoogleTokenResponse, now: DateTime<Utc>) -> TokenSet {
     let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
     let scope = response.scopes().map(|scopes| {
         scopes
@@ -221,46 +246,74 @@ fn token_set(response: &oauth2::basic::BasicTokenResponse) -> TokenSet {
         refresh_token: response
             .refresh_token()
             .map(|t| SecretString::from(t.secret().clone())),
-        expires_at: expiry_after(lifetime),
+        expires_at: expiry_after(now, lifetime),
         scope,
+        authorization_expires_at: response.extra_fields().ends_at(now),
     }
 }
 
-/// When a token living `lifetime` from now expires. A lifetime past the calendar's end (a
+/// When a token living `lifetime` from `now` expires. A lifetime past the calendar's end (a
 /// broken or hostile `expires_in`) would overflow the addition and panic the refresh task:
 /// it counts as [`DEFAULT_LIFETIME`] instead, like a missing one.
-fn expiry_after(lifetime: Duration) -> DateTime<Utc> {
-    let now = Utc::now();
+fn expiry_after(now: DateTime<Utc>, lifetime: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(lifetime)
         .ok()
         .and_then(|d| now.checked_add_signed(d))
         .unwrap_or_else(|| now + chrono::Duration::hours(1))
 }
 
-/// Maps the oauth2 crate's error to what the caller should do. The crate's `Parse` variant
-/// carries the raw body, which may hold a token, so no variant's payload is ever formatted.
-fn classify(error: RequestTokenError<HttpError, BasicErrorResponse>) -> GoogleError {
-    match error {
-        RequestTokenError::ServerResponse(response) => {
-            let code = response.error();
-            match code {
-                BasicErrorResponseType::InvalidGrant => GoogleError::Revoked(code.to_string()),
-                BasicErrorResponseType::Extension(ext) => match ext.as_str() {
-                    "admin_policy_enforced" => GoogleError::Revoked(ext.clone()),
-                    "internal_failure" | "server_error" | "temporarily_unavailable" => {
-                        GoogleError::Transient(ext.clone())
-                    }
-                    _ => GoogleError::Rejected(ext.clone()),
-                },
-                other => GoogleError::Rejected(other.to_string()),
-            }
-        }
-        RequestTokenError::Request(e) => GoogleError::Transient(e.to_string()),
-        RequestTokenError::Parse(_, _) => {
-            GoogleError::Transient("unparseable answer from the token endpoint".into())
-        }
-        RequestTokenError::Other(_) => {
-            GoogleError::Transient("unexpected answer from the token endpoint".into())
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: serde_json::Value) -> GoogleTokenResponse {
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-03-01T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_time_limited_answer_gives_the_grants_end() {
+        let tokens = token_set(
+            &answer(serde_json::json!({
+                "access_token": "ya29.a", "token_type": "Bearer", "expires_in": 3599,
+                "refresh_token": "1//r", "scope": "openid", "refresh_token_expires_in": 86400,
+            })),
+            now(),
+        );
+        assert_eq!(tokens.expires_at, now() + chrono::Duration::seconds(3599));
+        assert_eq!(
+            tokens.authorization_expires_at,
+            Some(now() + chrono::Duration::days(1))
+        );
+        let shown = format!("{tokens:?}");
+        assert!(shown.contains("authorization_expires_at") && !shown.contains("ya29"));
+    }
+
+    #[test]
+    fn an_answer_without_an_end_gives_none() {
+        let tokens = token_set(
+            &answer(serde_json::json!({"access_token": "ya29.a", "token_type": "bearer"})),
+            now(),
+        );
+        assert_eq!(tokens.authorization_expires_at, None);
+        assert_eq!(tokens.expires_at, now() + chrono::Duration::hours(1));
+    }
+
+    #[test]
+    fn a_malformed_end_does_not_lose_the_tokens() {
+        let tokens = token_set(
+            &answer(serde_json::json!({
+                "access_token": "ya29.a", "token_type": "Bearer", "expires_in": 60,
+                "refresh_token_expires_in": "soon", "authorization_expires_in": "120",
+            })),
+            now(),
+        );
+        assert_eq!(
+            tokens.authorization_expires_at,
+            Some(now() + chrono::Duration::seconds(120))
+        );
     }
 }

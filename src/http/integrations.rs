@@ -233,7 +233,7 @@ async fn complete_consent(
             .scope
             .unwrap_or_else(|| app.config.google.scopes.join(" ")),
         email,
-        authorization_expires_at: None,
+        authorization_expires_at: tokens.authorization_expires_at,
     };
     let seed = match app.store.save_connection(&user_id, &new_tokens).await {
         Ok(seed) => seed,

@@ -138,6 +138,8 @@ pub(super) struct RefreshedRow {
     pub rotated_refresh: Option<String>,
     pub expires_at: DateTime<Utc>,
     pub scope: Option<String>,
+    /// The grant's end as Google's answer named it; `None` keeps the stored one.
+    pub authorization_end: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
     /// The writer's lease of the user's shard (a cluster's fence); `None` on a single node.
     pub fence: Option<Fence>,
@@ -262,7 +264,7 @@ impl Params {
 }
 
 /// The VALUES rows of refreshes to save, as `v(uid, expected, access, rotated, expiry, scope,
-/// now, epoch, owner)`.
+/// auth_end, now, epoch, owner)`.
 fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
     let tuples: Vec<String> = rows
         .iter()
@@ -274,6 +276,7 @@ fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
                 params.push(r.rotated_refresh.clone(), "TEXT"),
                 params.push(r.expires_at, "TIMESTAMPTZ"),
                 params.push(r.scope.clone(), "TEXT"),
+                params.push(r.authorization_end, "TIMESTAMPTZ"),
                 params.push(r.now, "TIMESTAMPTZ"),
                 params.push(r.fence.as_ref().map(|f| f.epoch), "BIGINT"),
                 params.push(owner_of(r.fence.as_ref()), "TEXT"),
@@ -282,7 +285,8 @@ fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
         })
         .collect();
     format!(
-        "v(uid, expected, access, rotated, expiry, scope, now, epoch, owner) AS (VALUES {})",
+        "v(uid, expected, access, rotated, expiry, scope, auth_end, now, epoch, owner) AS \
+         (VALUES {})",
         tuples.join(", ")
     )
 }
@@ -299,6 +303,7 @@ fn refreshed_update() -> String {
            last_refresh_at = v.now, \
            refresh_count = users.refresh_count + 1, \
            google_scope = COALESCE(v.scope, users.google_scope), \
+           authorization_expires_at = COALESCE(v.auth_end, users.authorization_expires_at), \
            token_version = v.expected + 1, \
            sync_state = '{pending}', \
            sync_attempts = 0, \

@@ -291,6 +291,7 @@ impl Store {
         rotated_refresh_token: Option<&SecretString>,
         expires_at: DateTime<Utc>,
         scope: Option<&str>,
+        authorization_end: Option<DateTime<Utc>>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let Expected {
             version: expected_version,
@@ -309,6 +310,7 @@ impl Store {
             }),
             expires_at,
             scope: scope.map(str::to_string),
+            authorization_end,
             now,
             fence,
         };

@@ -16,6 +16,7 @@ mod console_security;
 mod disconnect;
 mod faults;
 mod fuzz;
+mod google_grants;
 mod metrics_labels;
 mod nodelay;
 mod oauth_states;

@@ -63,6 +63,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                     rotated.as_ref(),
                     expiry,
                     scope,
+                    None,
                 )
                 .await
         }
@@ -161,7 +162,7 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
             let access = SecretString::from(format!("mixed-access-{i}"));
             let expected = Expected { version: 1, fence };
             store
-                .save_refreshed(&user(i), expected, &access, None, expiry, None)
+                .save_refreshed(&user(i), expected, &access, None, expiry, None, None)
                 .await
                 .expect("save")
                 .is_some()
@@ -255,7 +256,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
         let (store, id, access) = (store.clone(), id.to_string(), access.clone());
         async move {
             store
-                .save_refreshed(&id, expected, &access, None, expiry, None)
+                .save_refreshed(&id, expected, &access, None, expiry, None, None)
                 .await
                 .expect("save")
         }

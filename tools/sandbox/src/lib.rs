@@ -16,8 +16,8 @@ pub mod google;
 pub mod microservice;
 
 pub use google::{
-    RefreshMode, SandboxControls, SandboxGoogle, SandboxGoogleArgs, SandboxGoogleConfig,
-    SandboxStats, SeededGrant,
+    GrantSelector, GrantView, RefreshMode, SandboxControls, SandboxGoogle, SandboxGoogleArgs,
+    SandboxGoogleConfig, SandboxStats, SeededGrant,
 };
 pub use microservice::{
     FaultMode, MicroserviceArgs, MicroserviceConfig, ReceivedRequest, ReferenceMicroservice,

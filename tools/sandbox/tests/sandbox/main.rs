@@ -1,8 +1,10 @@
 //! The sandbox Google provider and the reference microservice, driven over real HTTP on
 //! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
 //! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode,
-//! `group_commit` many concurrent versioned pushes applied together.
+//! `group_commit` many concurrent versioned pushes applied together, `grants` the Google
+//! provider's time-limited grants and refusal modes (CONTRACT 9).
 
+mod grants;
 mod group_commit;
 mod pushes;
 
@@ -576,7 +578,8 @@ async fn controls_and_stats_over_http() {
         json!({
             "refresh_mode": "invalid_grant", "latency_ms": 5, "error_rate": 0.0,
             "rotate_refresh_tokens": true, "rotation_grace_secs": 2, "token_lifetime_secs": 3600,
-            "deny": false, "omit_refresh_token": true, "untick_scopes": ["email"]
+            "deny": false, "omit_refresh_token": true, "untick_scopes": ["email"],
+            "grant_lifetime_secs": 0
         })
     );
     assert_eq!(google.controls().refresh_mode, RefreshMode::InvalidGrant);
