@@ -97,6 +97,7 @@ impl ActorContext {
         // The tokens saved are also what the microservice must get: handed to the sync as
         // they are, they save it a read and two decryptions. Without a scope in Google's
         // answer the stored one stays, which only the row knows.
+        let stored_end = credentials.authorization_expires_at;
         let (result, saved_tokens, new_end) = match self
             .google
             .refresh(user_id, &credentials.refresh_token)
@@ -109,7 +110,9 @@ impl ActorContext {
                 self.metrics.lease_skips.inc();
                 return RefreshOutcome::NotHere(crate::cluster::NotActing::Uncertain);
             }
-            Ok(tokens) => {
+            Ok(mut tokens) => {
+                tokens.authorization_expires_at =
+                    moved_end(stored_end, tokens.authorization_expires_at);
                 let result = self
                     .store
                     .save_refreshed(
@@ -186,6 +189,22 @@ impl ActorContext {
             Ok(seed) => RefreshOutcome::Superseded(seed),
             Err(e) => RefreshOutcome::Transient(format!("database: {e}")),
         }
+    }
+}
+
+/// The grant's end a refresh answer names, if it moved: Google counts
+/// `refresh_token_expires_in` in whole seconds from its answer, so the same end read again
+/// lands up to a second (plus the answer's travel) earlier. Taken as news only beyond that,
+/// the end the service shows and acts on does not creep forward with every refresh.
+fn moved_end(
+    stored: Option<chrono::DateTime<chrono::Utc>>,
+    answered: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    const NOISE: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+    let answered = answered?;
+    match stored {
+        Some(stored) if (answered - stored).abs() < NOISE => None,
+        _ => Some(answered),
     }
 }
 

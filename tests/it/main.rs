@@ -17,6 +17,7 @@ mod disconnect;
 mod faults;
 mod fuzz;
 mod google_grants;
+mod grant_life;
 mod metrics_labels;
 mod nodelay;
 mod oauth_states;

@@ -180,6 +180,8 @@ pub struct Options {
     pub header_read_timeout_secs: u64,
     /// `HTTP_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// The sandbox Google's time-limited grants (`--grant-lifetime-secs`); zero: ongoing.
+    pub grant_lifetime: Duration,
 }
 
 impl Default for Options {
@@ -200,6 +202,7 @@ impl Default for Options {
             microservice_userinfo: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
+            grant_lifetime: Duration::ZERO,
         }
     }
 }
@@ -235,6 +238,7 @@ impl TestApp {
                 client_id: Some(CLIENT_ID.into()),
                 client_secret: Some(CLIENT_SECRET.into()),
                 token_lifetime: options.token_lifetime,
+                grant_lifetime: options.grant_lifetime,
                 ..Default::default()
             },
             bind_loopback().await.unwrap(),
