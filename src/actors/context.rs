@@ -16,7 +16,7 @@ use crate::{
     google::{GoogleClient, GoogleError},
     history::History,
     metrics::Metrics,
-    store::{Expected, ReconnectReason, Store, StoredTokens, SyncSnapshot},
+    store::{Expected, ReconnectReason, RefreshAnswer, Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
 };
 
@@ -118,11 +118,13 @@ impl ActorContext {
                     .save_refreshed(
                         user_id,
                         Expected { version, fence },
-                        &tokens.access_token,
-                        tokens.refresh_token.as_ref(),
-                        tokens.expires_at,
-                        tokens.scope.as_deref(),
-                        tokens.authorization_expires_at,
+                        RefreshAnswer {
+                            access_token: &tokens.access_token,
+                            rotated_refresh_token: tokens.refresh_token.as_ref(),
+                            expires_at: tokens.expires_at,
+                            scope: tokens.scope.as_deref(),
+                            authorization_end: tokens.authorization_expires_at,
+                        },
                     )
                     .await;
                 let saved = tokens.scope.map(|scope| StoredTokens {

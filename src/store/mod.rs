@@ -41,7 +41,9 @@ pub use key_check::KeyAudit;
 pub use nodelay::database_sockets_without_delay;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
-pub use users::{Expected, NewTokens, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange};
+pub use users::{
+    Expected, NewTokens, RefreshAnswer, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange,
+};
 pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`). One: statements queue in memory

@@ -50,6 +50,18 @@ pub struct Expected {
     pub fence: Option<Fence>,
 }
 
+/// What a refresh's answer brings to save.
+pub struct RefreshAnswer<'a> {
+    pub access_token: &'a SecretString,
+    /// A rotated refresh token; `None` keeps the stored one.
+    pub rotated_refresh_token: Option<&'a SecretString>,
+    pub expires_at: DateTime<Utc>,
+    /// `None` keeps the stored scope.
+    pub scope: Option<&'a str>,
+    /// The grant's new end; `None` keeps the stored one.
+    pub authorization_end: Option<DateTime<Utc>>,
+}
+
 /// What a refresh needs.
 pub struct RefreshCredentials {
     pub refresh_token: SecretString,
@@ -287,12 +299,15 @@ impl Store {
         &self,
         user_id: &str,
         expected: Expected,
-        access_token: &SecretString,
-        rotated_refresh_token: Option<&SecretString>,
-        expires_at: DateTime<Utc>,
-        scope: Option<&str>,
-        authorization_end: Option<DateTime<Utc>>,
+        answer: RefreshAnswer<'_>,
     ) -> Result<Option<TokenChange>, StoreError> {
+        let RefreshAnswer {
+            access_token,
+            rotated_refresh_token,
+            expires_at,
+            scope,
+            authorization_end,
+        } = answer;
         let Expected {
             version: expected_version,
             fence,

@@ -6,6 +6,7 @@ use chrono::{Duration, Utc};
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database};
 use secrecy::{ExposeSecret, SecretString};
+use tokenwarden::store::RefreshAnswer;
 use tokenwarden::{
     crypto::TokenCipher,
     store::{Expected, SeedUser, Store, cluster::Fence},
@@ -59,11 +60,13 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                         version: expected,
                         fence: None,
                     },
-                    &access,
-                    rotated.as_ref(),
-                    expiry,
-                    scope,
-                    None,
+                    RefreshAnswer {
+                        access_token: &access,
+                        rotated_refresh_token: rotated.as_ref(),
+                        expires_at: expiry,
+                        scope,
+                        authorization_end: None,
+                    },
                 )
                 .await
         }
@@ -162,7 +165,7 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
             let access = SecretString::from(format!("mixed-access-{i}"));
             let expected = Expected { version: 1, fence };
             store
-                .save_refreshed(&user(i), expected, &access, None, expiry, None, None)
+                .save_refreshed(&user(i), expected, answer(&access, expiry))
                 .await
                 .expect("save")
                 .is_some()
@@ -256,7 +259,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
         let (store, id, access) = (store.clone(), id.to_string(), access.clone());
         async move {
             store
-                .save_refreshed(&id, expected, &access, None, expiry, None, None)
+                .save_refreshed(&id, expected, answer(&access, expiry))
                 .await
                 .expect("save")
         }
@@ -338,4 +341,18 @@ async fn postgres_connections_do_not_wait_for_delayed_acks() {
         all_without_delay,
         "{sockets} connections to PostgreSQL, not all with TCP_NODELAY"
     );
+}
+
+/// A plain refresh answer: a new access token, nothing else changed.
+fn answer(
+    access: &secrecy::SecretString,
+    expiry: chrono::DateTime<chrono::Utc>,
+) -> RefreshAnswer<'_> {
+    RefreshAnswer {
+        access_token: access,
+        rotated_refresh_token: None,
+        expires_at: expiry,
+        scope: None,
+        authorization_end: None,
+    }
 }
