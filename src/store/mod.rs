@@ -3,6 +3,7 @@
 //! (this module encrypts on write and decrypts on read). It knows nothing of HTTP, actors or
 //! Google.
 
+mod app_events;
 mod batch;
 #[cfg(feature = "test-util")]
 mod bulk;
@@ -30,6 +31,9 @@ use sea_orm::{
 
 use crate::crypto::{CryptoError, TokenCipher};
 
+pub use app_events::{
+    APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, ReconnectReason, StoredAppEvent,
+};
 #[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
 pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
@@ -81,6 +85,8 @@ pub struct Store {
     reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
     /// The hot writes of a refresh, batched into one transaction at a time.
     writes: batch::Batcher<batch::Write, Result<bool, StoreError>>,
+    /// Whether events to the app are stored, and their deliverer's wake-up call.
+    app_events: AppEvents,
 }
 
 impl Store {
@@ -137,6 +143,7 @@ impl Store {
             shard_count,
             reads,
             writes,
+            app_events: AppEvents::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! provider and the reference microservice, on a real SQLite file or PostgreSQL database.
 
 mod admin;
+mod app_events;
 mod bad_input;
 mod browser;
 mod browser_binding;

@@ -1,0 +1,17 @@
+//! Events to the app (CONTRACT section 9, README: Events to the app), until the connection
+//! writes store them: events are recorded through `Store::record_app_event`.
+//!
+//! - `store`: the outbox's queries on both backends, with `now` injected.
+
+mod store;
+
+use chrono::{DateTime, Utc};
+use tokenwarden::store::{AppEvent, AppEventType};
+
+/// A `connection.connected` event of `user_id` with its email.
+pub fn connected(user_id: &str, at: DateTime<Utc>) -> AppEvent {
+    AppEvent {
+        google_email: Some(format!("{user_id}@example.com")),
+        ..AppEvent::new(AppEventType::Connected, user_id, at)
+    }
+}
