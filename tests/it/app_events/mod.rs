@@ -1,8 +1,12 @@
 //! Events to the app (CONTRACT section 9, README: Events to the app), until the connection
 //! writes store them: events are recorded through `Store::record_app_event`.
 //!
-//! - `store`: the outbox's queries on both backends, with `now` injected.
+//! - `store`: the outbox's queries on both backends, with `now` injected;
+//! - `receiver`: the reference receiver checks what an app should;
+//! - `settings`: the variables as `serve` reads them, and `--help`.
 
+mod receiver;
+mod settings;
 mod store;
 
 use chrono::{DateTime, Utc};
