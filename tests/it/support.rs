@@ -180,6 +180,10 @@ pub struct Options {
     pub header_read_timeout_secs: u64,
     /// `HTTP_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// `APP_EVENTS_URL` (events to the app are off when `None`).
+    pub app_events_url: Option<String>,
+    /// `APP_EVENTS_SIGNING_SECRET`.
+    pub app_events_signing_secret: Option<String>,
 }
 
 impl Default for Options {
@@ -200,6 +204,8 @@ impl Default for Options {
             microservice_userinfo: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
+            app_events_url: None,
+            app_events_signing_secret: None,
         }
     }
 }
@@ -311,6 +317,9 @@ impl TestApp {
             admin_token: Some(ADMIN_TOKEN.into()),
             token_encryption_key: Some(o.encryption_key.clone().into()),
             node_id: Some(NODE_ID.into()),
+            app_events_url: o.app_events_url.clone(),
+            app_events_signing_secret: o.app_events_signing_secret.clone().map(Into::into),
+            app_events_timeout_ms: Millis(2000),
             ..Default::default()
         }
         .into_config()

@@ -1,10 +1,14 @@
 //! Events to the app (CONTRACT section 9, README: Events to the app), until the connection
-//! writes store them: events are recorded through `Store::record_app_event`.
+//! writes store them: events are recorded through `Store::record_app_event` and delivered by
+//! the real service to the reference receiver, a real HTTP server on loopback.
 //!
 //! - `store`: the outbox's queries on both backends, with `now` injected;
+//! - `delivery`: signed events, the same id on every attempt, `Retry-After`, per-user order,
+//!   the 72-hour drop, nothing stored without `APP_EVENTS_URL`;
 //! - `receiver`: the reference receiver checks what an app should;
 //! - `settings`: the variables as `serve` reads them, and `--help`.
 
+mod delivery;
 mod receiver;
 mod settings;
 mod store;
