@@ -1,6 +1,6 @@
 //! Wires the service together: store, Google client, sync dispatcher, supervisor, the
-//! deliverer of events to the app and front door. `main` and the tests build the service the same way, through [`App::spawn`] with a
-//! listener of their choosing (port 0 in tests).
+//! deliverer of events to the app and front door. `main` and the tests build the service the
+//! same way, through [`App::spawn`] with a listener of their choosing (port 0 in tests).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
