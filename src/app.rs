@@ -1,6 +1,6 @@
-//! Wires the service together: store, Google client, sync dispatcher, supervisor and front
-//! door. `main` and the tests build the service the same way, through [`App::spawn`] with a
-//! listener of their choosing (port 0 in tests).
+//! Wires the service together: store, Google client, sync dispatcher, supervisor, the
+//! deliverer of events to the app and front door. `main` and the tests build the service the
+//! same way, through [`App::spawn`] with a listener of their choosing (port 0 in tests).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,6 +14,7 @@ use crate::{
     actors::{ActorContext, Supervisor},
     cluster::{self, ClusterNode, LeaseLoop, NoticeTargets, Ownership},
     config::Config,
+    events,
     google::GoogleClient,
     history::History,
     http::{self, AppState},
@@ -52,6 +53,9 @@ pub struct App {
     /// Stops the lease loop of a cluster node, which renews until the work has ended.
     stop_leases: CancellationToken,
     leases: Option<JoinHandle<()>>,
+    /// The deliverer of events to the app (when `APP_EVENTS_URL` is set); stops with the
+    /// front door, and is awaited before the leases go.
+    events: Option<JoinHandle<()>>,
     /// The OS lock of a SQLite file, held while serving it.
     _sqlite_hold: Option<SqliteHold>,
 }
@@ -64,7 +68,8 @@ impl App {
         let sqlite_hold = hold_sqlite_file(&config.database_url)?;
         let store = Store::connect(&config.database_url, config.token_cipher())
             .await
-            .context("cannot open the database (DATABASE_URL)")?;
+            .context("cannot open the database (DATABASE_URL)")?
+            .with_app_events(config.app_events.is_some());
         let identity = NodeIdentity {
             node_id: config.cluster.node_id.clone(),
             process_token: hex::encode(rand::random::<[u8; 16]>()),
@@ -108,7 +113,11 @@ impl App {
             metrics: metrics.clone(),
             history: history.clone(),
             refresh: config.refresh.clone(),
-            warning: None,
+            // The warning is an event to the app: nothing to warn without one.
+            warning: config
+                .app_events
+                .is_some()
+                .then_some(config.authorization_expiry_warning),
             permits: refresh_permits.clone(),
             refreshing: Default::default(),
             backlog: Default::default(),
@@ -185,6 +194,16 @@ impl App {
             notices,
         };
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
+        let events = match &config.app_events {
+            Some(app_events) => Some(events::spawn(
+                app_events,
+                store.clone(),
+                cluster.ownership.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )?),
+            None => None,
+        };
         let state = AppState {
             config: config.clone(),
             store: store.clone(),
@@ -218,6 +237,7 @@ impl App {
             cluster,
             stop_leases,
             leases,
+            events,
             _sqlite_hold: sqlite_hold,
         })
     }
@@ -245,8 +265,10 @@ impl App {
     ///    and its push queued);
     /// 4. pushes in flight, and those the last refreshes queued, get as long as a microservice
     ///    call can take to be delivered and recorded;
-    /// 5. a cluster node releases its shard leases (the other nodes claim them at once);
-    /// 6. the sync dispatcher stops.
+    /// 5. the deliverer of events to the app, stopped with the front door, ends its attempts
+    ///    in flight;
+    /// 6. a cluster node releases its shard leases (the other nodes claim them at once);
+    /// 7. the sync dispatcher stops.
     ///
     /// Whatever is still unfinished then stays `pending` in the database and is pushed at the
     /// next start: a shutdown delays work, it never loses it.
@@ -281,6 +303,12 @@ impl App {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(mut events) = self.events
+            && timeout_at(deadline, &mut events).await.is_err()
+        {
+            // Its attempts in flight are sent again at the next start (at least once).
+            events.abort();
         }
         if let Some(leases) = self.leases {
             self.stop_leases.cancel();

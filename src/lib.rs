@@ -7,6 +7,8 @@
 //! - [`store`]: sea-orm entities and queries (SQLite or PostgreSQL).
 //! - [`google`]: the OAuth client that talks to Google (or the sandbox standing in for it).
 //! - [`sync`]: pushes every token change to the microservice, in order, with durable retries.
+//! - [`events`]: delivers the events about users' connections to the app, from the store's
+//!   outbox, in order per user, with durable retries.
 //! - [`actors`]: the root supervisor and one actor per connected user that owns refreshing.
 //! - [`http`]: the axum front door (user API, admin API, operator console, health, metrics).
 //! - [`metrics`]: the Prometheus registry.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod google;
 pub mod history;
 pub mod http;

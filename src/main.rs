@@ -1,6 +1,6 @@
 //! The `tokenwarden` binary: parses the command line and calls into the library. With the
 //! default `tools` feature it also composes the tool crates (`demo`, `sandbox-google`,
-//! `microservice`, `check-microservice`); `loadtest` runs the `tokenwarden-loadtest` binary,
+//! `microservice`, `app-events-receiver`, `check-microservice`); `loadtest` runs the `tokenwarden-loadtest` binary,
 //! git-style.
 
 use std::{ffi::OsString, process::ExitCode};
@@ -62,6 +62,14 @@ enum Command {
         #[command(flatten)]
         telemetry: TelemetryArgs,
     },
+    /// Run only the reference receiver of events to the app (APP_EVENTS_URL).
+    #[cfg(feature = "tools")]
+    AppEventsReceiver {
+        #[command(flatten)]
+        args: tokenwarden_sandbox::AppEventsReceiverArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    },
     /// Run the microservice contract's cases against a microservice and print a pass/fail table.
     ///
     /// Cases: connect (the seed's body and answer), missing-<field> for each of the four
@@ -104,6 +112,10 @@ async fn main() -> ExitCode {
         #[cfg(feature = "tools")]
         Command::Microservice { args, telemetry } => {
             with_telemetry(telemetry, tokenwarden_sandbox::microservice::run(args)).await
+        }
+        #[cfg(feature = "tools")]
+        Command::AppEventsReceiver { args, telemetry } => {
+            with_telemetry(telemetry, tokenwarden_sandbox::app_events::run(args)).await
         }
         #[cfg(feature = "tools")]
         Command::CheckMicroservice(args) => {

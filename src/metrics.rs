@@ -119,6 +119,16 @@ pub struct NoticeDropLabels {
 /// outside its time window (`stale`), or heard already (`replayed`).
 pub const NOTICE_DROP_REASONS: [&str; 3] = ["unsealed", "stale", "replayed"];
 
+/// Labels of an event to the app that reached an end or failed an attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppEventLabels {
+    /// The event's type (`connection.connected`, ...), or `other` for a type this version
+    /// does not know (written by a newer one).
+    pub r#type: &'static str,
+    /// `delivered`, `failed` (one attempt) or `dropped` (72 hours undelivered).
+    pub result: &'static str,
+}
+
 /// Labels of one HTTP duration series. `route` is a route template of the router or
 /// `unmatched`, never a raw path.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +189,10 @@ pub struct Metrics {
     pub lease_skips: Counter,
     /// Cluster notices dropped unheard, by `reason` (one of [`NOTICE_DROP_REASONS`]).
     pub notices_dropped: Family<NoticeDropLabels, Counter>,
+    /// Events to the app by `type` and `result` (`delivered`, `failed`, `dropped`).
+    pub app_events: Family<AppEventLabels, Counter>,
+    /// Events to the app of this node's users not delivered yet.
+    pub app_events_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -299,8 +313,22 @@ impl Metrics {
             "Cluster notices dropped unheard: not sealed with the cluster's key, stale or replayed",
             notices_dropped.clone(),
         );
+        let app_events = Family::<AppEventLabels, Counter>::default();
+        let app_events_pending = Gauge::default();
+        registry.register(
+            "app_events",
+            "Events to the app by type and result (an attempt failed, delivered, or dropped)",
+            app_events.clone(),
+        );
+        registry.register(
+            "app_events_pending",
+            "Events to the app of this node's users not delivered yet",
+            app_events_pending.clone(),
+        );
         Self {
             registry,
+            app_events,
+            app_events_pending,
             shards_owned,
             fenced_writes,
             lease_skips,
@@ -346,6 +374,13 @@ impl Metrics {
     /// Counts a microservice call that ended.
     pub fn sync(&self, op: &'static str, result: &'static str) {
         self.syncs.get_or_create(&SyncLabels { op, result }).inc();
+    }
+
+    /// Counts an event to the app: `result` is `delivered`, `failed` or `dropped`.
+    pub fn app_event(&self, r#type: &'static str, result: &'static str) {
+        self.app_events
+            .get_or_create(&AppEventLabels { r#type, result })
+            .inc();
     }
 
     /// The registry in Prometheus/OpenMetrics text.

@@ -11,6 +11,7 @@ mod m20261130_000003_add_browser_binding;
 mod m20261130_000004_add_cluster;
 mod m20261130_000005_drop_sync_state_index;
 mod m20261207_000006_create_console_sessions;
+mod m20261207_000007_create_app_events;
 mod m20261207_000008_add_grant_life;
 
 /// Shards every user falls into, fixed at the migration that created them (CONTRACT section 8):
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_add_cluster::Migration),
             Box::new(m20261130_000005_drop_sync_state_index::Migration),
             Box::new(m20261207_000006_create_console_sessions::Migration),
+            Box::new(m20261207_000007_create_app_events::Migration),
             Box::new(m20261207_000008_add_grant_life::Migration),
         ]
     }

@@ -13,8 +13,8 @@ use url::Url;
 use super::{
     DEFAULT_SCOPES, LogFormat,
     values::{
-        Millis, Secs, http_url, log_format, millis, named, otlp_protocol, positive, positive_secs,
-        secs, socket_addr, switch,
+        Millis, Secs, http_url, log_format, millis, named, otlp_protocol, positive,
+        positive_millis, positive_secs, secs, socket_addr, switch,
     },
     without_userinfo,
 };
@@ -121,6 +121,32 @@ pub struct ServeArgs {
         value_parser = named(millis)
     )]
     pub microservice_timeout_ms: Millis,
+    /// Where each event about a user's connection is POSTed, as given (README: Events to the
+    /// app); unset: no events are sent and none are stored.
+    // Text, checked in `into_config`, as the microservice URL: empty means unset.
+    #[arg(long, env = "APP_EVENTS_URL", hide_env_values = true)]
+    pub app_events_url: Option<String>,
+    /// Standard Webhooks secret (`whsec_<base64>`) that signs every event; during a rotation
+    /// two, comma-separated, and every event carries a signature by each. Unset: unsigned.
+    #[arg(long, env = "APP_EVENTS_SIGNING_SECRET", hide_env_values = true)]
+    pub app_events_signing_secret: Option<SecretString>,
+    /// Per-attempt timeout of an event's delivery to the app, in milliseconds.
+    #[arg(
+        long,
+        env = "APP_EVENTS_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = named(positive_millis)
+    )]
+    pub app_events_timeout_ms: Millis,
+    /// A time-limited grant's `connection.authorization_expiring` event goes to the app once
+    /// its end is this many seconds away (at once if it arrives closer than that).
+    #[arg(
+        long,
+        env = "AUTHORIZATION_EXPIRY_WARNING_SECS",
+        default_value = "259200",
+        value_parser = named(secs)
+    )]
+    pub authorization_expiry_warning_secs: Secs,
     /// Refresh this many seconds before the access token expires.
     #[arg(long, env = "REFRESH_LEAD_SECS", default_value = "300", value_parser = named(secs))]
     pub refresh_lead_secs: Secs,

@@ -4,8 +4,10 @@
 //!
 //! - `args`: the clap structs ([`ServeArgs`], [`TelemetryArgs`]), typed, with their defaults.
 //! - `values`: the typed values and their parsers, whose errors name the variable.
+//! - `app_events`: the settings of events to the app ([`AppEventsConfig`]).
 //! - here: [`Config`] and the checks that need more than one value or a secret.
 
+mod app_events;
 mod args;
 mod values;
 
@@ -17,6 +19,7 @@ use url::Url;
 
 use crate::{crypto::TokenCipher, sync::Signer, telemetry::TelemetryConfig};
 
+pub use app_events::AppEventsConfig;
 pub use args::{ServeArgs, TelemetryArgs};
 pub use values::{Millis, Secs};
 
@@ -154,6 +157,11 @@ pub struct Config {
     pub old_encryption_keys: Vec<[u8; 32]>,
     pub telemetry: TelemetryConfig,
     pub cluster: ClusterConfig,
+    /// Events to the app; `None` when `APP_EVENTS_URL` is unset (none sent, none stored).
+    pub app_events: Option<AppEventsConfig>,
+    /// How long before a time-limited grant's end the app is warned
+    /// (`AUTHORIZATION_EXPIRY_WARNING_SECS`).
+    pub authorization_expiry_warning: Duration,
 }
 
 impl Config {
@@ -174,6 +182,11 @@ impl std::fmt::Debug for Config {
             .field("frontend_url", &self.frontend_url)
             .field("browser_binding", &self.browser_binding)
             .field("cluster", &self.cluster)
+            .field("app_events", &self.app_events)
+            .field(
+                "authorization_expiry_warning",
+                &self.authorization_expiry_warning,
+            )
             .field(
                 "encryption_keys",
                 &1_usize.saturating_add(self.old_encryption_keys.len()),
@@ -276,6 +289,12 @@ impl ServeArgs {
             old_encryption_keys,
             telemetry: self.telemetry.into_config()?,
             cluster,
+            app_events: app_events::app_events(
+                self.app_events_url,
+                self.app_events_signing_secret,
+                self.app_events_timeout_ms,
+            )?,
+            authorization_expiry_warning: self.authorization_expiry_warning_secs.into(),
         })
     }
 }

@@ -252,6 +252,14 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(config.refresh.hibernate_after, Duration::from_secs(60));
     assert_eq!(config.frontend_url, "http://localhost:5173");
     assert!(config.browser_binding);
+    assert!(
+        config.app_events.is_none(),
+        "no events unless APP_EVENTS_URL is set"
+    );
+    assert_eq!(
+        config.authorization_expiry_warning,
+        Duration::from_secs(259_200)
+    );
     assert_eq!(config.telemetry.log_format, LogFormat::Pretty);
     assert_eq!(config.telemetry.service_name, "tokenwarden");
     let shown = format!(
@@ -262,4 +270,51 @@ fn defaults_are_the_documented_ones() {
         }
     );
     assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn app_events_parse_and_never_show_their_secrets() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut args = complete();
+    args.app_events_url = Some(" https://u:hunter2@app.test/hooks/tokenwarden ".into());
+    args.app_events_signing_secret = Some(format!("{secret},{secret}").into());
+    let config = args.into_config().expect("valid");
+    let events = config.app_events.clone().expect("on");
+    assert_eq!(events.url, "https://u:hunter2@app.test/hooks/tokenwarden");
+    assert_eq!(events.timeout, Duration::from_secs(10));
+    assert!(events.signer.is_some());
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("MfKQ"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("https://app.test/hooks/tokenwarden"),
+        "{shown}"
+    );
+
+    // Empty means unset, as compose files write it.
+    let mut args = complete();
+    args.app_events_url = Some("  ".into());
+    assert!(args.into_config().unwrap().app_events.is_none());
+
+    let mut args = complete();
+    args.app_events_url = Some("http://127.0.0.1:4200/events".into());
+    args.app_events_signing_secret = Some("not-a-secret".into());
+    let err = args.into_config().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "APP_EVENTS_SIGNING_SECRET is malformed: secret 1 of 1 does not start with whsec_"
+    );
+    for (flag, value, var) in [
+        ("app-events-timeout-ms", "0", "APP_EVENTS_TIMEOUT_MS"),
+        (
+            "authorization-expiry-warning-secs",
+            "soon",
+            "AUTHORIZATION_EXPIRY_WARNING_SECS",
+        ),
+    ] {
+        let err = parse_flag(flag, value).err().expect("refused");
+        assert!(err.starts_with(&format!("{var} is malformed")), "{err}");
+    }
 }

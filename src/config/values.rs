@@ -100,6 +100,11 @@ pub fn millis(value: &str) -> Result<Millis, String> {
     whole(value).map(Millis)
 }
 
+/// Milliseconds, at least 1 (a timeout of 0 would fail every attempt).
+pub fn positive_millis(value: &str) -> Result<Millis, String> {
+    at_least_one(value).map(Millis)
+}
+
 /// A count of at least 1 (concurrency, connections).
 pub fn positive(value: &str) -> Result<usize, String> {
     let n = at_least_one(value)?;

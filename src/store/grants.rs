@@ -5,10 +5,10 @@
 //! clears them).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
 
 use super::{
-    Store, StoreError, TokenChange,
+    AppEvent, AppEventType, Store, StoreError, TokenChange,
     cluster::Fence,
     entity::user::{self, ReconnectReason},
     sync_state::fenced,
@@ -56,17 +56,31 @@ impl Store {
         ended_by: Option<DateTime<Utc>>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let version = expected_version + 1;
+        let now = Utc::now();
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true))
             .col_expr(user::Column::ReconnectReason, Expr::value(reason.as_str()));
-        let mut update = fenced(with_pending_sync(update, version, Utc::now()), fence)
+        let mut update = fenced(with_pending_sync(update, version, now), fence)
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::TokenVersion.eq(expected_version));
-        if let Some(now) = ended_by {
-            update = update.filter(user::Column::AuthorizationExpiresAt.lte(now));
+        if let Some(ended_by) = ended_by {
+            update = update.filter(user::Column::AuthorizationExpiresAt.lte(ended_by));
         }
-        let result = update.exec(&self.db).await?;
-        Ok((result.rows_affected == 1).then_some(TokenChange {
+        // The app's event is written by the same transaction as the change (CONTRACT 9).
+        let txn = self.db.begin().await?;
+        let Some(row) = update.exec_with_returning(&txn).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut event = AppEvent::new(AppEventType::NeedsReconnect, user_id, now);
+        event.google_email = row.google_email;
+        event.reason = Some(reason);
+        event.authorization_expires_at = row.authorization_expires_at;
+        let stored = self.insert_app_event(&txn, &event, now).await?;
+        txn.commit().await?;
+        if stored {
+            self.app_events().wake();
+        }
+        Ok(Some(TokenChange {
             version,
             token_expiry: None,
         }))
@@ -80,13 +94,30 @@ impl Store {
         user_id: &str,
         fence: Option<Fence>,
     ) -> Result<bool, StoreError> {
+        let now = Utc::now();
         let update = user::Entity::update_many()
             .col_expr(user::Column::AuthorizationWarned, Expr::value(true))
             .filter(user::Column::UserId.eq(user_id))
             .filter(user::Column::AuthorizationWarned.eq(false))
             .filter(user::Column::AuthorizationExpiresAt.is_not_null())
             .filter(user::Column::GoogleCalendarConnected.eq(true));
-        let result = fenced(update, fence).exec(&self.db).await?;
-        Ok(result.rows_affected == 1)
+        let txn = self.db.begin().await?;
+        let Some(row) = fenced(update, fence)
+            .exec_with_returning(&txn)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(false);
+        };
+        let mut event = AppEvent::new(AppEventType::AuthorizationExpiring, user_id, now);
+        event.google_email = row.google_email;
+        event.authorization_expires_at = row.authorization_expires_at;
+        let stored = self.insert_app_event(&txn, &event, now).await?;
+        txn.commit().await?;
+        if stored {
+            self.app_events().wake();
+        }
+        Ok(true)
     }
 }

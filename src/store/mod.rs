@@ -3,10 +3,12 @@
 //! (this module encrypts on write and decrypts on read). It knows nothing of HTTP, actors or
 //! Google.
 
+mod app_events;
 mod batch;
 #[cfg(feature = "test-util")]
 mod bulk;
 pub mod cluster;
+mod connect;
 mod console;
 mod console_sessions;
 pub mod entity;
@@ -31,6 +33,7 @@ use sea_orm::{
 
 use crate::crypto::{CryptoError, TokenCipher};
 
+pub use app_events::{APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, StoredAppEvent};
 #[cfg(feature = "test-util")]
 pub use bulk::{AuditRow, SeedUser};
 pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
@@ -84,6 +87,8 @@ pub struct Store {
     reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
     /// The hot writes of a refresh, batched into one transaction at a time.
     writes: batch::Batcher<batch::Write, Result<bool, StoreError>>,
+    /// Whether events to the app are stored, and their deliverer's wake-up call.
+    app_events: AppEvents,
 }
 
 impl Store {
@@ -140,6 +145,7 @@ impl Store {
             shard_count,
             reads,
             writes,
+            app_events: AppEvents::default(),
         }
     }
 

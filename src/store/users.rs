@@ -4,11 +4,11 @@
 //! "superseded" answer.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    ActorSeed, Store, StoreError,
+    AppEvent, AppEventType, Store, StoreError,
     batch::{self, RefreshedRow, Write},
     cluster::Fence,
     entity::user::{self, SyncState},
@@ -85,7 +85,7 @@ impl SyncSnapshot {
 }
 
 /// Bounded retries of an optimistic write that lost a race.
-const WRITE_ATTEMPTS: usize = 5;
+pub(super) const WRITE_ATTEMPTS: usize = 5;
 
 pub(super) fn access_context(user_id: &str) -> String {
     format!("google_access_token:{user_id}")
@@ -96,180 +96,6 @@ pub(super) fn refresh_context(user_id: &str) -> String {
 }
 
 impl Store {
-    /// Saves the tokens of a completed consent (insert or update), keeping the stored refresh
-    /// token when Google sent none. Fails with `NoRefreshToken` when there is none at all.
-    /// Returns what the user's actor needs to (re)start.
-    #[tracing::instrument(name = "db.save_connection", skip_all, fields(user.id = %user_id))]
-    pub async fn save_connection(
-        &self,
-        user_id: &str,
-        tokens: &NewTokens,
-    ) -> Result<ActorSeed, StoreError> {
-        if let Some(refresh) = &tokens.refresh_token {
-            return self.upsert_connection(user_id, tokens, refresh).await;
-        }
-        // Bounded: each round lost a race to another write of the same user.
-        for _ in 0..WRITE_ATTEMPTS {
-            if let Some(change) = self.try_save_connection(user_id, tokens).await? {
-                return Ok(change);
-            }
-        }
-        Err(StoreError::Contended)
-    }
-
-    /// A consent that brought a refresh token (Google sends one with every `prompt=consent`)
-    /// is one atomic `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`: a connect costs one
-    /// statement here instead of a read and a write, and needs no version check, since nothing
-    /// of the old row decides the new one but its version, bumped in the same statement.
-    async fn upsert_connection(
-        &self,
-        user_id: &str,
-        tokens: &NewTokens,
-        refresh: &SecretString,
-    ) -> Result<ActorSeed, StoreError> {
-        use sea_orm::sea_query::{ExprTrait, OnConflict};
-        use user::Column as C;
-        let refresh = self
-            .cipher
-            .encrypt(refresh.expose_secret(), &refresh_context(user_id));
-        let row = self.new_connection_row(user_id, tokens, refresh, Utc::now());
-        let on_conflict = OnConflict::column(C::UserId)
-            .update_columns([
-                C::GoogleAccessToken,
-                C::GoogleRefreshToken,
-                C::GoogleTokenExpiry,
-                C::GoogleCalendarConnected,
-                C::GoogleScope,
-                C::NeedsReconnect,
-                C::ReconnectReason,
-                C::AuthorizationExpiresAt,
-                C::AuthorizationWarned,
-                C::SyncState,
-                C::SyncAttempts,
-                C::SyncLastError,
-                C::UpdatedAt,
-            ])
-            .value(
-                C::TokenVersion,
-                Expr::col((user::Entity, C::TokenVersion)).add(1),
-            )
-            // A consent without the email (userinfo failed) keeps the one known.
-            .value(
-                C::GoogleEmail,
-                Expr::cust(r#"COALESCE("excluded"."google_email", "users"."google_email")"#),
-            )
-            .to_owned();
-        let saved = user::Entity::insert(row)
-            .on_conflict(on_conflict)
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(ActorSeed::from(saved))
-    }
-
-    /// The row of a first connection; `refresh` is the sealed refresh token.
-    fn new_connection_row(
-        &self,
-        user_id: &str,
-        tokens: &NewTokens,
-        refresh: String,
-        now: DateTime<Utc>,
-    ) -> user::ActiveModel {
-        let access = self.cipher.encrypt(
-            tokens.access_token.expose_secret(),
-            &access_context(user_id),
-        );
-        user::ActiveModel {
-            user_id: Set(user_id.to_string()),
-            google_access_token: Set(Some(access)),
-            google_refresh_token: Set(Some(refresh)),
-            google_token_expiry: Set(Some(tokens.expires_at)),
-            google_calendar_connected: Set(true),
-            google_calendar_id: Set("primary".into()),
-            google_email: Set(tokens.email.clone()),
-            google_scope: Set(Some(tokens.scope.clone())),
-            needs_reconnect: Set(false),
-            reconnect_reason: Set(None),
-            authorization_expires_at: Set(tokens.authorization_expires_at),
-            authorization_warned: Set(false),
-            token_version: Set(1),
-            sync_state: Set(SyncState::Pending),
-            sync_attempts: Set(0),
-            sync_last_error: Set(None),
-            synced_version: Set(0),
-            synced_at: Set(None),
-            last_refresh_at: Set(None),
-            refresh_count: Set(0),
-            shard: Set(self.shard_of(user_id)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-    }
-
-    /// A consent without a refresh token keeps the stored one: read it, then write conditional
-    /// on the version read.
-    async fn try_save_connection(
-        &self,
-        user_id: &str,
-        tokens: &NewTokens,
-    ) -> Result<Option<ActorSeed>, StoreError> {
-        let now = Utc::now();
-        let access = self.cipher.encrypt(
-            tokens.access_token.expose_secret(),
-            &access_context(user_id),
-        );
-        // No transaction on purpose: the write below is conditional on the version read, which
-        // already makes read-then-write safe, and a read transaction that upgrades to a write
-        // fails at once on SQLite (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
-        let existing = user::Entity::find_by_id(user_id).one(&self.db).await?;
-        let Some((row, refresh)) =
-            existing.and_then(|row| row.google_refresh_token.clone().map(|r| (row, r)))
-        else {
-            return Err(StoreError::NoRefreshToken);
-        };
-        let version = row.token_version + 1;
-        let mut update = user::Entity::update_many()
-            .col_expr(user::Column::GoogleAccessToken, Expr::value(access))
-            .col_expr(user::Column::GoogleRefreshToken, Expr::value(refresh))
-            .col_expr(
-                user::Column::GoogleTokenExpiry,
-                Expr::value(tokens.expires_at),
-            )
-            .col_expr(user::Column::GoogleCalendarConnected, Expr::value(true))
-            .col_expr(user::Column::GoogleScope, Expr::value(tokens.scope.clone()))
-            .col_expr(user::Column::NeedsReconnect, Expr::value(false))
-            .col_expr(
-                user::Column::ReconnectReason,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                user::Column::AuthorizationExpiresAt,
-                Expr::value(tokens.authorization_expires_at),
-            )
-            .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
-        if let Some(email) = &tokens.email {
-            update = update.col_expr(user::Column::GoogleEmail, Expr::value(email.clone()));
-        }
-        let result = with_pending_sync(update, version, now)
-            .filter(user::Column::UserId.eq(user_id))
-            .filter(user::Column::TokenVersion.eq(row.token_version))
-            .exec(&self.db)
-            .await?;
-        if result.rows_affected == 0 {
-            return Ok(None);
-        }
-        Ok(Some(ActorSeed {
-            user_id: user_id.to_string(),
-            token_expiry: Some(tokens.expires_at),
-            needs_reconnect: false,
-            reconnect_reason: None,
-            authorization_expires_at: tokens.authorization_expires_at,
-            authorization_warned: false,
-            version,
-            refresh_count: row.refresh_count,
-            last_refresh_at: row.last_refresh_at,
-        }))
-    }
-
     /// The refresh token of a connected user, with the version it belongs to.
     #[tracing::instrument(name = "db.read_refresh_token", skip_all, fields(user.id = %user_id))]
     pub async fn refresh_credentials(
@@ -376,12 +202,20 @@ impl Store {
                     Expr::value(Option::<DateTime<Utc>>::None),
                 )
                 .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
-            let result = with_pending_sync(update, row.token_version + 1, Utc::now())
+            let now = Utc::now();
+            let update = with_pending_sync(update, row.token_version + 1, now)
                 .filter(user::Column::UserId.eq(user_id))
-                .filter(user::Column::TokenVersion.eq(row.token_version))
-                .exec(&self.db)
-                .await?;
-            if result.rows_affected == 1 {
+                .filter(user::Column::TokenVersion.eq(row.token_version));
+            // The app's event is written by the same transaction (CONTRACT 9).
+            let txn = self.db.begin().await?;
+            if update.exec(&txn).await?.rows_affected == 1 {
+                let mut event = AppEvent::new(AppEventType::Disconnected, user_id, now);
+                event.google_email = row.google_email.clone();
+                let stored = self.insert_app_event(&txn, &event, now).await?;
+                txn.commit().await?;
+                if stored {
+                    self.app_events().wake();
+                }
                 return Ok(Some(revocable.and_then(|opened| {
                     opened
                         .inspect_err(|e| {

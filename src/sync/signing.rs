@@ -76,12 +76,17 @@ impl Signer {
 
     /// The three Standard Webhooks headers for `body`, sent at `timestamp` (Unix seconds).
     pub fn headers(&self, user_id: &str, version: i64, timestamp: i64, body: &[u8]) -> HeaderMap {
-        let id = message_id(user_id, version);
+        self.headers_with_id(&message_id(user_id, version), timestamp, body)
+    }
+
+    /// The three headers for `body` under a message id the caller keeps (an event to the
+    /// app's stored id, the same on every attempt), sent at `timestamp` (Unix seconds).
+    pub fn headers_with_id(&self, id: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
         let signatures: Vec<String> = self
             .keys
             .iter()
             // Only a body that is not UTF-8 fails, and pushes are JSON or empty.
-            .filter_map(|key| key.sign(&id, timestamp, body).ok())
+            .filter_map(|key| key.sign(id, timestamp, body).ok())
             .collect();
         let mut headers = HeaderMap::new();
         let mut put = |name: &'static str, value: String| {
@@ -89,7 +94,7 @@ impl Signer {
                 headers.insert(name, value);
             }
         };
-        put(HEADER_WEBHOOK_ID, id);
+        put(HEADER_WEBHOOK_ID, id.to_string());
         put(HEADER_WEBHOOK_TIMESTAMP, timestamp.to_string());
         put(HEADER_WEBHOOK_SIGNATURE, signatures.join(" "));
         headers
@@ -125,6 +130,16 @@ mod tests {
         assert!(!verify(SECRET_A, br#"{"access_token":"b"}"#, &headers));
         let signatures = headers[HEADER_WEBHOOK_SIGNATURE].to_str().unwrap();
         assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    }
+
+    #[test]
+    fn a_given_message_id_is_sent_and_signed() {
+        let signer = Signer::from_secrets(&SECRET_A.to_string().into()).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let body = br#"{"type":"connection.connected"}"#;
+        let headers = signer.headers_with_id("msg_0123", now, body);
+        assert_eq!(headers[HEADER_WEBHOOK_ID], "msg_0123");
+        assert!(verify(SECRET_A, body, &headers));
     }
 
     #[test]

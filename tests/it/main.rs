@@ -3,6 +3,7 @@
 //! provider and the reference microservice, on a real SQLite file or PostgreSQL database.
 
 mod admin;
+mod app_events;
 mod bad_input;
 mod browser;
 mod browser_binding;
@@ -17,6 +18,7 @@ mod disconnect;
 mod faults;
 mod fuzz;
 mod google_grants;
+mod grant_events;
 mod grant_life;
 mod metrics_labels;
 mod nodelay;

@@ -182,6 +182,12 @@ pub struct Options {
     pub max_connections: usize,
     /// The sandbox Google's time-limited grants (`--grant-lifetime-secs`); zero: ongoing.
     pub grant_lifetime: Duration,
+    /// `APP_EVENTS_URL` (events to the app are off when `None`).
+    pub app_events_url: Option<String>,
+    /// `APP_EVENTS_SIGNING_SECRET`.
+    pub app_events_signing_secret: Option<String>,
+    /// `AUTHORIZATION_EXPIRY_WARNING_SECS`.
+    pub authorization_expiry_warning_secs: u64,
 }
 
 impl Default for Options {
@@ -203,6 +209,9 @@ impl Default for Options {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             grant_lifetime: Duration::ZERO,
+            app_events_url: None,
+            app_events_signing_secret: None,
+            authorization_expiry_warning_secs: 259_200,
         }
     }
 }
@@ -315,6 +324,10 @@ impl TestApp {
             admin_token: Some(ADMIN_TOKEN.into()),
             token_encryption_key: Some(o.encryption_key.clone().into()),
             node_id: Some(NODE_ID.into()),
+            app_events_url: o.app_events_url.clone(),
+            app_events_signing_secret: o.app_events_signing_secret.clone().map(Into::into),
+            app_events_timeout_ms: Millis(2000),
+            authorization_expiry_warning_secs: Secs(o.authorization_expiry_warning_secs),
             ..Default::default()
         }
         .into_config()

@@ -111,6 +111,17 @@ pub enum ReconnectReason {
 }
 
 impl ReconnectReason {
+    pub const ALL: [Self; 3] = [
+        Self::Revoked,
+        Self::AuthorizationExpired,
+        Self::SecurityEvent,
+    ];
+
+    /// The reason a stored or sent string names.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == value)
+    }
+
     /// The stored string, as status, admin and events show it.
     pub fn as_str(self) -> &'static str {
         match self {

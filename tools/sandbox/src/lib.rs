@@ -1,5 +1,6 @@
-//! Stand-ins for the two outside services tokenwarden talks to: Google's OAuth endpoints
-//! ([`google`]) and the chat-agent microservice that receives the tokens ([`microservice`]).
+//! Stand-ins for the outside services tokenwarden talks to: Google's OAuth endpoints
+//! ([`google`]), the chat-agent microservice that receives the tokens ([`microservice`]) and
+//! the app that receives events about users' connections ([`app_events`]).
 //!
 //! Both are real HTTP servers on loopback, not mocks behind a trait, so the demo, the
 //! integration tests and the load tests exercise tokenwarden's actual HTTP clients, timeouts
@@ -12,8 +13,13 @@
 //! spawning a server task and stopping it within a bounded time, comparing a bearer token,
 //! and continuing the caller's trace.
 
+pub mod app_events;
 pub mod google;
 pub mod microservice;
+
+pub use app_events::{
+    AppEventsReceiver, AppEventsReceiverArgs, AppEventsReceiverConfig, ReceivedEvent, ReceiverMode,
+};
 
 pub use google::{
     GrantSelector, GrantView, RefreshMode, SandboxControls, SandboxGoogle, SandboxGoogleArgs,
