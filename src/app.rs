@@ -194,6 +194,7 @@ impl App {
             notices,
         };
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
+        tokio::spawn(crate::risc::prune(store.clone(), shutdown.clone()));
         let events = match &config.app_events {
             Some(app_events) => Some(events::spawn(
                 app_events,
@@ -214,6 +215,9 @@ impl App {
             history,
             connect_limiter: Arc::new(http::RateLimiter::for_connect()),
             auth_throttle: Arc::new(http::AuthThrottle::default()),
+            risc_keys: Arc::new(crate::risc::keys::RiscKeys::new(
+                config.risc.configuration_url.clone(),
+            )?),
             readiness: Default::default(),
             cluster: cluster.clone(),
         };

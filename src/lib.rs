@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: every setting, parsed once at start.
 //! - [`crypto`]: AES-256-GCM for tokens at rest, constant-time secret comparison.
+//! - [`token_ids`]: the identifiers of a refresh token that Google's security events use.
+//! - [`risc`]: the receiver of Google's security events (Cross-Account Protection).
 //! - [`store`]: sea-orm entities and queries (SQLite or PostgreSQL).
 //! - [`google`]: the OAuth client that talks to Google (or the sandbox standing in for it).
 //! - [`sync`]: pushes every token change to the microservice, in order, with durable retries.
@@ -35,6 +37,8 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod retry;
+pub mod risc;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod token_ids;

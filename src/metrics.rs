@@ -108,6 +108,21 @@ pub struct SyncLabels {
     pub result: &'static str,
 }
 
+/// Labels of a valid security event from Google.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RiscLabels {
+    /// One of `risc::KINDS`.
+    pub r#type: &'static str,
+    /// `grant_ended`, `recorded`, `no_grant`, `no_user`, `duplicate` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Labels of a refused security event: RFC 8935's `err`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RiscRefusedLabels {
+    pub err: &'static str,
+}
+
 /// Labels of a cluster notice dropped unheard.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NoticeDropLabels {
@@ -189,6 +204,10 @@ pub struct Metrics {
     pub lease_skips: Counter,
     /// Cluster notices dropped unheard, by `reason` (one of [`NOTICE_DROP_REASONS`]).
     pub notices_dropped: Family<NoticeDropLabels, Counter>,
+    /// Valid security events from Google, by type and outcome.
+    pub risc_events: Family<RiscLabels, Counter>,
+    /// Refused security events, by RFC 8935 error code.
+    pub risc_refused: Family<RiscRefusedLabels, Counter>,
     /// Events to the app by `type` and `result` (`delivered`, `failed`, `dropped`).
     pub app_events: Family<AppEventLabels, Counter>,
     /// Events to the app of this node's users not delivered yet.
@@ -303,6 +322,18 @@ impl Metrics {
             "Refreshes and pushes not started, or answers dropped, for want of a valid lease",
             lease_skips.clone(),
         );
+        let risc_events = Family::<RiscLabels, Counter>::default();
+        let risc_refused = Family::<RiscRefusedLabels, Counter>::default();
+        registry.register(
+            "risc_events",
+            "Valid security events from Google by type and outcome",
+            risc_events.clone(),
+        );
+        registry.register(
+            "risc_refused",
+            "Security events refused, by RFC 8935 error code",
+            risc_refused.clone(),
+        );
         let notices_dropped = Family::<NoticeDropLabels, Counter>::default();
         // Every reason shows from the start, at 0, so an alert can watch it.
         for reason in NOTICE_DROP_REASONS {
@@ -333,6 +364,8 @@ impl Metrics {
             fenced_writes,
             lease_skips,
             notices_dropped,
+            risc_events,
+            risc_refused,
             refreshes,
             google_refresh_failures,
             actors_by_status,
@@ -353,6 +386,18 @@ impl Metrics {
     pub fn refresh(&self, reason: &'static str, result: &'static str) {
         self.refreshes
             .get_or_create(&RefreshLabels { reason, result })
+            .inc();
+    }
+
+    /// Counts a valid security event.
+    pub fn risc_event(&self, labels: RiscLabels) {
+        self.risc_events.get_or_create(&labels).inc();
+    }
+
+    /// Counts a refused security event (`err` is one of RFC 8935's codes, a fixed set).
+    pub fn risc_refused(&self, err: &'static str) {
+        self.risc_refused
+            .get_or_create(&RiscRefusedLabels { err })
             .inc();
     }
 

@@ -7,6 +7,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
+use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
 use super::messages::RefreshOutcome;
@@ -18,6 +19,7 @@ use crate::{
     metrics::Metrics,
     store::{Expected, ReconnectReason, RefreshAnswer, Store, StoredTokens, SyncSnapshot},
     sync::SyncDispatcher,
+    token_ids::RefreshTokenIds,
 };
 
 /// Shared by all user actors; read-only after start.
@@ -124,6 +126,13 @@ impl ActorContext {
                             expires_at: tokens.expires_at,
                             scope: tokens.scope.as_deref(),
                             authorization_end: tokens.authorization_expires_at,
+                            token_ids: Some(RefreshTokenIds::of(
+                                tokens
+                                    .refresh_token
+                                    .as_ref()
+                                    .unwrap_or(&credentials.refresh_token)
+                                    .expose_secret(),
+                            )),
                         },
                     )
                     .await;

@@ -210,9 +210,9 @@ impl SupervisorState {
             return;
         }
         if let Some(Slot::Live(actor)) = self.registry.get(&seed.user_id) {
-            if !seed.needs_reconnect {
-                let _ = actor.send_message(UserTokenMsg::TokensChanged(seed));
-            }
+            // A seed that needs a reconnect (a grant ended by another node or a security
+            // event) is news too: the actor stops its plans.
+            let _ = actor.send_message(UserTokenMsg::TokensChanged(seed));
             return;
         }
         let user_id = self.registry.key(&seed.user_id);

@@ -93,6 +93,15 @@ pub struct ServeArgs {
         value_parser = named(http_url)
     )]
     pub google_userinfo_url: Url,
+    /// Google's RISC configuration (the issuer and key set of security events).
+    #[arg(
+        long,
+        env = "GOOGLE_RISC_CONFIGURATION_URL",
+        default_value = "https://accounts.google.com/.well-known/risc-configuration",
+        hide_env_values = true,
+        value_parser = named(http_url)
+    )]
+    pub google_risc_configuration_url: Url,
     /// Microservice base URL without trailing slash; unset skips the sync.
     // Text, checked in `into_config`: an empty value means unset (compose files write
     // `VAR=`), which a typed clap value cannot say, and the URL is used as written.

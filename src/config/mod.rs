@@ -70,6 +70,13 @@ pub struct GoogleConfig {
     pub timeout: Duration,
 }
 
+/// Where Google's security events come from (CONTRACT 10).
+#[derive(Debug, Clone)]
+pub struct RiscConfig {
+    /// The RISC configuration document: its `issuer` and `jwks_uri`.
+    pub configuration_url: Url,
+}
+
 /// Limits of the front door's client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpServerConfig {
@@ -143,6 +150,7 @@ pub struct Config {
     pub database_url: String,
     pub http: HttpServerConfig,
     pub google: GoogleConfig,
+    pub risc: RiscConfig,
     pub microservice: MicroserviceConfig,
     pub refresh: RefreshConfig,
     /// Without trailing slash.
@@ -279,6 +287,9 @@ impl ServeArgs {
             database_url: self.database_url,
             http,
             google,
+            risc: RiscConfig {
+                configuration_url: self.google_risc_configuration_url,
+            },
             microservice,
             refresh,
             frontend_url: self.frontend_url.as_str().trim_end_matches('/').to_string(),

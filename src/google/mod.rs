@@ -195,17 +195,14 @@ impl GoogleClient {
         }
     }
 
-    /// The account's email from the userinfo endpoint, if Google gives one.
+    /// The account behind `access_token`, from userinfo: its address and its id (`sub`,
+    /// what Google's security events name the account by).
     #[tracing::instrument(name = "oauth.userinfo", skip_all, fields(user.id = %user_id, otel.kind = "client"))]
-    pub async fn email(
+    pub async fn account(
         &self,
         user_id: &str,
         access_token: &SecretString,
-    ) -> Result<Option<String>, GoogleError> {
-        #[derive(serde::Deserialize)]
-        struct UserInfo {
-            email: Option<String>,
-        }
+    ) -> Result<Account, GoogleError> {
         let response = self
             .http
             .client()
@@ -221,14 +218,29 @@ impl GoogleClient {
                 status, "userinfo",
             )));
         }
-        let info: UserInfo = response.json().await.map_err(|_| {
+        response.json().await.map_err(|_| {
             GoogleError::Rejected(Failure::new(
                 FailureReason::Other,
                 "userinfo answer is not JSON",
             ))
-        })?;
-        Ok(info.email)
+        })
     }
+
+    /// The account's address, from userinfo.
+    pub async fn email(
+        &self,
+        user_id: &str,
+        access_token: &SecretString,
+    ) -> Result<Option<String>, GoogleError> {
+        Ok(self.account(user_id, access_token).await?.email)
+    }
+}
+
+/// A Google account as userinfo describes it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Account {
+    pub email: Option<String>,
+    pub sub: Option<String>,
 }
 
 /// The tokens of an answer received at `now`.

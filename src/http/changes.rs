@@ -17,6 +17,8 @@ pub enum Change {
     Connected(ActorSeed, Option<StoredTokens>),
     /// The tokens were cleared.
     Disconnected,
+    /// The grant ended (a security event): the user waits for a reconnect, as saved.
+    Ended(ActorSeed),
     /// Nothing changed but the microservice should get the state again.
     Resync,
 }
@@ -32,6 +34,10 @@ pub async fn user_changed(app: &AppState, user_id: &str, change: Change) {
             }
             Change::Disconnected => {
                 app.supervisor.user_disconnected(user_id);
+                None
+            }
+            Change::Ended(seed) => {
+                app.supervisor.user_connected(seed);
                 None
             }
             Change::Resync => None,

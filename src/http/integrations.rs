@@ -217,12 +217,13 @@ async fn complete_consent(
             "exchange_failed"
         })?;
     refuse_partial_consent(app, &user_id, &tokens).await?;
-    let email = match app.google.email(&user_id, &tokens.access_token).await {
-        Ok(email) => email,
+    let account = match app.google.account(&user_id, &tokens.access_token).await {
+        Ok(account) => account,
         Err(e) => {
-            // The email is informative only; the connection is still good without it.
+            // The email is informative and the `sub` only matches security events: the
+            // connection is still good without them (the ones known are kept).
             tracing::warn!(userId = %user_id, error = %e, "cannot read the account's email");
-            None
+            Default::default()
         }
     };
     let new_tokens = NewTokens {
@@ -232,8 +233,9 @@ async fn complete_consent(
         scope: tokens
             .scope
             .unwrap_or_else(|| app.config.google.scopes.join(" ")),
-        email,
+        email: account.email,
         authorization_expires_at: tokens.authorization_expires_at,
+        google_sub: account.sub,
     };
     let seed = match app.store.save_connection(&user_id, &new_tokens).await {
         Ok(seed) => seed,

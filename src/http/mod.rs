@@ -17,6 +17,7 @@ mod error;
 mod health;
 mod integrations;
 mod rate_limit;
+mod risc;
 mod serve;
 
 use std::{
@@ -75,6 +76,8 @@ pub struct AppState {
     pub connect_limiter: Arc<RateLimiter>,
     /// Per-address count of wrong admin tokens (admin routes and console sign-in).
     pub auth_throttle: Arc<AuthThrottle>,
+    /// Google's RISC signing keys, cached.
+    pub risc_keys: Arc<crate::risc::keys::RiscKeys>,
     /// The database check `/readyz` probes share.
     pub readiness: Arc<Readiness>,
     /// This process in its cluster.
@@ -87,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .merge(integrations::router(&state.config.frontend_url))
         .merge(admin::router())
         .merge(console::router(state.clone()))
+        .merge(risc::router())
         .merge(health::router())
         .fallback(not_found);
     with_deadline(routes, REQUEST_DEADLINE)
@@ -107,6 +111,12 @@ async fn not_found() -> Error {
 /// never reads its body. (Bodies are small: no route takes more than a form or a token.)
 async fn limit_body(request: Request, next: Next) -> Response {
     use axum::body::HttpBody as _;
+    // Google's security events are answered in RFC 8935's terms, an oversized one too.
+    let too_large = if request.uri().path() == risc::ROUTE {
+        risc::oversized
+    } else {
+        || Error::PayloadTooLarge(MAX_BODY_BYTES).into_response()
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -115,7 +125,7 @@ async fn limit_body(request: Request, next: Next) -> Response {
     let hint = request.body().size_hint();
     let limit = MAX_BODY_BYTES as u64;
     if declared.is_some_and(|len| len > limit) || hint.lower() > limit {
-        return Error::PayloadTooLarge(MAX_BODY_BYTES).into_response();
+        return too_large();
     }
     // hyper ends a body at its declared length: nothing more can arrive.
     if hint.upper().is_some_and(|len| len <= limit) {
@@ -124,6 +134,7 @@ async fn limit_body(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(REQUEST_DEADLINE, read_limited(body)).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(Error::PayloadTooLarge(_))) => too_large(),
         Ok(Err(error)) => error.into_response(),
         Err(_) => Error::Timeout.into_response(),
     }

@@ -8,6 +8,7 @@
 //! on each other's lock (its busy handler sleeps in whole milliseconds). This module owns the
 //! batch SQL; the meaning of each write stays in `users`.
 
+use crate::token_ids::RefreshTokenIds;
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -140,6 +141,8 @@ pub(super) struct RefreshedRow {
     pub scope: Option<String>,
     /// The grant's end as Google's answer named it; `None` keeps the stored one.
     pub authorization_end: Option<DateTime<Utc>>,
+    /// The identifiers of the refresh token held after this refresh; `None` keeps them.
+    pub token_ids: Option<RefreshTokenIds>,
     pub now: DateTime<Utc>,
     /// The writer's lease of the user's shard (a cluster's fence); `None` on a single node.
     pub fence: Option<Fence>,
@@ -264,7 +267,7 @@ impl Params {
 }
 
 /// The VALUES rows of refreshes to save, as `v(uid, expected, access, rotated, expiry, scope,
-/// auth_end, now, epoch, owner)`.
+/// auth_end, prefix_hash, token_hash, now, epoch, owner)`.
 fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
     let tuples: Vec<String> = rows
         .iter()
@@ -277,6 +280,8 @@ fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
                 params.push(r.expires_at, "TIMESTAMPTZ"),
                 params.push(r.scope.clone(), "TEXT"),
                 params.push(r.authorization_end, "TIMESTAMPTZ"),
+                params.push(r.token_ids.as_ref().map(|i| i.prefix_hash.clone()), "TEXT"),
+                params.push(r.token_ids.as_ref().map(|i| i.hash.clone()), "TEXT"),
                 params.push(r.now, "TIMESTAMPTZ"),
                 params.push(r.fence.as_ref().map(|f| f.epoch), "BIGINT"),
                 params.push(owner_of(r.fence.as_ref()), "TEXT"),
@@ -285,8 +290,8 @@ fn refreshed_values(params: &mut Params, rows: &[&RefreshedRow]) -> String {
         })
         .collect();
     format!(
-        "v(uid, expected, access, rotated, expiry, scope, auth_end, now, epoch, owner) AS \
-         (VALUES {})",
+        "v(uid, expected, access, rotated, expiry, scope, auth_end, prefix_hash, token_hash, now, \
+         epoch, owner) AS (VALUES {})",
         tuples.join(", ")
     )
 }
@@ -304,6 +309,8 @@ fn refreshed_update() -> String {
            refresh_count = users.refresh_count + 1, \
            google_scope = COALESCE(v.scope, users.google_scope), \
            authorization_expires_at = COALESCE(v.auth_end, users.authorization_expires_at), \
+           refresh_token_prefix_hash = COALESCE(v.prefix_hash, users.refresh_token_prefix_hash), \
+           refresh_token_hash = COALESCE(v.token_hash, users.refresh_token_hash), \
            token_version = v.expected + 1, \
            sync_state = '{pending}', \
            sync_attempts = 0, \

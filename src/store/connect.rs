@@ -10,6 +10,8 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::token_ids::RefreshTokenIds;
+
 use super::{
     ActorSeed, AppEvent, AppEventType, Store, StoreError,
     entity::user::{self, SyncState},
@@ -50,10 +52,11 @@ impl Store {
     ) -> Result<ActorSeed, StoreError> {
         use sea_orm::sea_query::{ExprTrait, OnConflict};
         use user::Column as C;
+        let ids = RefreshTokenIds::of(refresh.expose_secret());
         let refresh = self
             .cipher
             .encrypt(refresh.expose_secret(), &refresh_context(user_id));
-        let row = self.new_connection_row(user_id, tokens, refresh, Utc::now());
+        let row = self.new_connection_row(user_id, tokens, (refresh, ids), Utc::now());
         let on_conflict = OnConflict::column(C::UserId)
             .update_columns([
                 C::GoogleAccessToken,
@@ -65,6 +68,8 @@ impl Store {
                 C::ReconnectReason,
                 C::AuthorizationExpiresAt,
                 C::AuthorizationWarned,
+                C::RefreshTokenPrefixHash,
+                C::RefreshTokenHash,
                 C::SyncState,
                 C::SyncAttempts,
                 C::SyncLastError,
@@ -74,7 +79,11 @@ impl Store {
                 C::TokenVersion,
                 Expr::col((user::Entity, C::TokenVersion)).add(1),
             )
-            // A consent without the email (userinfo failed) keeps the one known.
+            // A consent without the account (userinfo failed) keeps the one known.
+            .value(
+                C::GoogleSub,
+                Expr::cust(r#"COALESCE("excluded"."google_sub", "users"."google_sub")"#),
+            )
             .value(
                 C::GoogleEmail,
                 Expr::cust(r#"COALESCE("excluded"."google_email", "users"."google_email")"#),
@@ -97,7 +106,7 @@ impl Store {
         &self,
         user_id: &str,
         tokens: &NewTokens,
-        refresh: String,
+        (refresh, ids): (String, RefreshTokenIds),
         now: DateTime<Utc>,
     ) -> user::ActiveModel {
         let access = self.cipher.encrypt(
@@ -117,6 +126,9 @@ impl Store {
             reconnect_reason: Set(None),
             authorization_expires_at: Set(tokens.authorization_expires_at),
             authorization_warned: Set(false),
+            google_sub: Set(tokens.google_sub.clone()),
+            refresh_token_prefix_hash: Set(Some(ids.prefix_hash)),
+            refresh_token_hash: Set(Some(ids.hash)),
             token_version: Set(1),
             sync_state: Set(SyncState::Pending),
             sync_attempts: Set(0),
@@ -172,6 +184,9 @@ impl Store {
                 Expr::value(tokens.authorization_expires_at),
             )
             .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
+        if let Some(sub) = &tokens.google_sub {
+            update = update.col_expr(user::Column::GoogleSub, Expr::value(sub.clone()));
+        }
         if let Some(email) = &tokens.email {
             update = update.col_expr(user::Column::GoogleEmail, Expr::value(email.clone()));
         }

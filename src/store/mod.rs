@@ -16,6 +16,7 @@ mod exclusive;
 mod grants;
 mod key_check;
 mod nodelay;
+mod risc;
 mod rotation;
 mod states;
 mod sync_state;
@@ -42,6 +43,7 @@ pub use entity::user::{ReconnectReason, SyncState};
 pub use exclusive::{SqliteHold, hold_sqlite_file};
 pub use key_check::KeyAudit;
 pub use nodelay::database_sockets_without_delay;
+pub use risc::RiscSubject;
 pub use rotation::{RotationError, RotationReport};
 pub use states::TakenState;
 pub use users::{

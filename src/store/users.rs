@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::token_ids::RefreshTokenIds;
+
 use super::{
     AppEvent, AppEventType, Store, StoreError,
     batch::{self, RefreshedRow, Write},
@@ -25,6 +27,8 @@ pub struct NewTokens {
     /// When this grant ends (Google's `refresh_token_expires_in`); `None` is ongoing access,
     /// which clears an end stored for an earlier grant.
     pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// The Google account's id (userinfo's `sub`); `None` keeps the one known.
+    pub google_sub: Option<String>,
 }
 
 /// Tokens as they are now, decrypted, for a push to the microservice.
@@ -60,6 +64,9 @@ pub struct RefreshAnswer<'a> {
     pub scope: Option<&'a str>,
     /// The grant's new end; `None` keeps the stored one.
     pub authorization_end: Option<DateTime<Utc>>,
+    /// The identifiers of the refresh token held after the refresh (the rotated one, else
+    /// the one used), for security events to match; `None` keeps the stored ones.
+    pub token_ids: Option<RefreshTokenIds>,
 }
 
 /// What a refresh needs.
@@ -133,6 +140,7 @@ impl Store {
             expires_at,
             scope,
             authorization_end,
+            token_ids,
         } = answer;
         let Expected {
             version: expected_version,
@@ -152,6 +160,7 @@ impl Store {
             expires_at,
             scope: scope.map(str::to_string),
             authorization_end,
+            token_ids,
             now,
             fence,
         };

@@ -264,6 +264,7 @@ async fn reconnects_update_the_row_in_place(backend: Backend) {
         scope: "calendar openid email".into(),
         email: email.map(str::to_string),
         authorization_expires_at: None,
+        google_sub: None,
     };
     let first = store
         .save_connection("erin", &consent(0, Some("erin@example.com")))

@@ -66,6 +66,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                         expires_at: expiry,
                         scope,
                         authorization_end: None,
+                        token_ids: None,
                     },
                 )
                 .await
@@ -354,5 +355,6 @@ fn answer(
         expires_at: expiry,
         scope: None,
         authorization_end: None,
+        token_ids: None,
     }
 }

@@ -188,6 +188,8 @@ pub struct Options {
     pub app_events_signing_secret: Option<String>,
     /// `AUTHORIZATION_EXPIRY_WARNING_SECS`.
     pub authorization_expiry_warning_secs: u64,
+    /// `GOOGLE_RISC_CONFIGURATION_URL` (Google's, unreachable here, when `None`).
+    pub risc_configuration_url: Option<String>,
 }
 
 impl Default for Options {
@@ -212,6 +214,7 @@ impl Default for Options {
             app_events_url: None,
             app_events_signing_secret: None,
             authorization_expiry_warning_secs: 259_200,
+            risc_configuration_url: None,
         }
     }
 }
@@ -328,6 +331,11 @@ impl TestApp {
             app_events_signing_secret: o.app_events_signing_secret.clone().map(Into::into),
             app_events_timeout_ms: Millis(2000),
             authorization_expiry_warning_secs: Secs(o.authorization_expiry_warning_secs),
+            google_risc_configuration_url: o
+                .risc_configuration_url
+                .as_deref()
+                .map(|u| url::Url::parse(u).expect("a URL"))
+                .unwrap_or_else(|| ServeArgs::default().google_risc_configuration_url),
             ..Default::default()
         }
         .into_config()

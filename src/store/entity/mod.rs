@@ -3,4 +3,5 @@
 pub mod app_event;
 pub mod console_session;
 pub mod oauth_state;
+pub mod risc_event;
 pub mod user;

@@ -23,6 +23,13 @@ pub struct Model {
     pub authorization_expires_at: Option<DateTimeUtc>,
     /// Whether the app was told that this grant nears its end (once per grant).
     pub authorization_warned: bool,
+    /// The Google account's id (userinfo's `sub`): what account security events name.
+    pub google_sub: Option<String>,
+    /// SHA-256 (hex) of the current refresh token's first 16 characters.
+    pub refresh_token_prefix_hash: Option<String>,
+    /// Base64 (standard, no padding) of SHA-512 over the raw SHA-512 digest of the current
+    /// refresh token, as Google's `hash_base64_sha512_sha512` names it.
+    pub refresh_token_hash: Option<String>,
     /// Bumped by every token change; guards writes against lost updates.
     pub token_version: i64,
     pub sync_state: SyncState,

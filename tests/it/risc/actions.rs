@@ -1,0 +1,184 @@
+//! Each event of CONTRACT 10's table from its real subject: the grant ends (tokens cleared,
+//! DELETE at the microservice, `security_event`) within 2 s for `tokens-revoked`,
+//! `account-disabled` and a `token-revoked` naming the current refresh token, by prefix or by
+//! hash in every alphabet; the other events change nothing; a rotated-away token changes
+//! nothing.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose};
+use sha2::{Digest, Sha512};
+use tokenwarden_sandbox::GrantSelector;
+
+use super::{OAUTH, RISC, account, app_with_alice, claims, post, sign, token};
+use crate::{
+    on_both_backends,
+    support::{Backend, Options, TestApp, eventually},
+};
+
+/// Posts `event_type` with `event` and checks the grant ends within 2 s.
+async fn ends_the_grant(t: &TestApp, event_type: &str, event: serde_json::Value) {
+    let (status, body) = post(t, sign(&claims(event_type, event))).await;
+    assert_eq!((status, body.as_str()), (202, ""));
+    let ended = eventually(Duration::from_secs(2), || async {
+        t.status("alice").await["reconnect_reason"] == "security_event"
+    })
+    .await;
+    assert!(ended, "{event_type}: {}", t.status("alice").await);
+    let deleted = eventually(Duration::from_secs(2), || async {
+        t.microservice.stored("alice").await.unwrap().is_none()
+    })
+    .await;
+    assert!(deleted, "{event_type}: the DELETE reached the microservice");
+    assert_eq!(t.status("alice").await["connected"], false);
+}
+
+fn sub_of(t: &TestApp, email: &str) -> String {
+    t.google
+        .grant(&GrantSelector::Email(email.to_string()))
+        .expect("the grant")
+        .sub
+}
+
+async fn account_events_end_the_grant(backend: Backend) {
+    for event in ["tokens-revoked", "account-disabled"] {
+        let (t, _g) = app_with_alice(Options {
+            backend,
+            ..Options::default()
+        })
+        .await;
+        let email = t.status("alice").await["google_email"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let uri = if event == "tokens-revoked" {
+            format!("{OAUTH}{event}")
+        } else {
+            format!("{RISC}{event}")
+        };
+        let mut payload = account(&sub_of(&t, &email));
+        payload["reason"] = "hijacking".into();
+        ends_the_grant(&t, &uri, payload).await;
+        let (_, actor) = t.admin(reqwest::Method::GET, "/admin/actors/alice").await;
+        assert_eq!(actor["status"], "needs_reconnect", "{actor}");
+        assert_eq!(actor["reconnect_reason"], "security_event");
+        t.shutdown().await;
+    }
+}
+on_both_backends!(account_events_end_the_grant);
+
+async fn a_token_revoked_names_the_current_token_in_every_form(backend: Backend) {
+    type Form = fn(&str) -> String;
+    let forms: [(&str, Form); 5] = [
+        ("prefix", |t| t.chars().take(16).collect()),
+        ("hash_base64_sha512_sha512", |t| {
+            general_purpose::STANDARD.encode(Sha512::digest(Sha512::digest(t.as_bytes())))
+        }),
+        ("hash_base64_sha512_sha512", |t| {
+            general_purpose::STANDARD_NO_PAD.encode(Sha512::digest(Sha512::digest(t.as_bytes())))
+        }),
+        ("hash_base64_sha512_sha512", |t| {
+            general_purpose::URL_SAFE.encode(Sha512::digest(Sha512::digest(t.as_bytes())))
+        }),
+        ("hash_base64_sha512_sha512", |t| {
+            general_purpose::URL_SAFE_NO_PAD.encode(Sha512::digest(Sha512::digest(t.as_bytes())))
+        }),
+    ];
+    for (alg, form) in forms {
+        let (t, _g) = app_with_alice(Options {
+            backend,
+            ..Options::default()
+        })
+        .await;
+        let refresh = t
+            .microservice
+            .stored("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token;
+        ends_the_grant(
+            &t,
+            &format!("{OAUTH}token-revoked"),
+            token(alg, &form(&refresh)),
+        )
+        .await;
+        t.shutdown().await;
+    }
+}
+on_both_backends!(a_token_revoked_names_the_current_token_in_every_form);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_events_and_old_tokens_change_nothing() {
+    let (t, _g) = app_with_alice(Options::default()).await;
+    let email = t.status("alice").await["google_email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sub = sub_of(&t, &email);
+    for event in [
+        "sessions-revoked",
+        "account-enabled",
+        "account-credential-change-required",
+    ] {
+        let (status, _) = post(&t, sign(&claims(&format!("{RISC}{event}"), account(&sub)))).await;
+        assert_eq!(status, 202);
+    }
+    let mut verification = serde_json::json!({"state": "hello"});
+    verification["subject"] = account(&sub)["subject"].clone();
+    assert_eq!(
+        post(
+            &t,
+            sign(&claims(&format!("{RISC}verification"), verification))
+        )
+        .await
+        .0,
+        202
+    );
+    // A token the user no longer holds, and an unknown account.
+    let old = "1//0-a-token-that-was-rotated-away";
+    assert_eq!(
+        post(
+            &t,
+            sign(&claims(
+                &format!("{OAUTH}token-revoked"),
+                token("prefix", &old[..16])
+            ))
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        post(
+            &t,
+            sign(&claims(
+                &format!("{OAUTH}tokens-revoked"),
+                account("nobody-here")
+            ))
+        )
+        .await
+        .0,
+        202
+    );
+    // Each is recorded; none ends the grant.
+    let recorded = eventually(Duration::from_secs(3), || async {
+        t.app()
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("tokenwarden_risc_events_total"))
+            .count()
+            >= 5
+    })
+    .await;
+    assert!(recorded, "{}", t.app().metrics.render());
+    let status = t.status("alice").await;
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["reconnect_reason"], serde_json::Value::Null);
+    assert!(t.microservice.stored("alice").await.unwrap().is_some());
+    let history = t.app().store.risc_events_of("alice", 10).await.unwrap();
+    assert_eq!(history.len(), 4, "four events named alice: {history:?}");
+    assert!(history.iter().all(|e| e.outcome == "recorded"));
+    t.shutdown().await;
+}
