@@ -184,6 +184,8 @@ async fn demo(args: tokenwarden_demo::DemoArgs) -> anyhow::Result<()> {
         admin_token: Some(service.admin_token.into()),
         token_encryption_key: Some(service.encryption_key.into()),
         microservice_signing_secret: Some(service.signing_secret.into()),
+        app_events_url: Some(service.app_events_url),
+        app_events_signing_secret: Some(service.app_events_signing_secret.into()),
         ..Default::default()
     }
     .into_config()?;

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::{
     Store, StoreError,
-    entity::user::{self, SyncState},
+    entity::user::{self, ReconnectReason, SyncState},
     views::SyncInfo,
 };
 
@@ -21,6 +21,10 @@ pub struct UserListing {
     pub google_email: Option<String>,
     pub connected: bool,
     pub needs_reconnect: bool,
+    /// Why the user must reconnect; `None` while connected (as status shows it).
+    pub reconnect_reason: Option<ReconnectReason>,
+    /// When a time-limited grant ends; `None` for ongoing access.
+    pub authorization_expires_at: Option<DateTime<Utc>>,
     pub token_expiry: Option<DateTime<Utc>>,
     pub refresh_count: i64,
     pub last_refresh_at: Option<DateTime<Utc>>,
@@ -35,6 +39,8 @@ impl From<user::Model> for UserListing {
             google_email: row.google_email,
             connected: row.google_calendar_connected,
             needs_reconnect: row.needs_reconnect,
+            reconnect_reason: row.reconnect_reason.filter(|_| row.needs_reconnect),
+            authorization_expires_at: row.authorization_expires_at,
             token_expiry: row.google_token_expiry,
             refresh_count: row.refresh_count,
             last_refresh_at: row.last_refresh_at,

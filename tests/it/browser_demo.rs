@@ -1,7 +1,7 @@
 //! The demo page in a real browser: the `tokenwarden demo` binary, Chromium typing a user and
 //! clicking through the consent. The OAuth state is bound to the browser by a cookie the demo
 //! passes through, so this proves the flow works where it matters: in a browser that applies
-//! its own cookie rules.
+//! its own cookie rules. The page lists the events the app received as they arrive.
 
 use fantoccini::Locator;
 
@@ -80,6 +80,14 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
         before.starts_with("ya29.") && before.contains('…'),
         "the page shows the token cut short, not {before:?}"
     );
+    // The app was told, and the page lists it.
+    browser
+        .wait_text(
+            Locator::Css("#events tr[data-type=\"connection.connected\"]"),
+            "the connected event on the page",
+            |t| t.contains("connection.connected"),
+        )
+        .await?;
     let count_before: u64 = browser.text_now(Locator::Css(&refreshes)).await?.parse()?;
     browser.screenshot("connected").await?;
 
@@ -121,6 +129,13 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
         .await?;
     browser
         .wait_text(Locator::Css(&row), "the actor gone", str::is_empty)
+        .await?;
+    browser
+        .wait_text(
+            Locator::Css("#events tr:first-child td[data-field=\"type\"]"),
+            "the disconnected event, newest first",
+            |t| t == "connection.disconnected",
+        )
         .await?;
     browser.screenshot("disconnected").await?;
     Ok(())

@@ -204,7 +204,10 @@ async fn serve_binary_connects_and_stops_on_sigterm() {
 }
 
 /// The demo's page proxies connect as a main app's backend would; a browser that keeps
-/// cookies must still finish the flow (the binding cookie is passed through).
+/// cookies must still finish the flow (the binding cookie is passed through). The app's
+/// events reach the demo's receiver and the page's state; a grant the page makes end soon
+/// goes connected, authorization_expiring, needs_reconnect (authorization_expired), and the
+/// microservice's copy goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_page_connects_a_browser_through_the_binding_cookie() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,8 +235,7 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
         .await
         .unwrap();
     let landed = crate::support::location(&callback);
-    // The demo signs its pushes and its microservice verifies them: the copy arrives.
-    let mirrored = eventually(Duration::from_secs(10), || async {
+    let state = || async {
         let state: serde_json::Value = browser
             .get(format!("{page}/demo/state?user_id=demo-user"))
             .send()
@@ -242,13 +244,72 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
             .json()
             .await
             .unwrap();
-        state["microservice"].is_object()
+        state
+    };
+    let types = |state: &serde_json::Value| -> Vec<String> {
+        state["app_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // The demo signs its pushes and its microservice verifies them: the copy arrives.
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        state().await["microservice"].is_object()
     })
     .await;
+    // The demo signs its events too, and its receiver verifies them.
+    let told = eventually(Duration::from_secs(10), || async {
+        types(&state().await) == ["connection.connected"]
+    })
+    .await;
+    let ended = browser
+        .post(format!("{page}/demo/grant-end"))
+        .json(&serde_json::json!({"user_id": "demo-user", "ends_in_secs": 3}))
+        .send()
+        .await
+        .unwrap();
+    let ended_status = ended.status();
+    let lifecycle = [
+        "connection.needs_reconnect",
+        "connection.authorization_expiring",
+        "connection.connected",
+    ];
+    let expired = eventually(Duration::from_secs(30), || async {
+        let state = state().await;
+        types(&state) == lifecycle && state["microservice"].is_null()
+    })
+    .await;
+    let last = state().await;
+    let receiver_url = demo
+        .output()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("app events receiver:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string);
+    let listed = match &receiver_url {
+        Some(url) => browser.get(url).send().await.unwrap().text().await.unwrap(),
+        None => String::new(),
+    };
+    let output = demo.output();
     drop(demo);
     assert_eq!(
         landed,
         format!("{page}/dashboard/integrations?google=connected")
     );
     assert!(mirrored, "the signed push reached the demo's microservice");
+    assert!(told, "the connect reached the page's events: {last}");
+    assert!(ended_status.is_success(), "grant-end: {ended_status}");
+    assert!(expired, "the grant's life on the page: {last}");
+    assert_eq!(last["app_events"][0]["reason"], "authorization_expired");
+    assert_eq!(last["status"]["reconnect_reason"], "authorization_expired");
+    assert!(
+        receiver_url.is_some(),
+        "the receiver's URL is printed:\n{output}"
+    );
+    assert!(
+        listed.contains("connection.authorization_expiring"),
+        "GET on the receiver lists the events: {listed}"
+    );
 }

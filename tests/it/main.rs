@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod connect;
 mod console;
+mod console_grant;
 mod console_security;
 mod disconnect;
 mod faults;

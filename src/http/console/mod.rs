@@ -4,13 +4,15 @@
 //!
 //! - here: the routes, the handlers, the operator extractor and the action log;
 //! - `session`: the signed session cookie, the CSRF tokens and the origin check;
-//! - `pages`: the frame, the sign-in form and the overview; `users`: the users pages.
+//! - `pages`: the frame, the sign-in form and the overview; `users`: the users pages;
+//!   `grant`: the grant's reason and end and the user's events to the app on those pages.
 //!
 //! Every form posts a CSRF token, and every post passes [`refuse_cross_site`] first. Every
 //! action is logged with `action`, `userId` when there is one, the `peer` address and any
 //! `forwardedFor` header. No page shows a token value: the pages read schedule and sync data
 //! only, never the token columns.
 
+mod grant;
 mod pages;
 mod session;
 mod sign_in;
@@ -388,8 +390,10 @@ async fn show_user(
         return Ok((StatusCode::NOT_FOUND, pages::page(&frame, content)).into_response());
     };
     let history = app.history.user(&user_id);
+    let now = Utc::now();
+    let events = grant::events_section(&app.store, &user_id, now).await?;
     let frame = operator.frame("User", &csrf, flash);
-    let content = users::one(&row, &history, &csrf, Utc::now());
+    let content = users::one(&row, &history, events, &csrf, now);
     Ok(pages::page(&frame, content).into_response())
 }
 

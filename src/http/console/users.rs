@@ -1,12 +1,17 @@
 //! The users pages: the searchable, filterable, paged list (users waiting for a reconnect
-//! first) and one user's page with their recent refreshes and pushes and the buttons
-//! "Refresh now" and "Resync". Rows come from the store (email, sync state) joined with the
-//! supervisor's view of each actor (status, schedule).
+//! first) and one user's page with their recent refreshes and pushes, their events to the app
+//! and the buttons "Refresh now" and "Resync". Rows come from the store (email, sync state,
+//! the grant's end and reconnect reason) joined with the supervisor's view of each actor
+//! (status, schedule). Both show why a user must reconnect and when a time-limited grant ends
+//! (`grant`).
 
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 
-use super::pages::{countdown, user_href, when};
+use super::{
+    grant,
+    pages::{countdown, user_href, when},
+};
 use crate::{
     actors::{ActorView, Supervisor},
     history::Event,
@@ -70,6 +75,26 @@ impl Row {
     fn refresh_count(&self) -> i64 {
         self.info()
             .map_or(self.listing.refresh_count, |i| i.refresh_count)
+    }
+
+    /// Why the user must reconnect: the actor's (it ends grants), else the row's.
+    fn reconnect_reason(&self) -> Option<crate::store::ReconnectReason> {
+        self.info()
+            .map_or(self.listing.reconnect_reason, |i| i.reconnect_reason)
+    }
+
+    /// When a time-limited grant ends: the actor's (a refresh may have moved it), else the
+    /// row's.
+    fn authorization_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.info()
+            .map_or(self.listing.authorization_expires_at, |i| {
+                i.authorization_expires_at
+            })
+    }
+
+    /// The status cell's content, with the reason when the user must reconnect.
+    fn status_cell(&self) -> Markup {
+        grant::status(self.status(), self.reconnect_reason())
     }
 
     fn restarts(&self) -> Option<u32> {
@@ -228,7 +253,7 @@ pub fn list(
         } @else {
             table {
                 tr {
-                    th { "User" } th { "Email" } th { "Status" } th { "Token expiry" }
+                    th { "User" } th { "Email" } th { "Status" } th { "Grant ends" } th { "Token expiry" }
                     th { "Next refresh" } th { "Last refresh" } th { "Refreshes" }
                     th { "Restarts" } th { "Sync" } th { "Last error" }
                 }
@@ -236,7 +261,8 @@ pub fn list(
                     tr {
                         td { a href=(user_href(&row.listing.user_id)) { (row.listing.user_id) } }
                         td { (row.listing.google_email.as_deref().unwrap_or("")) }
-                        td class={"status-" (row.status())} { (row.status()) }
+                        td { (row.status_cell()) }
+                        td { (grant::grant_end(row.authorization_expires_at(), now)) }
                         td { (when(row.token_expiry(), now, "none")) }
                         td { (countdown(row.next_refresh_at(), now)) }
                         td { (when(row.last_refresh_at(), now, "never")) }
@@ -254,15 +280,17 @@ pub fn list(
     }
 }
 
-/// One user's content: every field, the buttons, and the recent history.
-pub fn one(row: &Row, history: &[Event], csrf: &str, now: DateTime<Utc>) -> Markup {
+/// One user's content: every field, the buttons, the recent history and `events` (the
+/// user's events to the app, `grant::events_section`).
+pub fn one(row: &Row, history: &[Event], events: Markup, csrf: &str, now: DateTime<Utc>) -> Markup {
     let href = user_href(&row.listing.user_id);
     let sync = &row.listing.sync;
     html! {
         h1 { "User " (row.listing.user_id) }
         table {
             tr { th { "Email" } td { (row.listing.google_email.as_deref().unwrap_or("")) } }
-            tr { th { "Status" } td class={"status-" (row.status())} { (row.status()) } }
+            tr { th { "Status" } td { (row.status_cell()) } }
+            tr { th { "Grant ends" } td { (grant::grant_end(row.authorization_expires_at(), now)) } }
             tr { th { "Token expiry" } td { (when(row.token_expiry(), now, "none")) } }
             tr { th { "Next refresh" } td { (countdown(row.next_refresh_at(), now)) } }
             tr { th { "Last refresh" } td { (when(row.last_refresh_at(), now, "never")) } }
@@ -302,6 +330,7 @@ pub fn one(row: &Row, history: &[Event], csrf: &str, now: DateTime<Utc>) -> Mark
                 }
             }
         }
+        (events)
     }
 }
 

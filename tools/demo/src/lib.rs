@@ -1,33 +1,31 @@
-//! `tokenwarden demo`: the service, the sandbox Google provider, the reference microservice
-//! and a one-page frontend, all in one process on loopback, with tokens that live two minutes
-//! so a refresh shows up every minute. The page stands in for the main app: it mints the
-//! user's JWT (the demo knows the secret) and proxies the calls, so the browser needs no CORS.
+//! `tokenwarden demo`: the service, the sandbox Google provider, the reference microservice,
+//! the reference receiver of events to the app and a one-page frontend, all in one process on
+//! loopback, with tokens that live two minutes so a refresh shows up every minute. The page
+//! stands in for the main app: it mints the user's JWT (the demo knows the secret), proxies
+//! the calls, so the browser needs no CORS, and shows the events the app received; it can make
+//! the current grant end in two minutes, to show a time-limited grant's whole life.
 //!
 //! This crate is tooling and knows nothing of the service's types: [`prepare`] starts the
 //! stand-ins and says how the service must be configured ([`DemoService`]); the `tokenwarden`
-//! binary starts the service from that, then calls [`PreparedDemo::open`].
+//! binary starts the service from that, then calls [`PreparedDemo::open`]. The page's routes
+//! are in `routes`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+mod routes;
+
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use axum::{
-    Json, Router,
-    extract::{Query, State},
-    response::{Html, IntoResponse, Response},
-    routing::{get, post},
-};
 use base64::Engine;
-use jsonwebtoken::{EncodingKey, Header};
 use rand::RngCore;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use tokenwarden_sandbox::{
-    self as sandbox, ReferenceMicroservice, SandboxGoogle, SandboxGoogleConfig,
+    self as sandbox, AppEventsReceiver, AppEventsReceiverConfig, ReferenceMicroservice,
+    SandboxGoogle, SandboxGoogleConfig,
 };
 
-const PAGE: &str = include_str!("page.html");
+use routes::{Demo, page_router};
+
 const CLIENT_ID: &str = "tokenwarden-demo";
 
 /// Flags of `tokenwarden demo`.
@@ -78,6 +76,11 @@ pub struct DemoService {
     pub encryption_key: String,
     /// `whsec_...`: the demo signs its pushes, and its microservice verifies them.
     pub signing_secret: String,
+    /// `APP_EVENTS_URL`: the demo's reference receiver of events to the app.
+    pub app_events_url: String,
+    /// `APP_EVENTS_SIGNING_SECRET` (`whsec_...`, not the pushes' one): the receiver verifies
+    /// every event as an app should.
+    pub app_events_signing_secret: String,
 }
 
 /// The stand-ins running, and the page ready to open once the service runs.
@@ -85,21 +88,12 @@ pub struct PreparedDemo {
     demo: Demo,
     page_listener: TcpListener,
     page_url: String,
-    google: SandboxGoogle,
     token_lifetime_secs: u64,
     refresh_lead_secs: u64,
 }
 
-#[derive(Clone)]
-struct Demo {
-    service_url: String,
-    jwt_secret: String,
-    admin_token: String,
-    microservice: ReferenceMicroservice,
-    http: reqwest::Client,
-}
-
-/// Starts the sandbox Google provider and the reference microservice, binds the service's and
+/// Starts the sandbox Google provider, the reference microservice and the reference receiver
+/// of events to the app, binds the service's and
 /// the page's listeners, and returns how to configure the service. The demo's SQLite file is
 /// removed first: a fresh key each run could not read an older demo's rows.
 pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoService)> {
@@ -114,14 +108,22 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         sandbox::bind_loopback().await?,
     )
     .await?;
-    let signing_secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(random_secret())
-    );
+    let signing_secret = whsec();
     let microservice = ReferenceMicroservice::start(
         sandbox::MicroserviceConfig {
             sandbox_controls: true,
             signing_secret: Some(signing_secret.clone()),
+            ..Default::default()
+        },
+        sandbox::bind_loopback().await?,
+    )
+    .await?;
+    let app_events_signing_secret = whsec();
+    // Loopback on a free port: the page shows what it receives, nobody else needs to reach it.
+    let receiver = AppEventsReceiver::start(
+        AppEventsReceiverConfig {
+            signing_secret: Some(app_events_signing_secret.clone()),
+            sandbox_controls: true,
             ..Default::default()
         },
         sandbox::bind_loopback().await?,
@@ -153,12 +155,16 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         admin_token: admin_token.clone(),
         encryption_key: base64::engine::general_purpose::STANDARD.encode(key),
         signing_secret,
+        app_events_url: receiver.events_url(),
+        app_events_signing_secret,
     };
     let demo = Demo {
         service_url,
         jwt_secret,
         admin_token,
         microservice,
+        google,
+        receiver,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
@@ -167,7 +173,6 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         demo,
         page_listener,
         page_url,
-        google,
         token_lifetime_secs: args.token_lifetime_secs,
         refresh_lead_secs: args.refresh_lead_secs,
     };
@@ -181,7 +186,6 @@ impl PreparedDemo {
             demo,
             page_listener,
             page_url,
-            google,
             token_lifetime_secs,
             refresh_lead_secs,
         } = self;
@@ -192,40 +196,32 @@ impl PreparedDemo {
             "  service:                 {}  (admin token: {})",
             demo.service_url, demo.admin_token
         );
-        println!("  sandbox Google:          {}", google.base_url());
+        println!("  sandbox Google:          {}", demo.google.base_url());
         println!(
             "  reference microservice:  {}",
             demo.microservice.base_url()
+        );
+        println!(
+            "  app events receiver:     {}  (GET lists the events to the app)",
+            demo.receiver.events_url()
         );
         println!(
             "  tokens live {token_lifetime_secs}s and are refreshed {refresh_lead_secs}s before expiry; Ctrl-C stops"
         );
         println!();
         tokio::spawn(async move {
-            // The provider lives as long as the page: both stop with the process.
-            let _google = google;
+            // The stand-ins live as long as the page (it holds them): all stop with the process.
             let _ = axum::serve(page_listener, page_router(demo)).await;
         });
     }
 }
 
-/// A token as the page may show it: its first 6 characters and a fingerprint (the first 8 hex
-/// digits of its SHA-256), enough to see it change, never any more of the value itself (a
-/// prefix alone is the same for every token: Google's access tokens all start `ya29.`).
-fn redacted(token: &str) -> String {
-    use sha2::Digest;
-    let prefix: String = token.chars().take(6).collect();
-    let digest = sha2::Sha256::digest(token.as_bytes());
-    let fingerprint: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}… #{fingerprint}")
-}
-
-/// The contract's user ids: 1 to 50 of `A-Z a-z 0-9 - _ . @`.
-fn valid_user_id(user_id: &str) -> bool {
-    (1..=50).contains(&user_id.len())
-        && user_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+/// A Standard Webhooks secret, fresh each run.
+fn whsec() -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(random_secret())
+    )
 }
 
 fn random_secret() -> String {
@@ -250,167 +246,4 @@ fn remove_sqlite_file(url: &str) {
             let _ = std::fs::remove_file(format!("{path}{suffix}"));
         }
     }
-}
-
-fn page_router(demo: Demo) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/dashboard/integrations", get(page))
-        .route("/demo/connect", post(connect))
-        .route("/demo/disconnect", post(disconnect))
-        .route("/demo/refresh", post(refresh))
-        .route("/demo/state", get(state))
-        .with_state(Arc::new(demo))
-}
-
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
-}
-
-#[derive(Deserialize)]
-struct UserParam {
-    user_id: String,
-}
-
-impl Demo {
-    fn jwt(&self, user_id: &str) -> anyhow::Result<String> {
-        let exp = chrono::Utc::now().timestamp() + 3600;
-        Ok(jsonwebtoken::encode(
-            &Header::default(),
-            &json!({"sub": user_id, "exp": exp}),
-            &EncodingKey::from_secret(self.jwt_secret.as_bytes()),
-        )?)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        bearer: &str,
-    ) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.service_url))
-            .bearer_auth(bearer)
-            .send()
-            .await?;
-        Ok(response.json().await.unwrap_or(Value::Null))
-    }
-}
-
-fn answer(result: anyhow::Result<Value>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(e) => (
-            axum::http::StatusCode::BAD_GATEWAY,
-            Json(json!({"error": "demo", "message": e.to_string()})),
-        )
-            .into_response(),
-    }
-}
-
-fn checked(user_id: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        valid_user_id(user_id),
-        "user id: 1 to 50 of A-Z a-z 0-9 - _ . @"
-    );
-    Ok(())
-}
-
-/// Proxies connect as a main app's backend would: the service's browser-binding cookie is
-/// passed on to the browser, which presents it at the callback (page and service share the
-/// loopback host, and cookies ignore ports).
-async fn connect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
-    let result = async {
-        checked(&p.user_id)?;
-        let jwt = demo.jwt(&p.user_id)?;
-        let response = demo
-            .http
-            .post(format!(
-                "{}/api/integrations/google/connect",
-                demo.service_url
-            ))
-            .bearer_auth(jwt)
-            .send()
-            .await?;
-        let cookies: Vec<_> = response
-            .headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .cloned()
-            .collect();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        anyhow::Ok((cookies, body))
-    }
-    .await;
-    match result {
-        Ok((cookies, body)) => {
-            let mut response = Json(body).into_response();
-            for cookie in cookies {
-                response
-                    .headers_mut()
-                    .append(axum::http::header::SET_COOKIE, cookie);
-            }
-            response
-        }
-        Err(e) => answer(Err(e)),
-    }
-}
-
-async fn disconnect(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
-    answer(
-        async {
-            checked(&p.user_id)?;
-            let jwt = demo.jwt(&p.user_id)?;
-            demo.call(reqwest::Method::DELETE, "/api/integrations/google", &jwt)
-                .await
-        }
-        .await,
-    )
-}
-
-async fn refresh(State(demo): State<Arc<Demo>>, Json(p): Json<UserParam>) -> Response {
-    answer(
-        async {
-            checked(&p.user_id)?;
-            let path = format!("/admin/actors/{}/refresh", p.user_id);
-            demo.call(reqwest::Method::POST, &path, &demo.admin_token)
-                .await
-        }
-        .await,
-    )
-}
-
-/// Everything the page shows, with the microservice's tokens cut short.
-async fn state(State(demo): State<Arc<Demo>>, Query(p): Query<UserParam>) -> Response {
-    answer(
-        async {
-            checked(&p.user_id)?;
-            let jwt = demo.jwt(&p.user_id)?;
-            let status = demo
-                .call(
-                    reqwest::Method::GET,
-                    "/api/integrations/google/status",
-                    &jwt,
-                )
-                .await?;
-            let actors = demo
-                .call(
-                    reqwest::Method::GET,
-                    "/admin/actors?limit=20",
-                    &demo.admin_token,
-                )
-                .await?;
-            let copy = demo.microservice.stored(&p.user_id).await?.map(|t| {
-                json!({
-                    "access_token": redacted(&t.access_token),
-                    "refresh_token": redacted(&t.refresh_token),
-                    "token_expiry": t.token_expiry,
-                    "scope": t.scope,
-                })
-            });
-            Ok(json!({"status": status, "actors": actors, "microservice": copy}))
-        }
-        .await,
-    )
 }
