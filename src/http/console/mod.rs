@@ -14,6 +14,7 @@
 
 mod grant;
 mod pages;
+mod security;
 mod session;
 mod sign_in;
 mod users;
@@ -392,6 +393,8 @@ async fn show_user(
     let history = app.history.user(&user_id);
     let now = Utc::now();
     let events = grant::events_section(&app.store, &user_id, now).await?;
+    let security = security::section(&app.store, &user_id, now).await?;
+    let events = maud::html! { (events) (security) };
     let frame = operator.frame("User", &csrf, flash);
     let content = users::one(&row, &history, events, &csrf, now);
     Ok(pages::page(&frame, content).into_response())
