@@ -30,6 +30,7 @@ mod rate_limit;
 mod reference_microservice;
 mod refresh;
 mod restart;
+mod risc_cli;
 mod rotation;
 mod signed_pushes;
 mod slow_clients;
