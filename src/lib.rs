@@ -19,6 +19,7 @@
 //! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
 //! - [`telemetry`]: logging (pretty or JSON) and the OTLP export of traces.
+//! - [`risc_cli`]: `tokenwarden risc`, registering the receiver of Google's security events.
 //!
 //! # Tools (crates of their own under `tools/`; nothing here imports them)
 //! - `tokenwarden-sandbox`: real HTTP stand-ins for Google and the microservice.
@@ -38,6 +39,7 @@ pub mod http;
 pub mod metrics;
 pub mod retry;
 pub mod risc;
+pub mod risc_cli;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

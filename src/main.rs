@@ -46,6 +46,9 @@ enum Command {
     Migrate(cli::MigrateArgs),
     /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
     RotateKey(cli::RotateKeyArgs),
+    /// Register the receiver of Google's security events with the RISC API, show the
+    /// registration, or ask for a verification event (GOOGLE_RISC_SERVICE_ACCOUNT_KEY).
+    Risc(tokenwarden::risc_cli::RiscArgs),
     /// Run only the sandbox Google OAuth provider.
     #[cfg(feature = "tools")]
     SandboxGoogle {
@@ -105,6 +108,7 @@ async fn main() -> ExitCode {
         Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
         Command::RotateKey(args) => cli::rotate_key(args).await,
+        Command::Risc(args) => tokenwarden::risc_cli::run(args).await,
         #[cfg(feature = "tools")]
         Command::SandboxGoogle { args, telemetry } => {
             with_telemetry(telemetry, tokenwarden_sandbox::google::run(args)).await

@@ -32,6 +32,7 @@ mod reference_microservice;
 mod refresh;
 mod restart;
 mod risc;
+mod risc_cli;
 mod rotation;
 mod signed_pushes;
 mod slow_clients;

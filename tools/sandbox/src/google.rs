@@ -9,7 +9,9 @@
 //! This file holds the configuration, the counters and the handle tests and tools drive it by.
 //! Beside it: `state` (the grants and tokens, and their bookkeeping), `routes` (the HTTP
 //! endpoints), `controls` (the fault controls and `POST /sandbox/control`), `wire` (Google's
-//! answer shapes and request parsing) and `cli` (the `sandbox-google` subcommand).
+//! answer shapes and request parsing) and `cli` (the `sandbox-google` subcommand). The RISC
+//! transmitter (CONTRACT 10) is `risc` (configuration, JWKS, stream API), `risc_set` (SETs and
+//! their delivery), `risc_controls` (its controls) and `risc_keys` (RSA keys, key files).
 
 use std::{
     net::SocketAddr,
@@ -29,6 +31,10 @@ use super::RunningServer;
 mod cli;
 mod controls;
 mod grant_end;
+mod risc;
+mod risc_controls;
+mod risc_keys;
+mod risc_set;
 mod routes;
 mod state;
 mod wire;
@@ -37,6 +43,13 @@ pub use cli::{SandboxGoogleArgs, run};
 use controls::{Controls, control};
 pub use controls::{RefreshMode, SandboxControls};
 pub use grant_end::{GrantSelector, GrantView};
+use risc::RiscState;
+pub use risc::{RISC_API_AUDIENCE, RiscStream, RiscStreamDelivery, RiscView};
+pub use risc_keys::{ServiceAccountKeyFile, SigningKey};
+pub use risc_set::{
+    PUSH_DELIVERY, RiscEvent, SET_CONTENT_TYPE, SUPPORTED_EVENTS, SentSet, SetOptions, SetSigning,
+    TokenIdentifierAlg, token_hash,
+};
 use routes::router;
 use state::{PendingCode, ProviderState};
 
@@ -67,6 +80,10 @@ pub struct SandboxGoogleConfig {
     /// How long each grant made by a code exchange lasts (`refresh_token_expires_in` in the
     /// answers, `invalid_grant` from its end on); zero is ongoing access.
     pub grant_lifetime: Duration,
+    /// Whether the RISC transmitter's routes are served (CONTRACT 10).
+    pub risc: bool,
+    /// The `issuer` of the RISC configuration and of every SET; the base URL when unset.
+    pub risc_issuer: Option<String>,
 }
 
 impl Default for SandboxGoogleConfig {
@@ -81,6 +98,8 @@ impl Default for SandboxGoogleConfig {
             error_rate: 0.0,
             record_issued: true,
             grant_lifetime: Duration::ZERO,
+            risc: true,
+            risc_issuer: None,
         }
     }
 }
@@ -141,6 +160,8 @@ struct Inner {
     client_secret: Option<String>,
     /// Everything mutable. A plain mutex: no await happens while it is held.
     state: Mutex<ProviderState>,
+    /// The RISC transmitter's memory, apart so signing and delivering never wait on grants.
+    risc: Mutex<RiscState>,
     /// Announces control changes and shutdown, so hanging requests re-check their condition.
     changes: watch::Sender<()>,
     /// Set once shutdown begins; releases hanging requests for good.
@@ -160,6 +181,10 @@ impl Inner {
         self.changes.send_replace(());
     }
 
+    fn risc(&self) -> MutexGuard<'_, RiscState> {
+        lock(&self.risc)
+    }
+
     fn controls(&self) -> Controls {
         self.state().controls.clone()
     }
@@ -174,11 +199,12 @@ impl SandboxGoogle {
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             state: Mutex::new(ProviderState::new(&config)),
+            risc: Mutex::new(RiscState::new(&config)),
             changes: watch::Sender::new(()),
             stopping: AtomicBool::new(false),
             server: Mutex::new(None),
         });
-        let server = RunningServer::spawn(listener, router(inner.clone()));
+        let server = RunningServer::spawn(listener, router(inner.clone(), config.risc));
         *lock(&inner.server) = Some(server);
         tracing::debug!(%addr, "sandbox Google provider listening");
         Ok(Self { inner })

@@ -22,8 +22,9 @@ pub use app_events::{
 };
 
 pub use google::{
-    GrantSelector, GrantView, RefreshMode, SandboxControls, SandboxGoogle, SandboxGoogleArgs,
-    SandboxGoogleConfig, SandboxStats, SeededGrant,
+    GrantSelector, GrantView, RefreshMode, RiscEvent, RiscStream, RiscView, SandboxControls,
+    SandboxGoogle, SandboxGoogleArgs, SandboxGoogleConfig, SandboxStats, SeededGrant, SentSet,
+    ServiceAccountKeyFile, SetOptions, SetSigning, TokenIdentifierAlg,
 };
 pub use microservice::{
     FaultMode, MicroserviceArgs, MicroserviceConfig, ReceivedRequest, ReferenceMicroservice,

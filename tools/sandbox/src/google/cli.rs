@@ -1,11 +1,13 @@
 //! The `tokenwarden sandbox-google` subcommand: its flags (each also read from an environment
 //! variable) and running the provider alone until Ctrl-C.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
 
 use tokio::net::TcpListener;
 
-use super::{SandboxGoogle, SandboxGoogleConfig};
+use super::{SandboxGoogle, SandboxGoogleConfig, ServiceAccountKeyFile};
 
 /// Command-line flags of `tokenwarden sandbox-google`.
 #[derive(clap::Args, Clone)]
@@ -38,6 +40,15 @@ pub struct SandboxGoogleArgs {
     /// ongoing access)
     #[arg(long, env = "SANDBOX_GRANT_LIFETIME_SECS", default_value_t = 0)]
     pub grant_lifetime_secs: u64,
+    /// Serve the RISC transmitter: its configuration, JWKS, stream API and controls
+    #[arg(long, env = "SANDBOX_RISC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub risc: bool,
+    /// The `issuer` of the RISC configuration and of every SET (default: the base URL)
+    #[arg(long, env = "SANDBOX_RISC_ISSUER")]
+    pub risc_issuer: Option<String>,
+    /// A service-account JSON key file the RISC API accepts; created there if missing
+    #[arg(long, env = "SANDBOX_RISC_SERVICE_ACCOUNT_KEY")]
+    pub risc_service_account_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for SandboxGoogleArgs {
@@ -55,6 +66,9 @@ impl fmt::Debug for SandboxGoogleArgs {
             .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
             .field("rotation_grace_secs", &self.rotation_grace_secs)
             .field("grant_lifetime_secs", &self.grant_lifetime_secs)
+            .field("risc", &self.risc)
+            .field("risc_issuer", &self.risc_issuer)
+            .field("risc_service_account_key", &self.risc_service_account_key)
             .finish()
     }
 }
@@ -76,9 +90,14 @@ pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
         // Nothing out of process can read the list, so it would only grow.
         record_issued: false,
         grant_lifetime: Duration::from_secs(args.grant_lifetime_secs),
+        risc: args.risc,
+        risc_issuer: args.risc_issuer,
     };
     let listener = TcpListener::bind(args.listen).await?;
     let google = SandboxGoogle::start(config, listener).await?;
+    if args.risc {
+        start_risc(&google, args.risc_service_account_key).await?;
+    }
     tracing::info!(
         auth_url = %google.auth_url(),
         token_url = %google.token_url(),
@@ -91,5 +110,38 @@ pub async fn run(args: SandboxGoogleArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     tracing::info!("sandbox Google provider stopping");
     google.shutdown().await;
+    Ok(())
+}
+
+/// Generates the signing key now rather than at the first fetch, and registers (or creates)
+/// the service account's key file.
+async fn start_risc(google: &SandboxGoogle, key_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let kid = google.risc_key_id().await?;
+    tracing::info!(
+        configuration_url = %google.risc_configuration_url(),
+        issuer = %google.risc_issuer(),
+        %kid,
+        "sandbox RISC transmitter ready"
+    );
+    let Some(path) = key_file else {
+        return Ok(());
+    };
+    let shown = path.display();
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {shown}"))?;
+        let file: ServiceAccountKeyFile = serde_json::from_str(&text)
+            .with_context(|| format!("{shown} is not a service-account JSON key file"))?;
+        google
+            .register_risc_service_account(&file)
+            .with_context(|| format!("{shown}"))?;
+        tracing::info!(client_email = %file.client_email, "RISC service account accepted");
+    } else {
+        let file = google
+            .create_risc_service_account("risc-receiver@sandbox-project.iam.gserviceaccount.com")
+            .await?;
+        std::fs::write(&path, file.to_json()).with_context(|| format!("cannot write {shown}"))?;
+        tracing::info!(client_email = %file.client_email, path = %shown, "RISC service account created");
+    }
     Ok(())
 }

@@ -154,17 +154,24 @@ impl Inner {
     }
 }
 
-/// Every route of the provider.
-pub(super) fn router(inner: Arc<Inner>) -> Router {
-    Router::new()
+/// Every route of the provider; the RISC transmitter's only when `risc` is on.
+pub(super) fn router(inner: Arc<Inner>, risc: bool) -> Router {
+    let router = Router::new()
         .route("/o/oauth2/v2/auth", get(authorize))
         .route("/token", post(token))
         .route("/revoke", post(revoke))
         .route("/v1/userinfo", get(userinfo))
         .route("/sandbox/control", post(control))
         .route("/sandbox/stats", get(stats))
-        .route("/sandbox/grant", post(super::grant_end::grant_control))
-        .with_state(inner)
+        .route("/sandbox/grant", post(super::grant_end::grant_control));
+    let router = if risc {
+        router
+            .merge(super::risc::routes())
+            .merge(super::risc_controls::routes())
+    } else {
+        router
+    };
+    router.with_state(inner)
 }
 
 async fn authorize(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -> Response {

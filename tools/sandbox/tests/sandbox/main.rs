@@ -2,11 +2,14 @@
 //! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
 //! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode,
 //! `group_commit` many concurrent versioned pushes applied together, `grants` the Google
-//! provider's time-limited grants and refusal modes (CONTRACT 9).
+//! provider's time-limited grants and refusal modes (CONTRACT 9), `risc` and `risc_events`
+//! the Google provider as a RISC transmitter (CONTRACT 10).
 
 mod grants;
 mod group_commit;
 mod pushes;
+mod risc;
+mod risc_events;
 
 use std::time::{Duration, Instant};
 
