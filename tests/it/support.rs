@@ -188,7 +188,7 @@ pub struct Options {
     pub app_events_signing_secret: Option<String>,
     /// `AUTHORIZATION_EXPIRY_WARNING_SECS`.
     pub authorization_expiry_warning_secs: u64,
-    /// `GOOGLE_RISC_CONFIGURATION_URL` (Google's, unreachable here, when `None`).
+    /// `GOOGLE_RISC_CONFIGURATION_URL` (the sandbox Google's when `None`).
     pub risc_configuration_url: Option<String>,
 }
 
@@ -335,7 +335,7 @@ impl TestApp {
                 .risc_configuration_url
                 .as_deref()
                 .map(|u| url::Url::parse(u).expect("a URL"))
-                .unwrap_or_else(|| ServeArgs::default().google_risc_configuration_url),
+                .unwrap_or_else(|| url(self.google.risc_configuration_url())),
             ..Default::default()
         }
         .into_config()

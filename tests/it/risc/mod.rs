@@ -8,6 +8,7 @@
 
 mod actions;
 mod refusals;
+mod sandbox;
 
 use std::{
     net::SocketAddr,
