@@ -182,3 +182,74 @@ async fn other_events_and_old_tokens_change_nothing() {
     assert!(history.iter().all(|e| e.outcome == "recorded"));
     t.shutdown().await;
 }
+
+/// A refresh that rotates the token moves the identifiers: a `token-revoked` for the old token
+/// changes nothing, one for the new token ends the grant.
+async fn a_rotated_away_token_changes_nothing(backend: Backend) {
+    let (t, _g) = app_with_alice(Options {
+        backend,
+        token_lifetime: Duration::from_secs(2),
+        refresh_lead_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    t.google.set_rotation(true, Duration::from_millis(500));
+    let old = t
+        .microservice
+        .stored("alice")
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_token;
+    let rotated = eventually(Duration::from_secs(8), || async {
+        t.microservice
+            .stored("alice")
+            .await
+            .unwrap()
+            .is_some_and(|s| s.refresh_token != old)
+    })
+    .await;
+    assert!(rotated, "a refresh rotated the token");
+    // No more rotations: the token read next stays the user's current one.
+    t.google.set_rotation(false, Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let uri = format!("{OAUTH}token-revoked");
+    for alg in ["prefix", "hash_base64_sha512_sha512"] {
+        let id = if alg == "prefix" {
+            old.chars().take(16).collect()
+        } else {
+            general_purpose::STANDARD.encode(Sha512::digest(Sha512::digest(old.as_bytes())))
+        };
+        // The sandbox's tokens share their first characters; a prefix names the old token
+        // only if the new one starts otherwise.
+        let new = t
+            .microservice
+            .stored("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token;
+        if alg == "prefix" && new.starts_with(&id) {
+            continue;
+        }
+        assert_eq!(post(&t, sign(&claims(&uri, token(alg, &id)))).await.0, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        t.status("alice").await["connected"],
+        true,
+        "the old token names nobody"
+    );
+    let new = t
+        .microservice
+        .stored("alice")
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_token;
+    let hash =
+        general_purpose::URL_SAFE_NO_PAD.encode(Sha512::digest(Sha512::digest(new.as_bytes())));
+    ends_the_grant(&t, &uri, token("hash_base64_sha512_sha512", &hash)).await;
+    t.shutdown().await;
+}
+on_both_backends!(a_rotated_away_token_changes_nothing);
