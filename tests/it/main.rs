@@ -15,6 +15,7 @@ mod connect;
 mod console;
 mod console_security;
 mod disconnect;
+mod event_durability;
 mod faults;
 mod fuzz;
 mod google_grants;
