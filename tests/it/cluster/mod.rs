@@ -23,6 +23,7 @@ mod figures;
 mod users;
 mod views;
 
+mod app_events;
 mod failover;
 mod forged_notice;
 mod graceful_stop;
@@ -77,6 +78,8 @@ pub struct Settings {
     /// token (a duplicate refresh for one due time) shows in `superseded_refresh_uses` and
     /// costs the user its grant.
     pub rotation: bool,
+    /// `APP_EVENTS_URL` of every node (events to the app are off when `None`).
+    pub app_events_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -86,6 +89,7 @@ impl Default for Settings {
             token_lifetime: Duration::from_secs(3600),
             refresh_lead_secs: 300,
             rotation: false,
+            app_events_url: None,
         }
     }
 }
@@ -220,7 +224,7 @@ impl Cluster {
             self.microservice
                 .base_url()
                 .replacen("://", &format!("://{}:x@", node.id), 1);
-        vec![
+        let mut env = vec![
             ("LISTEN_ADDR", format!("127.0.0.1:{}", node.port)),
             ("NODE_ID", node.id.clone()),
             ("NODE_ADVERTISE_URL", node.url.clone()),
@@ -234,7 +238,11 @@ impl Cluster {
                 "REFRESH_LEAD_SECS",
                 self.settings.refresh_lead_secs.to_string(),
             ),
-        ]
+        ];
+        if let Some(url) = &self.settings.app_events_url {
+            env.push(("APP_EVENTS_URL", url.clone()));
+        }
+        env
     }
 
     /// Starts node `i` again (same id, same port) and waits for `/readyz` 200.

@@ -15,7 +15,9 @@
 //! - `measure`: the sampled run phase; every node read and the figures summed.
 //! - `sample`: `/metrics` and `/proc` readings, histogram quantiles.
 //! - `report`: the figures, the printed table, the JSON report and the chart.
+//! - `app_events`: the app's side of `APP_EVENTS_URL`, the events backlog, the WAL position.
 
+mod app_events;
 mod connect;
 mod measure;
 mod nodes;
@@ -33,6 +35,7 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
+pub use app_events::AppEventsFigures;
 pub use report::{NodeFigures, Report, Sample};
 pub use sample::{cpu_secs, parse_metrics, quantile, rss_kib};
 
@@ -126,6 +129,18 @@ pub struct LoadtestArgs {
     /// `CLUSTER_LEASE_TTL_SECS` of every node; default the service's own.
     #[arg(long)]
     pub lease_ttl_secs: Option<u64>,
+    /// Sets `APP_EVENTS_URL` to a receiver in this process, up from the start (events to the
+    /// app on: the outbox's cost on the refresh path).
+    #[arg(long)]
+    pub app_events: bool,
+    /// Events stored for each seeded user before the service starts (implies
+    /// `--app-events`); the receiver stays down through the sampled run, then comes up and
+    /// the delivery is timed, every event checked once and in order per user.
+    #[arg(long, default_value_t = 0)]
+    pub app_events_backlog: u64,
+    /// Longest wait for the backlog's delivery once the receiver is up, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub app_events_drain_timeout_secs: u64,
 }
 
 /// Runs the load test and returns its report (also printed and written).
@@ -169,11 +184,27 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
     .await?;
     let mut key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut key);
-    let store = Store::connect(&database_url, TokenCipher::new(&key)).await?;
+    let backlog = args.app_events_backlog > 0;
+    let store = Store::connect(&database_url, TokenCipher::new(&key))
+        .await?
+        .with_app_events(backlog);
     let progress = Progress::new(args.quiet);
     let seeding = Instant::now();
     let first_refresh = seed(&args, &google, &microservice, &store, &progress).await?;
     let seed_secs = seeding.elapsed().as_secs_f64();
+    let receiver = match args.app_events || backlog {
+        true => Some(app_events::Receiver::reserve().await?),
+        false => None,
+    };
+    let mut events = AppEventsFigures::default();
+    if backlog {
+        progress.stage("storing events to the app", 0);
+        events.store_secs = app_events::seed(&store, args.users, args.app_events_backlog).await?;
+        (events.users_with_events, events.events_stored) =
+            (args.users, args.users * args.app_events_backlog);
+    } else if let Some(receiver) = &receiver {
+        receiver.up().await?;
+    }
 
     let nodes = nodes::Nodes::spawn(
         &args,
@@ -182,6 +213,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         &google,
         &microservice,
         workdir.path(),
+        receiver.as_ref().map(app_events::Receiver::url),
     )?;
     let started = Instant::now();
     nodes.wait_ready(&progress).await?;
@@ -217,8 +249,27 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         nodes.jwt_secret.clone(),
         callbacks.clone(),
     ));
+    let wal_at_start = match postgres {
+        true => Some(app_events::wal_position(&store).await?),
+        false => None,
+    };
     measure::run_phase(&args, &nodes, &progress, &mut report, &callbacks).await?;
+    if let Some(start) = wal_at_start {
+        let bytes = app_events::wal_position(&store)
+            .await?
+            .saturating_sub(start);
+        report.wal_bytes = Some(bytes);
+        report.wal_bytes_per_refresh =
+            (report.refreshes >= 1.0).then(|| bytes as f64 / report.refreshes);
+    }
     connects.abort();
+    if let (true, Some(receiver)) = (backlog, &receiver) {
+        progress.stage("the app is back: delivering the events", 0);
+        events.down_secs = started.elapsed().as_secs_f64();
+        let timeout = Duration::from_secs(args.app_events_drain_timeout_secs);
+        app_events::drain(receiver, &nodes, &store, &mut events, &report, timeout).await?;
+        report.app_events = Some(events);
+    }
     microservice.set_latency(Duration::ZERO);
     microservice.set_mode(FaultMode::Healthy);
     measure::drain(&nodes).await;

@@ -125,6 +125,7 @@ impl Nodes {
         google: &SandboxGoogle,
         microservice: &ReferenceMicroservice,
         workdir: &Path,
+        app_events_url: Option<String>,
     ) -> anyhow::Result<Self> {
         // Every port is held until all are chosen, so no two nodes get the same one.
         let listeners = (0..args.nodes)
@@ -188,6 +189,9 @@ impl Nodes {
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::from(out.try_clone()?))
                 .stderr(Stdio::from(out));
+            if let Some(url) = &app_events_url {
+                command.env("APP_EVENTS_URL", url);
+            }
             if let Some(ttl) = args.lease_ttl_secs {
                 command.env("CLUSTER_LEASE_TTL_SECS", ttl.to_string());
             }

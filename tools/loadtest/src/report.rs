@@ -94,6 +94,14 @@ pub struct Report {
     pub stale_still_pending: u64,
     /// Users never refreshed during the run.
     pub never_refreshed: u64,
+    /// PostgreSQL only: WAL written over the sampled run (the whole server's), and per refresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_bytes_per_refresh: Option<f64>,
+    /// `--app-events-backlog` runs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_events: Option<crate::AppEventsFigures>,
     /// Per node, in node order; left out of the JSON for a single node (the totals say it all).
     #[serde(skip_serializing_if = "single")]
     pub per_node: Vec<NodeFigures>,
@@ -106,6 +114,48 @@ fn single(per_node: &[NodeFigures]) -> bool {
 
 fn opt(v: Option<f64>, scale: f64, unit: &str) -> String {
     v.map_or("-".into(), |v| format!("{:.1} {unit}", v * scale))
+}
+
+/// The rows of a backlog run (`--app-events-backlog`).
+fn app_event_rows(e: &crate::AppEventsFigures) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "events to the app stored / users (the app down)",
+            format!(
+                "{} / {} (stored in {:.1} s)",
+                e.events_stored, e.users_with_events, e.store_secs
+            ),
+        ),
+        (
+            "app down: for / failed attempts / service CPU",
+            format!(
+                "{:.0} s / {:.0} / {:.1} s",
+                e.down_secs, e.failed_attempts_while_down, e.cpu_secs_down
+            ),
+        ),
+        (
+            "service RSS while the app was down, peak / at its end",
+            format!(
+                "{} MiB / {} MiB",
+                e.rss_peak_down_kib / 1024,
+                e.rss_end_of_down_kib / 1024
+            ),
+        ),
+        (
+            "delivery once back: all in / average / peak 10 s",
+            format!(
+                "{:.1} s / {:.0} /s / {:.0} /s",
+                e.drain_secs, e.delivery_per_sec_avg, e.delivery_per_sec_peak_10s
+            ),
+        ),
+        (
+            "events delivered / lost / out of order / dup. / pending",
+            format!(
+                "{} / {} / {} / {} / {}",
+                e.delivered, e.lost, e.out_of_order, e.duplicates, e.pending_at_end
+            ),
+        ),
+    ]
 }
 
 impl Report {
@@ -194,6 +244,16 @@ impl Report {
         } else {
             String::new()
         };
+        let mut rows = rows.to_vec();
+        if let (Some(bytes), Some(per)) = (self.wal_bytes, self.wal_bytes_per_refresh) {
+            rows.push((
+                "WAL written over the run / per refresh (whole server)",
+                format!("{:.1} MiB / {per:.0} B", bytes as f64 / 1048576.0),
+            ));
+        }
+        if let Some(e) = &self.app_events {
+            rows.extend(app_event_rows(e));
+        }
         let mut out = format!(
             "tokenwarden loadtest: {} users, {}{nodes}, {} s, lifetime {} s, lead {} s\n",
             self.users,

@@ -26,6 +26,9 @@ pub struct Scrape {
     pub syncs_ok: f64,
     pub sync_failures: f64,
     pub sync_queue_depth: f64,
+    /// `tokenwarden_app_events_total` by result (all types).
+    pub app_events_delivered: f64,
+    pub app_events_failed: f64,
     /// Cumulative buckets (`le` upper bound, count) by histogram name.
     pub histograms: BTreeMap<String, Vec<(f64, f64)>>,
 }
@@ -40,6 +43,8 @@ impl Scrape {
             total.syncs_ok += s.syncs_ok;
             total.sync_failures += s.sync_failures;
             total.sync_queue_depth += s.sync_queue_depth;
+            total.app_events_delivered += s.app_events_delivered;
+            total.app_events_failed += s.app_events_failed;
             for (name, buckets) in &s.histograms {
                 let into = total.histograms.entry(name.clone()).or_default();
                 for &(le, count) in buckets {
@@ -85,6 +90,12 @@ pub fn parse_metrics(text: &str) -> Scrape {
                 scrape.sync_failures += value
             }
             "tokenwarden_sync_queue_depth" => scrape.sync_queue_depth = value,
+            "tokenwarden_app_events_total" if labels.contains("result=\"delivered\"") => {
+                scrape.app_events_delivered += value
+            }
+            "tokenwarden_app_events_total" if labels.contains("result=\"failed\"") => {
+                scrape.app_events_failed += value
+            }
             _ if name.ends_with("_bucket") => {
                 let le = labels
                     .split("le=\"")

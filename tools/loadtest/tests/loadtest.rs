@@ -49,6 +49,9 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         quiet: true,
         nodes: 1,
         lease_ttl_secs: None,
+        app_events: false,
+        app_events_backlog: 0,
+        app_events_drain_timeout_secs: 60,
     };
     let report = run(args).await.expect("load test runs");
     eprintln!("{}", report.table());
@@ -69,4 +72,53 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
     );
     assert!(report.refreshes >= 2000.0, "{} refreshes", report.refreshes);
     assert!(dir.path().join("report.json").exists() && dir.path().join("chart.svg").exists());
+}
+
+/// Events to the app stored for every user while the app is down arrive once it is back:
+/// none lost, each user's in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_events_to_the_app_arrives_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = LoadtestArgs {
+        users: 300,
+        connect_users: 0,
+        connect_rate: 10,
+        connect_workers: 32,
+        duration_secs: 3,
+        token_lifetime_secs: 3600,
+        refresh_lead_secs: 60,
+        refresh_jitter_secs: 0,
+        database_url: None,
+        microservice_latency_ms: 0,
+        google_latency_ms: 0,
+        google_error_rate: 0.0,
+        rotate: false,
+        refresh_concurrency: 64,
+        sync_concurrency: 64,
+        hibernate_after_secs: 5,
+        report: dir.path().join("report.json"),
+        chart: dir.path().join("chart.svg"),
+        service_bin: Some(service_bin()),
+        quiet: true,
+        nodes: 1,
+        lease_ttl_secs: None,
+        app_events: false,
+        app_events_backlog: 3,
+        app_events_drain_timeout_secs: 60,
+    };
+    let report = run(args).await.expect("load test runs");
+    eprintln!("{}", report.table());
+    let events = report.app_events.expect("backlog figures");
+    assert_eq!(events.events_stored, 900);
+    assert!(events.failed_attempts_while_down >= 300.0, "{events:?}");
+    assert_eq!(
+        (
+            events.delivered,
+            events.lost,
+            events.out_of_order,
+            events.pending_at_end
+        ),
+        (900, 0, 0, 0),
+        "{events:?}"
+    );
 }
