@@ -54,6 +54,39 @@ pub(super) struct Deliverer {
     pub ownership: Arc<Ownership>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Failed attempts logged as warnings at most once per [`FAILURE_LOG_EVERY`]; the rest at
+    /// debug, counted here and named in the next warning. An app down for minutes would
+    /// otherwise write a line per event per attempt (800,000 lines, 330 MB, in a 5-minute
+    /// outage with 100,000 users; BENCHMARKS.md), and the metrics count every attempt anyway.
+    pub failure_log: FailureLog,
+}
+
+/// Least time between two warnings of failed attempts.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// When the last failure warning went out, and how many failures were not warned of since.
+#[derive(Default)]
+pub(super) struct FailureLog {
+    last: std::sync::Mutex<Option<Instant>>,
+    quiet: std::sync::atomic::AtomicU64,
+}
+
+impl FailureLog {
+    /// `Some(failures not warned of before this one)` when this failure is to be warned of.
+    fn warn_now(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|at| now < at + FAILURE_LOG_EVERY) {
+            self.quiet.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.quiet.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Deliverer {
@@ -167,15 +200,25 @@ impl Deliverer {
                 self.metrics.app_event(kind, "failed");
                 let attempt = u32::try_from(event.attempts).unwrap_or(0).saturating_add(1);
                 let wait = retry_wait(attempt, retry_after);
-                tracing::warn!(
-                    userId = %event.user_id,
-                    eventType = %event.event_type,
-                    eventId = %event.event_id,
-                    error = %error,
-                    attempt,
-                    retryInSecs = wait.as_secs_f64(),
-                    "❌ Failed to deliver event to the app, will retry"
-                );
+                match self.failure_log.warn_now() {
+                    Some(quiet) => tracing::warn!(
+                        userId = %event.user_id,
+                        eventType = %event.event_type,
+                        eventId = %event.event_id,
+                        error = %error,
+                        attempt,
+                        retryInSecs = wait.as_secs_f64(),
+                        alsoFailedSinceLastWarning = quiet,
+                        "❌ Failed to deliver event to the app, will retry"
+                    ),
+                    None => tracing::debug!(
+                        userId = %event.user_id,
+                        eventId = %event.event_id,
+                        error = %error,
+                        attempt,
+                        "❌ Failed to deliver event to the app, will retry"
+                    ),
+                }
                 let next = Utc::now() + wait;
                 if let Err(e) = self.store.app_event_failed(&event, next, &error).await {
                     // Not recorded: the event stays due and is tried at the next read.

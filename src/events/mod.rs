@@ -50,6 +50,7 @@ pub fn spawn(
         ownership,
         metrics,
         shutdown,
+        failure_log: Default::default(),
     };
     Ok(tokio::spawn(deliverer.run()))
 }

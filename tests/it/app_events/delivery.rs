@@ -156,12 +156,11 @@ async fn retries_keep_the_id_and_wait_as_long_as_retry_after_asks() {
         .unwrap();
     assert!(gap <= Duration::from_secs(4), "second wait 2 s: {gap:?}");
     assert_eq!(metric(&t, "connection.connected", "failed"), 2);
+    // One warning for the two failures: within 10 s of a warning, failures are counted and
+    // named by the next one instead of flooding the log during an outage.
     let warned = log_lines_with(&["Failed to deliver event to the app", "retryInSecs"]);
-    assert_eq!(warned.len(), 2, "{warned:?}");
-    assert!(
-        warned[0].contains("429") && warned[1].contains("500"),
-        "{warned:?}"
-    );
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("429"), "{warned:?}");
     t.shutdown().await;
 }
 
