@@ -180,6 +180,7 @@ async fn demo(args: tokenwarden_demo::DemoArgs) -> anyhow::Result<()> {
         google_token_url: service.token_url.parse()?,
         google_revoke_url: service.revoke_url.parse()?,
         google_userinfo_url: service.userinfo_url.parse()?,
+        google_risc_configuration_url: service.risc_configuration_url.parse()?,
         microservice_url: Some(service.microservice_url),
         refresh_lead_secs: Secs(service.refresh_lead_secs),
         refresh_jitter_secs: Secs(service.refresh_jitter_secs),

@@ -215,45 +215,9 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
     let page = demo.page_url.clone();
 
     let browser = crate::process::client();
-    let answer: serde_json::Value = browser
-        .post(format!("{page}/demo/connect"))
-        .json(&serde_json::json!({"user_id": "demo-user"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let consent = browser
-        .get(answer["auth_url"].as_str().expect("auth_url"))
-        .send()
-        .await
-        .unwrap();
-    let callback = browser
-        .get(crate::support::location(&consent))
-        .send()
-        .await
-        .unwrap();
-    let landed = crate::support::location(&callback);
-    let state = || async {
-        let state: serde_json::Value = browser
-            .get(format!("{page}/demo/state?user_id=demo-user"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        state
-    };
-    let types = |state: &serde_json::Value| -> Vec<String> {
-        state["app_events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| e["type"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
+    let landed = demo_connect(&browser, &page, "demo-user").await;
+    let state = || demo_state(&browser, &page, "demo-user");
+    let types = event_types;
     // The demo signs its pushes and its microservice verifies them: the copy arrives.
     let mirrored = eventually(Duration::from_secs(10), || async {
         state().await["microservice"].is_object()
@@ -311,5 +275,117 @@ async fn demo_page_connects_a_browser_through_the_binding_cookie() {
     assert!(
         listed.contains("connection.authorization_expiring"),
         "GET on the receiver lists the events: {listed}"
+    );
+}
+
+/// Connects `user` through the demo page as a browser keeping cookies would; where the
+/// service's callback sent the browser.
+async fn demo_connect(browser: &reqwest::Client, page: &str, user: &str) -> String {
+    let answer: serde_json::Value = browser
+        .post(format!("{page}/demo/connect"))
+        .json(&serde_json::json!({"user_id": user}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consent = browser
+        .get(answer["auth_url"].as_str().expect("auth_url"))
+        .send()
+        .await
+        .unwrap();
+    let callback = browser
+        .get(crate::support::location(&consent))
+        .send()
+        .await
+        .unwrap();
+    crate::support::location(&callback)
+}
+
+/// What the page polls for `user`.
+async fn demo_state(browser: &reqwest::Client, page: &str, user: &str) -> serde_json::Value {
+    browser
+        .get(format!("{page}/demo/state?user_id={user}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The types of the app's events in a page state, newest first.
+fn event_types(state: &serde_json::Value) -> Vec<String> {
+    state["app_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// "Google revokes this grant" (CONTRACT 10): the demo's sandbox Google, its RISC stream
+/// registered to the demo's service, sends `tokens-revoked` for the connected account; the
+/// receiver answers 202, and the page then shows the user needing a reconnect
+/// (`security_event`), the microservice's copy gone and the app told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_google_revokes_the_grant_with_a_security_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = crate::process::DemoProcess::start(dir.path()).await;
+    let page = demo.page_url.clone();
+    let browser = crate::process::client();
+    let landed = demo_connect(&browser, &page, "risc-user").await;
+    let state = || demo_state(&browser, &page, "risc-user");
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        state().await["microservice"].is_object()
+    })
+    .await;
+    // The stream is registered in the background (key generation is slow in a debug build):
+    // the demo says so on its output, or says why not.
+    let registered = eventually(Duration::from_secs(30), || async {
+        demo.output().contains("RISC stream registered")
+            || demo.output().contains("cannot register")
+    })
+    .await;
+    let revoked = browser
+        .post(format!("{page}/demo/google-revokes"))
+        .json(&serde_json::json!({"user_id": "risc-user"}))
+        .send()
+        .await
+        .unwrap();
+    let revoked_status = revoked.status();
+    let revoked: serde_json::Value = revoked.json().await.unwrap_or_default();
+    let ended = eventually(Duration::from_secs(5), || async {
+        let state = state().await;
+        state["status"]["reconnect_reason"] == "security_event"
+            && state["microservice"].is_null()
+            && event_types(&state).first().map(String::as_str) == Some("connection.needs_reconnect")
+    })
+    .await;
+    let last = state().await;
+    let output = demo.output();
+    drop(demo);
+    assert_eq!(
+        landed,
+        format!("{page}/dashboard/integrations?google=connected")
+    );
+    assert!(mirrored, "the copy reached the microservice: {last}");
+    assert!(
+        registered && output.contains("RISC stream registered"),
+        "the demo registers the sandbox's stream to its receiver:\n{output}"
+    );
+    assert!(revoked_status.is_success(), "google-revokes: {revoked}");
+    let message = revoked["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("tokens-revoked") && message.ends_with("202"),
+        "{revoked}"
+    );
+    assert!(ended, "the page shows the grant ended by Google: {last}");
+    assert_eq!(last["status"]["needs_reconnect"], true, "{last}");
+    assert_eq!(last["app_events"][0]["reason"], "security_event", "{last}");
+    assert_eq!(
+        event_types(&last),
+        ["connection.needs_reconnect", "connection.connected"]
     );
 }

@@ -69,6 +69,11 @@ impl Served {
             .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
             .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
             .env("GOOGLE_USERINFO_URL", google.userinfo_url())
+            // As in-process test apps: the sandbox is Google's RISC transmitter too.
+            .env(
+                "GOOGLE_RISC_CONFIGURATION_URL",
+                google.risc_configuration_url(),
+            )
             .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
             .env("FRONTEND_URL", "http://frontend.test")
             .env("REFRESH_JITTER_SECS", "0")

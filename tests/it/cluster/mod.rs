@@ -28,6 +28,7 @@ mod failover;
 mod forged_notice;
 mod graceful_stop;
 mod node_urls;
+mod risc_race;
 mod rogue_owner;
 mod rolling_restart;
 mod routing;

@@ -3,13 +3,16 @@
 //! loopback, with tokens that live two minutes so a refresh shows up every minute. The page
 //! stands in for the main app: it mints the user's JWT (the demo knows the secret), proxies
 //! the calls, so the browser needs no CORS, and shows the events the app received; it can make
-//! the current grant end in two minutes, to show a time-limited grant's whole life.
+//! the current grant end in two minutes, to show a time-limited grant's whole life, and make
+//! Google revoke it with a security event (the sandbox is the RISC transmitter, its stream
+//! registered to the service's receiver; see `risc`).
 //!
 //! This crate is tooling and knows nothing of the service's types: [`prepare`] starts the
 //! stand-ins and says how the service must be configured ([`DemoService`]); the `tokenwarden`
 //! binary starts the service from that, then calls [`PreparedDemo::open`]. The page's routes
 //! are in `routes`.
 
+mod risc;
 mod routes;
 
 use std::{net::SocketAddr, time::Duration};
@@ -66,6 +69,8 @@ pub struct DemoService {
     pub token_url: String,
     pub revoke_url: String,
     pub userinfo_url: String,
+    /// `GOOGLE_RISC_CONFIGURATION_URL`: the sandbox's, so the service takes its SETs.
+    pub risc_configuration_url: String,
     pub microservice_url: String,
     pub refresh_lead_secs: u64,
     pub refresh_jitter_secs: u64,
@@ -147,6 +152,7 @@ pub async fn prepare(args: DemoArgs) -> anyhow::Result<(PreparedDemo, DemoServic
         token_url: google.token_url(),
         revoke_url: google.revoke_url(),
         userinfo_url: google.userinfo_url(),
+        risc_configuration_url: google.risc_configuration_url(),
         microservice_url: microservice.base_url(),
         refresh_lead_secs: args.refresh_lead_secs,
         refresh_jitter_secs: 5,
@@ -205,10 +211,23 @@ impl PreparedDemo {
             "  app events receiver:     {}  (GET lists the events to the app)",
             demo.receiver.events_url()
         );
+        let receiver = risc::receiver_url(&demo.service_url);
+        println!("  security events receiver: {receiver}  (Google's RISC stream, the sandbox's)");
         println!(
             "  tokens live {token_lifetime_secs}s and are refreshed {refresh_lead_secs}s before expiry; Ctrl-C stops"
         );
         println!();
+        let (google, http) = (demo.google.clone(), demo.http.clone());
+        tokio::spawn(async move {
+            // In the background: key generation is slow in a debug build, and until the
+            // stream is registered the page's button sends straight to the receiver.
+            match risc::register_stream(&google, &http, &receiver).await {
+                Ok(()) => {
+                    println!("  RISC stream registered: the sandbox Google sends to {receiver}")
+                }
+                Err(e) => eprintln!("  cannot register the sandbox's RISC stream: {e:#}"),
+            }
+        });
         tokio::spawn(async move {
             // The stand-ins live as long as the page (it holds them): all stop with the process.
             let _ = axum::serve(page_listener, page_router(demo)).await;

@@ -1,6 +1,6 @@
 //! The demo page's routes: the page itself, and the calls it makes as a main app's backend
 //! would (connect, disconnect, refresh now, the state it polls), plus the demo's own control
-//! that makes the current grant end soon. The state carries the events the app received and
+//! that makes the current grant end soon, and Google's revocation of it (`risc`). The state carries the events the app received and
 //! the microservice's copy with its tokens cut short ([`redacted`]): never a token value.
 
 use std::{sync::Arc, time::Duration};
@@ -62,6 +62,7 @@ pub(crate) fn page_router(demo: Demo) -> Router {
         .route("/demo/disconnect", post(disconnect))
         .route("/demo/refresh", post(refresh))
         .route("/demo/grant-end", post(grant_end))
+        .route("/demo/google-revokes", post(crate::risc::google_revokes))
         .route("/demo/state", get(state))
         .with_state(Arc::new(demo))
 }
@@ -71,12 +72,12 @@ async fn page() -> Html<&'static str> {
 }
 
 #[derive(Deserialize)]
-struct UserParam {
-    user_id: String,
+pub(crate) struct UserParam {
+    pub user_id: String,
 }
 
 impl Demo {
-    fn jwt(&self, user_id: &str) -> anyhow::Result<String> {
+    pub(crate) fn jwt(&self, user_id: &str) -> anyhow::Result<String> {
         let exp = chrono::Utc::now().timestamp() + 3600;
         Ok(jsonwebtoken::encode(
             &Header::default(),
@@ -85,7 +86,7 @@ impl Demo {
         )?)
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -101,7 +102,7 @@ impl Demo {
     }
 }
 
-fn answer(result: anyhow::Result<Value>) -> Response {
+pub(crate) fn answer(result: anyhow::Result<Value>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
         Err(e) => (
@@ -112,7 +113,7 @@ fn answer(result: anyhow::Result<Value>) -> Response {
     }
 }
 
-fn checked(user_id: &str) -> anyhow::Result<()> {
+pub(crate) fn checked(user_id: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         valid_user_id(user_id),
         "user id: 1 to 50 of A-Z a-z 0-9 - _ . @"
