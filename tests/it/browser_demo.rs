@@ -1,7 +1,9 @@
 //! The demo page in a real browser: the `tokenwarden demo` binary, Chromium typing a user and
 //! clicking through the consent. The OAuth state is bound to the browser by a cookie the demo
 //! passes through, so this proves the flow works where it matters: in a browser that applies
-//! its own cookie rules. The page lists the events the app received as they arrive.
+//! its own cookie rules. The page lists the events the app received as they arrive, and
+//! "Google revokes this grant" (a security event from the sandbox Google, CONTRACT 10) leaves
+//! the user needing a reconnect.
 
 use fantoccini::Locator;
 
@@ -138,5 +140,52 @@ async fn walk_through(browser: &mut Browser, demo: &DemoProcess) -> anyhow::Resu
         )
         .await?;
     browser.screenshot("disconnected").await?;
+
+    // Connected again, then Google revokes the grant: the sandbox sends `tokens-revoked` for
+    // the account to the service's receiver, which ends the grant.
+    browser.click(Locator::Css("#connect")).await?;
+    browser
+        .wait_url("the way back after reconnecting", |url| {
+            url.starts_with(page.as_str()) && url.contains("google=connected")
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#copy"), "the copy of the new grant", |t| {
+            shown_access_token(t).is_some()
+        })
+        .await?;
+    browser.click(Locator::Css("#google-revokes")).await?;
+    browser
+        .wait_text(Locator::Css("#banner"), "the receiver's 202", |t| {
+            t.contains("tokens-revoked") && t.ends_with("202")
+        })
+        .await?;
+    browser
+        .wait_text(Locator::Css("#connection"), "needs reconnect", |t| {
+            t == "needs reconnect: security_event"
+        })
+        .await?;
+    browser
+        .wait_text(
+            Locator::Css("#copy"),
+            "the copy removed by Google's event",
+            |t| t == "null",
+        )
+        .await?;
+    browser
+        .wait_text(
+            Locator::Css("#events tr:first-child td[data-field=\"type\"]"),
+            "the needs_reconnect event, newest first",
+            |t| t == "connection.needs_reconnect",
+        )
+        .await?;
+    browser
+        .wait_text(
+            Locator::Css("#events tr:first-child td[data-field=\"reason\"]"),
+            "its reason",
+            |t| t == "security_event",
+        )
+        .await?;
+    browser.screenshot("google-revoked").await?;
     Ok(())
 }
