@@ -16,6 +16,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`history`]: each user's recent refreshes and pushes, and per-minute counts, in memory
 //!   for the operator console.
+//! - [`log_limit`]: at most one warning per period for what outsiders or outages repeat.
 //! - [`retry`]: the one backoff policy of every loop that waits after a failure.
 //! - [`app`]: wires everything together; `spawn`ed by `main` and by the tests alike.
 //! - [`telemetry`]: logging (pretty or JSON) and the OTLP export of traces.
@@ -36,6 +37,7 @@ pub mod events;
 pub mod google;
 pub mod history;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod retry;
 pub mod risc;

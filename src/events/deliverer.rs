@@ -58,36 +58,11 @@ pub(super) struct Deliverer {
     /// debug, counted here and named in the next warning. An app down for minutes would
     /// otherwise write a line per event per attempt (800,000 lines, 330 MB, in a 5-minute
     /// outage with 100,000 users; BENCHMARKS.md), and the metrics count every attempt anyway.
-    pub failure_log: FailureLog,
+    pub failure_log: crate::log_limit::LogLimit,
 }
 
 /// Least time between two warnings of failed attempts.
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// When the last failure warning went out, and how many failures were not warned of since.
-#[derive(Default)]
-pub(super) struct FailureLog {
-    last: std::sync::Mutex<Option<Instant>>,
-    quiet: std::sync::atomic::AtomicU64,
-}
-
-impl FailureLog {
-    /// `Some(failures not warned of before this one)` when this failure is to be warned of.
-    fn warn_now(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering;
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if last.is_some_and(|at| now < at + FAILURE_LOG_EVERY) {
-            self.quiet.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *last = Some(now);
-        Some(self.quiet.swap(0, Ordering::Relaxed))
-    }
-}
+pub(super) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Deliverer {
     pub(super) async fn run(self) {

@@ -50,7 +50,7 @@ pub fn spawn(
         ownership,
         metrics,
         shutdown,
-        failure_log: Default::default(),
+        failure_log: crate::log_limit::LogLimit::new(deliverer::FAILURE_LOG_EVERY),
     };
     Ok(tokio::spawn(deliverer.run()))
 }

@@ -22,6 +22,7 @@ use super::{
     changes::{Change, user_changed},
 };
 use crate::{
+    log_limit::LogLimit,
     metrics::RiscLabels,
     risc::{self, Action, verify::SetError},
 };
@@ -69,9 +70,21 @@ async fn receive(State(app): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+/// Refusals are warned of at most once per 10 s (anyone can post forged SETs at will); the
+/// metric counts each.
+static REFUSALS_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(10));
+
 fn refused(app: &AppState, error: &SetError) -> Response {
     app.metrics.risc_refused(error.code());
-    tracing::warn!(err = error.code(), error = %error, "security event refused");
+    match REFUSALS_LOG.warn_now() {
+        Some(quiet) => tracing::warn!(
+            err = error.code(),
+            error = %error,
+            alsoRefusedSinceLastWarning = quiet,
+            "security event refused"
+        ),
+        None => tracing::debug!(err = error.code(), error = %error, "security event refused"),
+    }
     refusal(error.code(), &error.to_string())
 }
 
