@@ -246,3 +246,42 @@ async fn key_file_and_api_errors_are_one_line_without_the_key() {
     let line = error_line(&risc(dir.path(), "ftp://x", Some(&good), &["status"]).await);
     assert!(line.contains("GOOGLE_RISC_API_URL is malformed"), "{line}");
 }
+
+/// The whole registration against the service itself: `register` names the service's
+/// receiver, `verify` makes the sandbox send a verification SET, and the service records and
+/// logs it with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reaches_the_services_receiver_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = crate::support::TestApp::spawn().await;
+    let account = t.google.create_risc_service_account(EMAIL).await.unwrap();
+    let key_file = dir.path().join("sa.json");
+    std::fs::write(&key_file, account.to_json()).unwrap();
+    let api = t.google.risc_api_url();
+    let receiver_url = format!("{}/api/integrations/google/risc", t.url);
+    let register = ["register", "--receiver-url", receiver_url.as_str()];
+    let output = risc(dir.path(), &api, Some(&key_file), &register).await;
+    assert!(output.status.success(), "{output:?}");
+    let verify = ["verify", "--state", "state-for-the-service"];
+    let output = risc(dir.path(), &api, Some(&key_file), &verify).await;
+    assert!(
+        output.status.success(),
+        "the service accepted it: {output:?}"
+    );
+    let logged = crate::support::eventually(std::time::Duration::from_secs(2), || async {
+        !crate::support::log_lines_with(&["security event from Google", "state-for-the-service"])
+            .is_empty()
+    })
+    .await;
+    assert!(logged, "the verification is logged with its state");
+    let metrics = t.app().metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tokenwarden_risc_events_total")
+                && l.contains("type=\"verification\"")
+                && l.contains("outcome=\"no_user\"")),
+        "{metrics}"
+    );
+    t.shutdown().await;
+}
