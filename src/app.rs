@@ -357,7 +357,13 @@ async fn wait_until(wait: Duration, done: impl Fn() -> bool) -> bool {
 }
 
 async fn purge_states(store: Store, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(STATE_PURGE_EVERY);
+    // The first purge one period after start, not at once: a start is busy enough, and on
+    // SQLite a purge that meets another process's write lock holds the one connection (and
+    // every request behind it) for the busy timeout.
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + STATE_PURGE_EVERY,
+        STATE_PURGE_EVERY,
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
