@@ -14,7 +14,7 @@ use tokenwarden_sandbox::{
     google::{PUSH_DELIVERY, SUPPORTED_EVENTS},
 };
 
-use crate::routes::{Demo, UserParam, answer, checked};
+use crate::routes::{Demo, UserParam, answer, connected_email};
 
 /// The service account the demo registers the stream as.
 const SERVICE_ACCOUNT: &str = "tokenwarden-demo@sandbox-project.iam.gserviceaccount.com";
@@ -62,21 +62,7 @@ pub(crate) async fn google_revokes(
 ) -> Response {
     answer(
         async {
-            checked(&p.user_id)?;
-            let jwt = demo.jwt(&p.user_id)?;
-            let status = demo
-                .call(
-                    reqwest::Method::GET,
-                    "/api/integrations/google/status",
-                    &jwt,
-                )
-                .await?;
-            let email = status["google_email"]
-                .as_str()
-                .filter(|_| status["connected"] == true);
-            let Some(email) = email else {
-                anyhow::bail!("connect {} first", p.user_id);
-            };
+            let email = connected_email(&demo, &p.user_id).await?;
             let grant = demo
                 .google
                 .grant(&GrantSelector::Email(email.to_string()))

@@ -113,6 +113,24 @@ pub(crate) fn answer(result: anyhow::Result<Value>) -> Response {
     }
 }
 
+/// The Google address `user_id` is connected with, as the frontend sees it in its status; an
+/// error naming what to do when the user is not connected.
+pub(crate) async fn connected_email(demo: &Demo, user_id: &str) -> anyhow::Result<String> {
+    checked(user_id)?;
+    let jwt = demo.jwt(user_id)?;
+    let status = demo
+        .call(
+            reqwest::Method::GET,
+            "/api/integrations/google/status",
+            &jwt,
+        )
+        .await?;
+    match status["google_email"].as_str() {
+        Some(email) if status["connected"] == true => Ok(email.to_string()),
+        _ => anyhow::bail!("connect {user_id} first"),
+    }
+}
+
 pub(crate) fn checked(user_id: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         valid_user_id(user_id),
@@ -200,21 +218,7 @@ struct GrantEndParam {
 async fn grant_end(State(demo): State<Arc<Demo>>, Json(p): Json<GrantEndParam>) -> Response {
     answer(
         async {
-            checked(&p.user_id)?;
-            let jwt = demo.jwt(&p.user_id)?;
-            let status = demo
-                .call(
-                    reqwest::Method::GET,
-                    "/api/integrations/google/status",
-                    &jwt,
-                )
-                .await?;
-            let email = status["google_email"]
-                .as_str()
-                .filter(|_| status["connected"] == true);
-            let Some(email) = email else {
-                anyhow::bail!("connect {} first", p.user_id);
-            };
+            let email = connected_email(&demo, &p.user_id).await?;
             let secs = p.ends_in_secs.unwrap_or(GRANT_ENDS_IN_SECS);
             let selector = GrantSelector::Email(email.to_string());
             demo.google
