@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose};
 use sha2::{Digest, Sha512};
-use tokenwarden_sandbox::GrantSelector;
 
-use super::{OAUTH, RISC, account, app_with_alice, claims, post, sign, token};
+use super::{OAUTH, RISC, account, app_with_alice, claims, post, sign, sub_of, token};
 use crate::{
     on_both_backends,
     support::{Backend, Options, TestApp, eventually},
@@ -33,13 +32,6 @@ async fn ends_the_grant(t: &TestApp, event_type: &str, event: serde_json::Value)
     assert_eq!(t.status("alice").await["connected"], false);
 }
 
-fn sub_of(t: &TestApp, email: &str) -> String {
-    t.google
-        .grant(&GrantSelector::Email(email.to_string()))
-        .expect("the grant")
-        .sub
-}
-
 async fn account_events_end_the_grant(backend: Backend) {
     for event in ["tokens-revoked", "account-disabled"] {
         let (t, _g) = app_with_alice(Options {
@@ -47,16 +39,12 @@ async fn account_events_end_the_grant(backend: Backend) {
             ..Options::default()
         })
         .await;
-        let email = t.status("alice").await["google_email"]
-            .as_str()
-            .unwrap()
-            .to_string();
         let uri = if event == "tokens-revoked" {
             format!("{OAUTH}{event}")
         } else {
             format!("{RISC}{event}")
         };
-        let mut payload = account(&sub_of(&t, &email));
+        let mut payload = account(&sub_of(&t, "alice").await);
         payload["reason"] = "hijacking".into();
         ends_the_grant(&t, &uri, payload).await;
         let (_, actor) = t.admin(reqwest::Method::GET, "/admin/actors/alice").await;
@@ -114,11 +102,7 @@ async fn other_events_and_old_tokens_change_nothing(backend: Backend) {
         ..Options::default()
     })
     .await;
-    let email = t.status("alice").await["google_email"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sub = sub_of(&t, &email);
+    let sub = sub_of(&t, "alice").await;
     for event in [
         "sessions-revoked",
         "account-enabled",

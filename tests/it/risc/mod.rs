@@ -115,6 +115,18 @@ pub fn token(alg: &str, value: &str) -> Value {
         "token_identifier_alg": alg, "token": value}})
 }
 
+/// The Google account id (`sub`) `user` is connected with, as the sandbox issued it.
+pub async fn sub_of(t: &TestApp, user: &str) -> String {
+    let email = t.status(user).await["google_email"]
+        .as_str()
+        .expect("a connected user's email")
+        .to_string();
+    t.google
+        .grant(&tokenwarden_sandbox::GrantSelector::Email(email))
+        .expect("the grant")
+        .sub
+}
+
 /// A service wired to a stand-in, with `alice` connected.
 pub async fn app_with_alice(options: Options) -> (TestApp, Transmitter) {
     let transmitter = Transmitter::start().await;

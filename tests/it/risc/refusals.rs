@@ -114,15 +114,7 @@ async fn invalid_sets_are_refused_with_their_code_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_jti_is_acted_on_once() {
     let (t, _g) = app_with_alice(Options::default()).await;
-    let email = t.status("alice").await["google_email"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sub = t
-        .google
-        .grant(&tokenwarden_sandbox::GrantSelector::Email(email))
-        .unwrap()
-        .sub;
+    let sub = super::sub_of(&t, "alice").await;
     let set = sign(&claims(&format!("{OAUTH}tokens-revoked"), account(&sub)));
     let (a, b) = tokio::join!(post(&t, set.clone()), post(&t, set.clone()));
     assert_eq!((a.0, b.0), (202, 202));

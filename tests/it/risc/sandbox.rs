@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use tokenwarden_sandbox::{GrantSelector, RiscEvent, SetOptions};
+use tokenwarden_sandbox::{RiscEvent, SetOptions};
+
+use super::sub_of;
 
 use crate::support::{Options, TestApp, eventually};
 
@@ -20,16 +22,6 @@ async fn the_sandbox_revokes_a_grant_and_rotates_its_key() {
         t.connect(user).await;
     }
     let receiver = format!("{}/api/integrations/google/risc", t.url);
-    let sub = |user: &'static str| {
-        let t = &t;
-        async move {
-            let email = t.status(user).await["google_email"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            t.google.grant(&GrantSelector::Email(email)).unwrap().sub
-        }
-    };
     let to_us = || SetOptions {
         url: Some(receiver.clone()),
         ..SetOptions::default()
@@ -38,7 +30,7 @@ async fn the_sandbox_revokes_a_grant_and_rotates_its_key() {
         .google
         .send_risc_event(
             RiscEvent::TokensRevoked {
-                sub: sub("alice").await,
+                sub: sub_of(&t, "alice").await,
             },
             to_us(),
         )
@@ -58,7 +50,7 @@ async fn the_sandbox_revokes_a_grant_and_rotates_its_key() {
         .google
         .send_risc_event(
             RiscEvent::TokensRevoked {
-                sub: sub("bob").await,
+                sub: sub_of(&t, "bob").await,
             },
             to_us(),
         )
@@ -75,7 +67,7 @@ async fn the_sandbox_revokes_a_grant_and_rotates_its_key() {
         .google
         .send_risc_event(
             RiscEvent::TokensRevoked {
-                sub: sub("bob").await,
+                sub: sub_of(&t, "bob").await,
             },
             to_us(),
         )
