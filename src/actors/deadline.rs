@@ -10,7 +10,10 @@ use super::{
     context::ActorContext,
     messages::{DeadlineOutcome, RefreshOutcome},
 };
-use crate::store::SyncSnapshot;
+use crate::{
+    cluster::Acting,
+    store::{StoreError, SyncSnapshot, TokenChange},
+};
 
 impl ActorContext {
     /// The grant of `user_id` (at `version`) reached its end.
@@ -19,21 +22,32 @@ impl ActorContext {
             Ok(acting) => acting,
             Err(why) => return DeadlineOutcome::NotHere(why),
         };
-        let now = Utc::now();
-        match self
-            .store
-            .expire_authorization(user_id, version, acting.fence(), now)
-            .await
-        {
-            Ok(Some(change)) => {
-                let version = change.version;
-                self.sync
-                    .changed_to(user_id, SyncSnapshot::Disconnected { version });
-                DeadlineOutcome::Expired(change)
-            }
+        match self.end_at_expiry(user_id, version, &acting).await {
+            Ok(Some(change)) => DeadlineOutcome::Expired(change),
             Ok(None) => from_refusal(self.refused(user_id, &acting).await),
             Err(e) => DeadlineOutcome::Later(format!("database: {e}")),
         }
+    }
+
+    /// Ends the grant of `user_id` (at `version`) that reached its end, fenced by `acting`,
+    /// and queues the DELETE at the microservice; `None` when the write was refused (the fence,
+    /// a newer change, or an end moved since). For the timer and for a refresh alike.
+    pub(super) async fn end_at_expiry(
+        &self,
+        user_id: &str,
+        version: i64,
+        acting: &Acting<'_>,
+    ) -> Result<Option<TokenChange>, StoreError> {
+        let change = self
+            .store
+            .expire_authorization(user_id, version, acting.fence(), Utc::now())
+            .await?;
+        if let Some(change) = &change {
+            let version = change.version;
+            self.sync
+                .changed_to(user_id, SyncSnapshot::Disconnected { version });
+        }
+        Ok(change)
     }
 
     /// The app is told, once per grant, that the grant of `user_id` nears its end.

@@ -193,6 +193,22 @@ impl Store {
         Ok(true)
     }
 
+    /// Stores `event` through `txn`, the transaction of the change that causes it, commits
+    /// both, then wakes the deliverer if the event was stored.
+    pub async fn commit_with_event(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        event: &AppEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let stored = self.insert_app_event(&txn, event, now).await?;
+        txn.commit().await?;
+        if stored {
+            self.app_events.wake();
+        }
+        Ok(())
+    }
+
     /// Stores `event` on its own (no change in the same write) and wakes the deliverer;
     /// answers whether it was stored (not when events are off).
     pub async fn record_app_event(&self, event: &AppEvent) -> Result<bool, StoreError> {

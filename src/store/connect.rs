@@ -5,8 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
-    sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -95,9 +94,9 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         let saved = insert.exec_with_returning(&txn).await?;
-        self.connected_event(&txn, user_id, &saved).await?;
-        txn.commit().await?;
-        self.app_events().wake();
+        let event = connected_event(user_id, &saved);
+        self.commit_with_event(txn, &event, saved.updated_at)
+            .await?;
         Ok(ActorSeed::from(saved))
     }
 
@@ -197,11 +196,9 @@ impl Store {
         let Some(saved) = update.exec_with_returning(&txn).await?.into_iter().next() else {
             return Ok(None);
         };
-        let stored = self.connected_event(&txn, user_id, &saved).await?;
-        txn.commit().await?;
-        if stored {
-            self.app_events().wake();
-        }
+        let event = connected_event(user_id, &saved);
+        self.commit_with_event(txn, &event, saved.updated_at)
+            .await?;
         Ok(Some(ActorSeed {
             user_id: user_id.to_string(),
             token_expiry: Some(tokens.expires_at),
@@ -214,18 +211,12 @@ impl Store {
             last_refresh_at: row.last_refresh_at,
         }))
     }
+}
 
-    /// Stores `connection.connected` for the row just saved, through its transaction.
-    async fn connected_event<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        user_id: &str,
-        saved: &user::Model,
-    ) -> Result<bool, StoreError> {
-        let now = saved.updated_at;
-        let mut event = AppEvent::new(AppEventType::Connected, user_id, now);
-        event.google_email = saved.google_email.clone();
-        event.authorization_expires_at = saved.authorization_expires_at;
-        self.insert_app_event(conn, &event, now).await
-    }
+/// `connection.connected` for the row a consent just saved.
+fn connected_event(user_id: &str, saved: &user::Model) -> AppEvent {
+    let mut event = AppEvent::new(AppEventType::Connected, user_id, saved.updated_at);
+    event.google_email = saved.google_email.clone();
+    event.authorization_expires_at = saved.authorization_expires_at;
+    event
 }

@@ -75,11 +75,7 @@ impl Store {
         event.google_email = row.google_email;
         event.reason = Some(reason);
         event.authorization_expires_at = row.authorization_expires_at;
-        let stored = self.insert_app_event(&txn, &event, now).await?;
-        txn.commit().await?;
-        if stored {
-            self.app_events().wake();
-        }
+        self.commit_with_event(txn, &event, now).await?;
         Ok(Some(TokenChange {
             version,
             token_expiry: None,
@@ -113,11 +109,7 @@ impl Store {
         let mut event = AppEvent::new(AppEventType::AuthorizationExpiring, user_id, now);
         event.google_email = row.google_email;
         event.authorization_expires_at = row.authorization_expires_at;
-        let stored = self.insert_app_event(&txn, &event, now).await?;
-        txn.commit().await?;
-        if stored {
-            self.app_events().wake();
-        }
+        self.commit_with_event(txn, &event, now).await?;
         Ok(true)
     }
 }

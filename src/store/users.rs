@@ -75,6 +75,9 @@ pub struct RefreshCredentials {
     pub version: i64,
     /// When the grant ends, if it is time-limited: no refresh may be asked at or after it.
     pub authorization_expires_at: Option<DateTime<Utc>>,
+    /// Whether the refresh token's identifiers are stored (rows from before they were kept
+    /// have none until a refresh writes them).
+    pub token_ids_stored: bool,
 }
 
 /// What the microservice should hold for a user at `version`.
@@ -122,6 +125,8 @@ impl Store {
             refresh_token: self.cipher.decrypt(&sealed, &refresh_context(user_id))?,
             version: row.token_version,
             authorization_expires_at: row.authorization_expires_at,
+            token_ids_stored: row.refresh_token_hash.is_some()
+                && row.refresh_token_prefix_hash.is_some(),
         }))
     }
 
@@ -220,11 +225,7 @@ impl Store {
             if update.exec(&txn).await?.rows_affected == 1 {
                 let mut event = AppEvent::new(AppEventType::Disconnected, user_id, now);
                 event.google_email = row.google_email.clone();
-                let stored = self.insert_app_event(&txn, &event, now).await?;
-                txn.commit().await?;
-                if stored {
-                    self.app_events().wake();
-                }
+                self.commit_with_event(txn, &event, now).await?;
                 return Ok(Some(revocable.and_then(|opened| {
                     opened
                         .inspect_err(|e| {
