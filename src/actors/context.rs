@@ -76,22 +76,12 @@ impl ActorContext {
         };
         let version = credentials.version;
         // The end of a time-limited grant is final: at or after it, Google is not asked.
-        let now = chrono::Utc::now();
         if credentials
             .authorization_expires_at
-            .is_some_and(|end| end <= now)
+            .is_some_and(|end| end <= chrono::Utc::now())
         {
-            return match self
-                .store
-                .expire_authorization(user_id, version, fence, now)
-                .await
-            {
-                Ok(Some(change)) => {
-                    let version = change.version;
-                    self.sync
-                        .changed_to(user_id, SyncSnapshot::Disconnected { version });
-                    RefreshOutcome::Revoked(ReconnectReason::AuthorizationExpired)
-                }
+            return match self.end_at_expiry(user_id, version, &acting).await {
+                Ok(Some(_)) => RefreshOutcome::Revoked(ReconnectReason::AuthorizationExpired),
                 Ok(None) => self.refused(user_id, &acting).await,
                 Err(e) => RefreshOutcome::Transient(format!("database: {e}")),
             };
@@ -126,13 +116,19 @@ impl ActorContext {
                             expires_at: tokens.expires_at,
                             scope: tokens.scope.as_deref(),
                             authorization_end: tokens.authorization_expires_at,
-                            token_ids: Some(RefreshTokenIds::of(
-                                tokens
-                                    .refresh_token
-                                    .as_ref()
-                                    .unwrap_or(&credentials.refresh_token)
-                                    .expose_secret(),
-                            )),
+                            // Hashed only when they change (a rotation) or are missing:
+                            // not three digests on every refresh.
+                            token_ids: (tokens.refresh_token.is_some()
+                                || !credentials.token_ids_stored)
+                                .then(|| {
+                                    RefreshTokenIds::of(
+                                        tokens
+                                            .refresh_token
+                                            .as_ref()
+                                            .unwrap_or(&credentials.refresh_token)
+                                            .expose_secret(),
+                                    )
+                                }),
                         },
                     )
                     .await;
