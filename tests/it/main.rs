@@ -27,6 +27,7 @@ mod metrics_labels;
 mod nodelay;
 mod oauth_states;
 mod partial_consent;
+mod paused;
 mod pg_outage;
 mod process;
 mod rate_limit;
