@@ -12,15 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     actors::{ActorContext, Supervisor},
-    cluster::{self, ClusterNode, LeaseLoop, NoticeTargets, Ownership},
+    cluster::Ownership,
     config::Config,
     events,
     google::GoogleClient,
     history::History,
     http::{self, AppState},
     metrics::Metrics,
+    node::{Joining, Membership, Node, NodeParts, Notices},
     store::{NodeIdentity, SqliteHold, Store, hold_sqlite_file},
-    sync::{self, SyncDispatcher},
+    sync::SyncDispatcher,
 };
 
 /// How often expired OAuth states are purged.
@@ -49,10 +50,9 @@ pub struct App {
     push_drain: Duration,
     server: JoinHandle<std::io::Result<()>>,
     /// This process in its cluster (a cluster of one on SQLite).
-    pub cluster: ClusterNode,
-    /// Stops the lease loop of a cluster node, which renews until the work has ended.
-    stop_leases: CancellationToken,
-    leases: Option<JoinHandle<()>>,
+    pub node: Node,
+    /// The lease loop of a cluster node, stopped and its leases released last.
+    membership: Membership,
     /// The deliverer of events to the app (when `APP_EVENTS_URL` is set); stops with the
     /// front door, and is awaited before the leases go.
     events: Option<JoinHandle<()>>,
@@ -91,7 +91,7 @@ impl App {
             .await
             .context("stored tokens cannot be read")?;
         let metrics = Arc::new(Metrics::for_node(&identity.node_id));
-        let notices = Arc::new(cluster::Notices::new(&config.admin_token, &metrics));
+        let notices = Arc::new(Notices::new(&config.admin_token, &metrics));
         let history = Arc::new(History::default());
         let shutdown = CancellationToken::new();
         let stop_sync = CancellationToken::new();
@@ -123,83 +123,31 @@ impl App {
             backlog: Default::default(),
         });
         let supervisor = Supervisor::start(ctx).await?;
-        let stop_leases = CancellationToken::new();
-        let leases = if ownership.is_cluster() {
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let targets = NoticeTargets {
-                store: store.clone(),
-                ownership: ownership.clone(),
-                supervisor: supervisor.clone(),
-                sync: sync.clone(),
-                wake: wake.clone(),
-                notices: notices.clone(),
-            };
-            let (listening_tx, listening) = tokio::sync::oneshot::channel();
-            tokio::spawn(cluster::listen(
-                config.database_url.clone(),
-                targets,
-                stop_sync.clone(),
-                listening_tx,
-            ));
-            // Claims wait for the listener: a user written by another node after a claim's
-            // load would otherwise be told to a node not yet listening, and be nobody's
-            // (seen in the failover test once connects got faster). Bounded like the load;
-            // past it, the listener's first connection reloads whatever is held by then.
-            let wait = config.cluster.lease_ttl * 2;
-            if tokio::time::timeout(wait, listening).await.is_err() {
-                tracing::warn!(
-                    waitedMs = wait.as_millis() as u64,
-                    "cluster notices not heard yet; claiming shards meanwhile"
-                );
-            }
-            let lease_loop = LeaseLoop {
-                store: store.clone(),
-                ownership: ownership.clone(),
-                supervisor: supervisor.clone(),
-                node: identity.clone(),
-                ttl: config.cluster.lease_ttl,
-                metrics: metrics.clone(),
-                wake,
-                notices: notices.clone(),
-            };
-            tracing::info!(node = %identity.node_id, "joining the cluster");
-            let leases = tokio::spawn(lease_loop.run(stop_leases.clone()));
-            // The front door opens once the node has claimed its shards, loaded their users and
-            // queued their unfinished pushes, as a single node opens it after queueing its own:
-            // a change it takes is then handled here or told to its owner, never to nobody,
-            // and never pushed twice by the resume. Bounded: a slow database or a large load
-            // lets the node serve (answering 503 on /readyz) rather than hang.
-            let wait = config.cluster.lease_ttl * 2;
-            if !wait_until(wait, || supervisor.is_loaded()).await {
-                tracing::warn!(
-                    waitedMs = wait.as_millis() as u64,
-                    "shards not loaded yet; serving meanwhile"
-                );
-            }
-            Some(leases)
-        } else {
-            // Queued before the front door opens, so a change made through it is never
-            // followed by a second, redundant push from the resume. (A cluster node resumes
-            // each shard's pushes as it gains the shard.)
-            sync::resume_at_start(&store, &sync, config.microservice.url.is_some()).await;
-            None
-        };
-        let cluster = ClusterNode {
+        let node = Node::new(NodeParts {
             ownership,
             identity,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
-            forwarded: Default::default(),
+            store: store.clone(),
+            supervisor: supervisor.clone(),
+            sync: sync.clone(),
+            admin_token: config.admin_token.clone(),
             notices,
-        };
+        })?;
+        let membership = node
+            .join(Joining {
+                database_url: config.database_url.clone(),
+                lease_ttl: config.cluster.lease_ttl,
+                metrics: metrics.clone(),
+                stop_listening: stop_sync.clone(),
+                microservice: config.microservice.url.is_some(),
+            })
+            .await;
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         tokio::spawn(crate::risc::prune(store.clone(), shutdown.clone()));
         let events = match &config.app_events {
             Some(app_events) => Some(events::spawn(
                 app_events,
                 store.clone(),
-                cluster.ownership.clone(),
+                node.ownership.clone(),
                 metrics.clone(),
                 shutdown.clone(),
             )?),
@@ -219,7 +167,7 @@ impl App {
                 config.risc.configuration_url.clone(),
             )?),
             readiness: Default::default(),
-            cluster: cluster.clone(),
+            node: node.clone(),
         };
         let addr = listener.local_addr()?;
         let router = http::router(state);
@@ -238,9 +186,8 @@ impl App {
             refresh_concurrency: config.refresh.concurrency,
             push_drain: config.microservice.timeout + PUSH_RECORD_MARGIN,
             server,
-            cluster,
-            stop_leases,
-            leases,
+            node,
+            membership,
             events,
             _sqlite_hold: sqlite_hold,
         })
@@ -294,7 +241,7 @@ impl App {
         self.refresh_permits.close();
         let drain_until = deadline.min(Instant::now() + self.push_drain);
         let mut pushes_done = false;
-        let ownership = &self.cluster.ownership;
+        let ownership = &self.node.ownership;
         // A cluster node waits for its own users' pushes only.
         let mine = ownership.is_cluster().then(|| ownership.held_shards());
         loop {
@@ -314,21 +261,7 @@ impl App {
             // Its attempts in flight are sent again at the next start (at least once).
             events.abort();
         }
-        if let Some(leases) = self.leases {
-            self.stop_leases.cancel();
-            let _ = leases.await;
-            match self.store.release_all(&self.cluster.identity).await {
-                Ok(()) => {
-                    let shards = self.cluster.ownership.clear().len();
-                    tracing::info!(shards, "shard leases released");
-                    let rebalance = &cluster::Notice::Rebalance;
-                    let _ = self.cluster.notices.send(&self.store, rebalance).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot release shard leases; they lapse after the TTL")
-                }
-            }
-        }
+        self.membership.leave(&self.node).await;
         self.stop_sync.cancel();
         tracing::info!(
             elapsedMs = started.elapsed().as_millis() as u64,
@@ -342,18 +275,6 @@ impl App {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
-}
-
-/// Polls `done` every 20 ms for at most `wait`; whether it became true.
-async fn wait_until(wait: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + wait;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 async fn purge_states(store: Store, shutdown: CancellationToken) {

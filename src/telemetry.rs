@@ -36,7 +36,26 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::config::LogFormat;
+/// Log output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
+/// and debug output; anything else about it is kept as written.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The last `@` ends the userinfo, as URL parsers read it.
+    match rest[..authority].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
 
 /// OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +163,7 @@ where
             .is_ok(),
     };
     if installed && let Some(endpoint) = &config.otlp_endpoint {
-        tracing::info!(endpoint = %crate::config::without_userinfo(endpoint), protocol = ?config.otlp_protocol, "exporting traces over OTLP");
+        tracing::info!(endpoint = %without_userinfo(endpoint), protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider })
 }

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, Millis, malformed, parse_url, without_userinfo};
-use crate::sync::Signer;
+use crate::signing::Signer;
 
 /// Where and how events go to the app. Its `Debug` shows the URL without credentials.
 #[derive(Clone)]

@@ -17,7 +17,10 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::{crypto::TokenCipher, sync::Signer, telemetry::TelemetryConfig};
+use crate::{crypto::TokenCipher, signing::Signer, telemetry::TelemetryConfig};
+
+// Defined where logs are made (`telemetry`), named here too: both are settings' values.
+pub use crate::telemetry::{LogFormat, without_userinfo};
 
 pub use app_events::AppEventsConfig;
 pub use args::{ServeArgs, TelemetryArgs};
@@ -134,13 +137,6 @@ pub struct ClusterConfig {
     /// Without trailing slash.
     pub advertise_url: String,
     pub lease_ttl: Duration,
-}
-
-/// Log output shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// The whole, validated configuration of `serve`. Its `Debug` leaves every secret out.
@@ -388,20 +384,6 @@ fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {
 
 fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
     values::http_url(value).map_err(|reason| malformed(var, reason))
-}
-
-/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
-/// and debug output; anything else about it is kept as written.
-pub fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    // The last `@` ends the userinfo, as URL parsers read it.
-    match rest[..authority].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
 }
 
 /// Decodes `TOKEN_ENCRYPTION_KEY`: one base64 key, or a comma-separated list whose first key

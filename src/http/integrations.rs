@@ -27,12 +27,12 @@ use super::{
     AppState, Error,
     auth::AuthUser,
     browser_binding::CookieScope,
-    changes::{Change, user_changed},
     rate_limit::{RateLimiter, client_key},
     rfc3339,
 };
 use crate::{
     google::TokenSet,
+    node::Change,
     store::{NewTokens, StoreError, StoredTokens, SyncInfo, SyncState},
 };
 
@@ -251,7 +251,9 @@ async fn complete_consent(
         token_expiry: new_tokens.expires_at,
         scope: new_tokens.scope,
     });
-    user_changed(app, &user_id, Change::Connected(seed, known)).await;
+    app.node
+        .user_changed(&user_id, Change::Connected(seed, known))
+        .await;
     Ok(user_id)
 }
 
@@ -359,7 +361,9 @@ async fn disconnect(State(app): State<AppState>, user: AuthUser) -> Result<Json<
             "Google Calendar is not connected".into(),
         ));
     };
-    user_changed(&app, &user.user_id, Change::Disconnected).await;
+    app.node
+        .user_changed(&user.user_id, Change::Disconnected)
+        .await;
     // Best effort: the tokens are already gone here; a grant left alive at Google is what
     // revocation prevents, so failures are logged loudly.
     if let Some(token) = refresh_token

@@ -17,13 +17,11 @@ use axum::{
 use chrono::Utc;
 use serde_json::json;
 
-use super::{
-    AppState, MAX_BODY_BYTES,
-    changes::{Change, user_changed},
-};
+use super::{AppState, MAX_BODY_BYTES};
 use crate::{
     log_limit::LogLimit,
     metrics::RiscLabels,
+    node::Change,
     risc::{self, Action, verify::SetError},
 };
 
@@ -156,7 +154,7 @@ async fn act(app: &AppState, claims: risc::verify::SetClaims) {
 async fn end_grant(app: &AppState, user_id: &str) -> &'static str {
     match app.store.end_grant_for_security_event(user_id).await {
         Ok(Some(seed)) => {
-            user_changed(app, user_id, Change::Ended(seed)).await;
+            app.node.user_changed(user_id, Change::Ended(seed)).await;
             "grant_ended"
         }
         Ok(None) => "no_grant",

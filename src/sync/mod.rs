@@ -19,7 +19,6 @@
 mod client;
 mod delivery;
 mod resume;
-mod signing;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -31,6 +30,7 @@ use opentelemetry::Context;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::signing::{Signer, message_id};
 use crate::{
     config::MicroserviceConfig,
     history::History,
@@ -41,7 +41,6 @@ use crate::{
 pub use client::{Delivery, MicroserviceClient};
 use delivery::{Call, Deliverer};
 pub use resume::{resume_at_start, resume_unfinished_syncs};
-pub use signing::{Signer, message_id};
 
 /// How long a closed lane's last sent version is kept. A notice is sent right after its
 /// write, so one overtaken by a newer change arrives within moments; a minute covers any
