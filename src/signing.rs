@@ -1,6 +1,7 @@
-//! Standard Webhooks signatures on every push (README: Writing a microservice), made by the
-//! `standardwebhooks` crate, never by hand. Owns the signing keys and the three headers;
-//! must not touch HTTP or the store.
+//! Standard Webhooks signatures on every push and every event to the app (README: Writing a
+//! microservice), made by the `standardwebhooks` crate, never by hand. Owns the signing keys
+//! and the three headers; a leaf below `config`, which builds signers from the secrets. Must
+//! not touch HTTP or the store.
 //!
 //! During a secret rotation several secrets are configured and each push carries one
 //! signature by each, space-separated, so every receiver can verify with whichever secret it

@@ -85,7 +85,7 @@ async fn list_actors(
 }
 
 /// Who asks about one user: the operator (the admin token), or another node forwarding the
-/// operator's call with a credential for exactly this call (`cluster::forward`), which is
+/// operator's call with a credential for exactly this call (`node::forward`), which is
 /// answered with the proof that this node holds the same key.
 enum Caller {
     /// `forwarded`: marked as forwarded by a node of an earlier version (which sends the
