@@ -61,35 +61,13 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the database (migrating it), starts the actors and serves on `listener`.
+    /// Connects to the database (migrating it), starts the actors, joins the cluster and
+    /// serves on `listener`, in that order.
     pub async fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         warn_on_plain_http(&config);
         let config = Arc::new(config);
-        let sqlite_hold = hold_sqlite_file(&config.database_url)?;
-        let store = Store::connect(&config.database_url, config.token_cipher())
-            .await
-            .context("cannot open the database (DATABASE_URL)")?
-            .with_app_events(config.app_events.is_some());
-        let identity = NodeIdentity {
-            node_id: config.cluster.node_id.clone(),
-            process_token: hex::encode(rand::random::<[u8; 16]>()),
-            advertise_url: config.cluster.advertise_url.clone(),
-            started_at: chrono::Utc::now(),
-        };
-        // PostgreSQL always runs as a cluster (of one, alone); SQLite is single-node.
-        let ownership = Arc::new(if store.is_postgres() {
-            Ownership::cluster(
-                identity.node_id.clone(),
-                &identity.process_token,
-                store.shard_count(),
-            )
-        } else {
-            Ownership::single(identity.node_id.clone())
-        });
-        store
-            .check_keys()
-            .await
-            .context("stored tokens cannot be read")?;
+        let (store, sqlite_hold) = open_store(&config).await?;
+        let (identity, ownership) = this_node(&config, &store);
         let metrics = Arc::new(Metrics::for_node(&identity.node_id));
         let notices = Arc::new(Notices::new(&config.admin_token, &metrics));
         let history = Arc::new(History::default());
@@ -170,9 +148,12 @@ impl App {
             node: node.clone(),
         };
         let addr = listener.local_addr()?;
-        let router = http::router(state);
-        let stop = shutdown.clone();
-        let server = tokio::spawn(http::serve(listener, router, config.http, stop));
+        let server = tokio::spawn(http::serve(
+            listener,
+            http::router(state),
+            config.http,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "tokenwarden listening");
         Ok(Self {
             addr,
@@ -275,6 +256,43 @@ impl App {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Opens (and migrates) the database, holding a SQLite file against a second process, and
+/// checks that the stored tokens can be read with the configured keys.
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<SqliteHold>)> {
+    let sqlite_hold = hold_sqlite_file(&config.database_url)?;
+    let store = Store::connect(&config.database_url, config.token_cipher())
+        .await
+        .context("cannot open the database (DATABASE_URL)")?
+        .with_app_events(config.app_events.is_some());
+    store
+        .check_keys()
+        .await
+        .context("stored tokens cannot be read")?;
+    Ok((store, sqlite_hold))
+}
+
+/// This process's identity in the cluster and the shards it may act for: PostgreSQL always
+/// runs as a cluster (of one, alone), holding nothing until its leases say; SQLite is a
+/// single node that holds everyone.
+fn this_node(config: &Config, store: &Store) -> (NodeIdentity, Arc<Ownership>) {
+    let identity = NodeIdentity {
+        node_id: config.cluster.node_id.clone(),
+        process_token: hex::encode(rand::random::<[u8; 16]>()),
+        advertise_url: config.cluster.advertise_url.clone(),
+        started_at: chrono::Utc::now(),
+    };
+    let ownership = Arc::new(if store.is_postgres() {
+        Ownership::cluster(
+            identity.node_id.clone(),
+            &identity.process_token,
+            store.shard_count(),
+        )
+    } else {
+        Ownership::single(identity.node_id.clone())
+    });
+    (identity, ownership)
 }
 
 async fn purge_states(store: Store, shutdown: CancellationToken) {

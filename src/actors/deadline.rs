@@ -71,7 +71,7 @@ impl ActorContext {
 fn from_refusal(outcome: RefreshOutcome) -> DeadlineOutcome {
     match outcome {
         RefreshOutcome::NotHere(why) => DeadlineOutcome::NotHere(why),
-        RefreshOutcome::Superseded(seed) => DeadlineOutcome::Superseded(seed),
+        RefreshOutcome::Superseded(start) => DeadlineOutcome::Superseded(start),
         other => DeadlineOutcome::Later(format!("{other:?}")),
     }
 }

@@ -31,6 +31,7 @@ use super::{
     rfc3339,
 };
 use crate::{
+    config::GoogleConfig,
     google::TokenSet,
     node::Change,
     store::{NewTokens, StoreError, StoredTokens, SyncInfo, SyncState},
@@ -216,7 +217,13 @@ async fn complete_consent(
             tracing::warn!(userId = %user_id, error = %e, "code exchange failed");
             "exchange_failed"
         })?;
-    refuse_partial_consent(app, &user_id, &tokens).await?;
+    // A consent in which the user unticked a configured scope is refused: such a token cannot
+    // do the calendar work it is for, and pushing it would only move the failure to the agent.
+    let missing = missing_scopes(&app.config.google, &tokens);
+    if !missing.is_empty() {
+        drop_partial_grant(app, &user_id, &tokens, &missing).await;
+        return Err("missing_scope");
+    }
     let account = match app.google.account(&user_id, &tokens.access_token).await {
         Ok(account) => account,
         Err(e) => {
@@ -237,8 +244,8 @@ async fn complete_consent(
         authorization_expires_at: tokens.authorization_expires_at,
         google_sub: account.sub,
     };
-    let seed = match app.store.save_connection(&user_id, &new_tokens).await {
-        Ok(seed) => seed,
+    let start = match app.store.save_connection(&user_id, &new_tokens).await {
+        Ok(start) => start,
         Err(StoreError::NoRefreshToken) => return Err("no_refresh_token"),
         Err(e) => {
             tracing::error!(userId = %user_id, error = %e, "cannot save tokens");
@@ -252,33 +259,27 @@ async fn complete_consent(
         scope: new_tokens.scope,
     });
     app.node
-        .user_changed(&user_id, Change::Connected(seed, known))
+        .user_changed(&user_id, Change::Connected(start, known))
         .await;
     Ok(user_id)
 }
 
-/// Refuses a consent in which the user unticked a configured scope: such a token cannot do
-/// the calendar work it is for, and pushing it would only move the failure to the agent.
-/// The partial grant is revoked only when the user has no connection: at Google a revocation
-/// ends every grant of this app for the account, an existing good one included.
-async fn refuse_partial_consent(
-    app: &AppState,
-    user_id: &str,
-    tokens: &TokenSet,
-) -> Result<(), &'static str> {
-    let requested = app.config.google.scopes.join(" ");
+/// The configured required scopes that `tokens` were not granted.
+fn missing_scopes<'a>(google: &'a GoogleConfig, tokens: &TokenSet) -> Vec<&'a str> {
+    let requested = google.scopes.join(" ");
     let granted = tokens.scope.as_deref().unwrap_or(&requested);
-    let missing: Vec<&str> = app
-        .config
-        .google
+    google
         .required_scopes
         .iter()
         .map(String::as_str)
         .filter(|needed| !granted.split_whitespace().any(|g| g == *needed))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
+        .collect()
+}
+
+/// Logs a refused partial consent and revokes its grant, only when the user has no
+/// connection: at Google a revocation ends every grant of this app for the account, an
+/// existing good one included.
+async fn drop_partial_grant(app: &AppState, user_id: &str, tokens: &TokenSet, missing: &[&str]) {
     let connected = match app.store.connection_status(user_id).await {
         Ok(status) => status.is_some_and(|s| s.connected),
         // Unknown: keep whatever may exist rather than revoke a possibly good grant.
@@ -302,7 +303,6 @@ async fn refuse_partial_consent(
             tracing::warn!(userId = %user_id, error = %e, "revocation at Google failed");
         }
     }
-    Err("missing_scope")
 }
 
 /// Google's `error` parameter as a reason code: known shape only, never echoed raw.

@@ -153,8 +153,8 @@ async fn act(app: &AppState, claims: risc::verify::SetClaims) {
 /// pushes the DELETE.
 async fn end_grant(app: &AppState, user_id: &str) -> &'static str {
     match app.store.end_grant_for_security_event(user_id).await {
-        Ok(Some(seed)) => {
-            app.node.user_changed(user_id, Change::Ended(seed)).await;
+        Ok(Some(start)) => {
+            app.node.user_changed(user_id, Change::Ended(start)).await;
             "grant_ended"
         }
         Ok(None) => "no_grant",

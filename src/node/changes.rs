@@ -5,17 +5,17 @@
 //! half). Must not touch: the row (the route has written it already).
 
 use super::{Node, Notice};
-use crate::store::{ActorSeed, StoredTokens, SyncSnapshot};
+use crate::store::{ActorStart, StoredTokens, SyncSnapshot};
 
 /// What the route did to the user's row.
 pub enum Change {
     /// New tokens were saved; with them when the route knows all of them, which spares the
     /// push a read of the row and two decryptions.
-    Connected(ActorSeed, Option<StoredTokens>),
+    Connected(ActorStart, Option<StoredTokens>),
     /// The tokens were cleared.
     Disconnected,
     /// The grant ended (a security event): the user waits for a reconnect, as saved.
-    Ended(ActorSeed),
+    Ended(ActorStart),
     /// Nothing changed but the microservice should get the state again.
     Resync,
 }
@@ -25,17 +25,17 @@ impl Node {
     pub async fn user_changed(&self, user_id: &str, change: Change) {
         if self.ownership.holds(user_id) {
             let known = match change {
-                Change::Connected(seed, tokens) => {
-                    let version = seed.version;
-                    self.supervisor.user_connected(seed);
+                Change::Connected(start, tokens) => {
+                    let version = start.version;
+                    self.supervisor.user_connected(start);
                     tokens.map(|tokens| SyncSnapshot::Connected { version, tokens })
                 }
                 Change::Disconnected => {
                     self.supervisor.user_disconnected(user_id);
                     None
                 }
-                Change::Ended(seed) => {
-                    self.supervisor.user_connected(seed);
+                Change::Ended(start) => {
+                    self.supervisor.user_connected(start);
                     None
                 }
                 Change::Resync => None,

@@ -5,7 +5,7 @@
 //! so a notice lost while the listening connection was down is made up for by reloading every
 //! held shard once it is back. Only notices sealed by a node are heard (`sealed`): any role
 //! that can connect to the database can `NOTIFY`. Must not touch: the rows themselves (it
-//! reads seeds through the store), actors' state.
+//! reads the actors' starting rows through the store), actors' state.
 
 use std::{sync::Arc, time::Duration};
 
@@ -123,8 +123,8 @@ async fn user_changed(targets: &NoticeTargets, user_id: &str) {
     if !targets.node.ownership.holds(user_id) {
         return;
     }
-    match targets.node.store.actor_seed(user_id).await {
-        Ok(Some(seed)) => targets.node.supervisor.user_connected(seed),
+    match targets.node.store.actor_start(user_id).await {
+        Ok(Some(start)) => targets.node.supervisor.user_connected(start),
         Ok(None) => targets.node.supervisor.user_disconnected(user_id),
         Err(e) => {
             tracing::warn!(userId = %user_id, error = %e, "cannot read a changed user's row");

@@ -36,7 +36,7 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 pub use app_events::{APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, StoredAppEvent};
 #[cfg(feature = "test-util")]
-pub use bulk::{AuditRow, SeedUser};
+pub use bulk::{AuditRow, BulkUser};
 pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
 pub use console::{SyncBacklog, UserListing};
 pub use entity::user::{ReconnectReason, SyncState};
@@ -49,7 +49,7 @@ pub use states::TakenState;
 pub use users::{
     Expected, NewTokens, RefreshAnswer, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange,
 };
-pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
+pub use views::{ActorStart, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`). One: statements queue in memory
 /// instead of meeting at SQLite's lock, whose busy handler sleeps in whole milliseconds, and

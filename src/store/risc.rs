@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::{
-    ActorSeed, Store, StoreError,
+    ActorStart, Store, StoreError,
     entity::{
         risc_event,
         user::{self, ReconnectReason},
@@ -124,7 +124,7 @@ impl Store {
     pub async fn end_grant_for_security_event(
         &self,
         user_id: &str,
-    ) -> Result<Option<ActorSeed>, StoreError> {
+    ) -> Result<Option<ActorStart>, StoreError> {
         for _ in 0..WRITE_ATTEMPTS {
             let Some(row) = self.user(user_id).await? else {
                 return Ok(None);
@@ -138,7 +138,7 @@ impl Store {
                 .await?
                 .is_some()
             {
-                return self.actor_seed(user_id).await;
+                return self.actor_start(user_id).await;
             }
         }
         Err(StoreError::Contended)
