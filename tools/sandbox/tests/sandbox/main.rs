@@ -901,7 +901,7 @@ async fn bearer_token_refuses_wrong_tokens_of_any_length() {
     assert_eq!(attempt(Some("Bearer ms-secret")).await, StatusCode::OK);
 
     // Timing is not observable in a test: check that the comparison is the constant-time one.
-    let source = include_str!("../../src/microservice.rs");
+    let source = include_str!("../../src/microservice/mod.rs");
     let check = &source[source.find("fn authorized(").unwrap()..];
     let check = &check[..check.find("\n    }\n").unwrap()];
     assert!(check.contains("secrets_match("), "{check}");
