@@ -9,8 +9,8 @@
 //! change carries the same id, every other change another, so receivers can drop duplicates.
 //!
 //! The signature covers the body only, not the URL, the method or the `Token-Version` header,
-//! so a signed body also names its user and version ([`Binding`], CONTRACT 5a): a push
-//! captured on the wire cannot be replayed for another user, with another version, or as a
+//! so a signed body also names its user and version ([`Binding`], docs/contract.md section 5a): a
+//! push captured on the wire cannot be replayed for another user, with another version, or as a
 //! DELETE, because the receiver refuses a signed body that disagrees with the request.
 
 use http::{HeaderMap, HeaderValue};

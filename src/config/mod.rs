@@ -73,7 +73,7 @@ pub struct GoogleConfig {
     pub timeout: Duration,
 }
 
-/// Where Google's security events come from (CONTRACT 10).
+/// Where Google's security events come from (docs/contract.md section 10).
 #[derive(Debug, Clone)]
 pub struct RiscConfig {
     /// The RISC configuration document: its `issuer` and `jwks_uri`.
@@ -130,7 +130,7 @@ pub struct RefreshConfig {
     pub hibernate_after: Duration,
 }
 
-/// This process as a node of a cluster (CONTRACT section 8; PostgreSQL only).
+/// This process as a node of a cluster (docs/contract.md section 8; PostgreSQL only).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: String,
@@ -354,9 +354,9 @@ fn required_secret(
         .ok_or(ConfigError::Missing(var))
 }
 
-/// Shortest admin token `serve` accepts (CONTRACT 4): with 32 characters even a token of
-/// lowercase letters and digits holds over 160 bits, out of reach of online guessing (which is
-/// throttled besides) and of any offline search.
+/// Shortest admin token `serve` accepts (docs/contract.md section 4): with 32 characters even a
+/// token of lowercase letters and digits holds over 160 bits, out of reach of online guessing
+/// (which is throttled besides) and of any offline search.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// `ADMIN_TOKEN`: required, and long enough that nobody guesses it.

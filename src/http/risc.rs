@@ -1,9 +1,9 @@
-//! `POST /api/integrations/google/risc` (CONTRACT 10): Google's Security Event Tokens, pushed
-//! as RFC 8935 describes. A valid SET is answered `202` at once and acted on after the answer;
-//! an invalid one `400 {"err", "description"}` and nothing changes. The action: the SET's `jti`
-//! is recorded first (the insert that wins acts, on any node, so a duplicate is acted on once),
-//! then the user its subject names loses the grant where the event says so, through the same
-//! front-door write and hand-over to the owner as a disconnect. Must not touch: the actors'
+//! `POST /api/integrations/google/risc` (docs/contract.md section 10): Google's Security Event
+//! Tokens, pushed as RFC 8935 describes. A valid SET is answered `202` at once and acted on after
+//! the answer; an invalid one `400 {"err", "description"}` and nothing changes. The action: the
+//! SET's `jti` is recorded first (the insert that wins acts, on any node, so a duplicate is acted
+//! on once), then the user its subject names loses the grant where the event says so, through the
+//! same front-door write and hand-over to the owner as a disconnect. Must not touch: the actors'
 //! state, the keys' cache (`risc::keys`).
 
 use axum::{

@@ -1,4 +1,4 @@
-//! Queries of a PostgreSQL cluster (CONTRACT section 8): the one statement that renews,
+//! Queries of a PostgreSQL cluster (docs/contract.md section 8): the one statement that renews,
 //! claims and releases a node's shard leases and beats its heart, the graceful release, the
 //! live nodes, a shard's owner, and the change notices (`LISTEN/NOTIFY`). The database's clock
 //! sets every expiry, so nodes' clocks never have to agree. Must not decide anything: which

@@ -1,7 +1,8 @@
-//! Saving a completed consent (CONTRACT 3): the tokens of a first connect or a reconnect, in
-//! one statement when Google sent a refresh token, else conditional on the version read so the
-//! stored refresh token is kept. With app events on, the `connection.connected` event is
-//! written in the same transaction (CONTRACT 9). Must not touch: the refresh path.
+//! Saving a completed consent (docs/contract.md section 3): the tokens of a first connect or a
+//! reconnect, in one statement when Google sent a refresh token, else conditional on the version
+//! read so the stored refresh token is kept. With app events on, the `connection.connected` event
+//! is written in the same transaction (docs/contract.md section 9). Must not touch: the refresh
+//! path.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{

@@ -1,6 +1,6 @@
-//! Queries for Google's security events (CONTRACT 10): the record of each valid event (one row
-//! per `jti`: the insert that wins is the one that acts, on any node), the users an event's
-//! subject names (by account id, or by an identifier of their current refresh token), the
+//! Queries for Google's security events (docs/contract.md section 10): the record of each valid
+//! event (one row per `jti`: the insert that wins is the one that acts, on any node), the users an
+//! event's subject names (by account id, or by an identifier of their current refresh token), the
 //! end of a grant for a security event (a front-door write: no lease, the version bump
 //! supersedes any refresh in flight), and the pruning of records older than their keep.
 

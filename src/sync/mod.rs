@@ -44,7 +44,8 @@ pub use resume::{resume_at_start, resume_unfinished_syncs};
 
 /// How long a closed lane's last sent version is kept. A notice is sent right after its
 /// write, so one overtaken by a newer change arrives within moments; a minute covers any
-/// scheduling delay with a wide margin, for ~150k small entries at 2,500 changes a second.
+/// scheduling delay with a wide margin, and the entries are small enough that a minute of
+/// changes at full speed fits in memory comfortably.
 const RECENT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Calls in progress per microservice permit: the others read their row or record their

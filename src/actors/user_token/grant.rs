@@ -1,6 +1,6 @@
-//! The user actor's side of the grant's life (CONTRACT 9): taking in a new grant, the moments
-//! of a time-limited grant (its warning, its end) and a grant that ended. The timer fires
-//! [`UserTokenMsg::Deadline`] at the earliest of the warning, the end and the refresh
+//! The user actor's side of the grant's life (docs/contract.md section 9): taking in a new grant,
+//! the moments of a time-limited grant (its warning, its end) and a grant that ended. The timer
+//! fires [`UserTokenMsg::Deadline`] at the earliest of the warning, the end and the refresh
 //! (`Schedule::next_due`); the jobs run outside the mailbox (`actors::deadline`) and come back
 //! as [`UserTokenMsg::DeadlineFinished`].
 

@@ -1,6 +1,7 @@
-//! The operator console (README: The operator console; CONTRACT 4a): server-rendered pages
-//! under `/console` for a person holding `ADMIN_TOKEN`. It shows what the admin API shows
-//! (and a little history) and offers the same two actions, "Refresh now" and "Resync".
+//! The operator console (README: The operator console; docs/contract.md section 4a):
+//! server-rendered pages under `/console` for a person holding `ADMIN_TOKEN`. It shows what the
+//! admin API shows (and a little history) and offers the same two actions, "Refresh now" and
+//! "Resync".
 //!
 //! - here: the routes, the handlers, the operator extractor and the action log;
 //! - `session`: the signed session cookie, the CSRF tokens and the origin check;

@@ -7,9 +7,9 @@
 //! slow down on purpose. It can stop listening and come back on the same port with its data
 //! intact, to stand for an outage.
 //!
-//! It also keeps CONTRACT 5a: a push carrying `Token-Version: n` is refused with `409` when the
-//! user is already at `n` or newer (a DELETE's version counts, kept as a tombstone), and when
-//! started with a signing secret every push must carry a valid Standard Webhooks signature
+//! It also keeps docs/contract.md section 5a: a push carrying `Token-Version: n` is refused with
+//! `409` when the user is already at `n` or newer (a DELETE's version counts, kept as a tombstone),
+//! and when started with a signing secret every push must carry a valid Standard Webhooks signature
 //! over a body naming the URL's user and the `Token-Version`, so a captured push cannot be
 //! replayed for another user, with another version, or as a DELETE.
 //!
@@ -70,7 +70,7 @@ pub struct MicroserviceConfig {
     pub bearer_token: Option<String>,
     /// When set (`whsec_<base64>`, or several comma-separated during a rotation), every push
     /// must carry a Standard Webhooks signature by one of them over its exact body, and that
-    /// body must name the URL's user and the `Token-Version` (CONTRACT 5a).
+    /// body must name the URL's user and the `Token-Version` (docs/contract.md section 5a).
     pub signing_secret: Option<String>,
     /// Where the table lives: `sqlite::memory:`, `sqlite://file?mode=rwc` or `postgres://...`.
     pub database_url: String,

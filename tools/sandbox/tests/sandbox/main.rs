@@ -1,9 +1,9 @@
 //! The sandbox Google provider and the reference microservice, driven over real HTTP on
 //! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
-//! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode,
-//! `group_commit` many concurrent versioned pushes applied together, `grants` the Google
-//! provider's time-limited grants and refusal modes (CONTRACT 9), `risc` and `risc_events`
-//! the Google provider as a RISC transmitter (CONTRACT 10).
+//! holds the microservice's versioned and signed pushes (docs/contract.md section 5a) and its stall
+//! mode, `group_commit` many concurrent versioned pushes applied together, `grants` the Google
+//! provider's time-limited grants and refusal modes (docs/contract.md section 9), `risc` and
+//! `risc_events` the Google provider as a RISC transmitter (docs/contract.md section 10).
 
 mod grants;
 mod group_commit;
