@@ -16,6 +16,7 @@ mod console;
 mod console_grant;
 mod console_security;
 mod disconnect;
+mod docs;
 mod event_durability;
 mod faults;
 mod fuzz;
