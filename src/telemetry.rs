@@ -3,7 +3,10 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C `traceparent` propagation helpers for the
 //! HTTP clients and servers. No token ever goes into a span: callers record user ids only.
 //! A request from a caller nobody verified starts its own trace and only links the caller's
-//! ([`link_trace`]); verified callers' traces are continued ([`continue_trace`]).
+//! ([`link_trace`]); verified callers' traces are continued ([`continue_trace`]). It also owns
+//! how a URL is shown in logs ([`without_userinfo`]) and the log shape ([`LogFormat`]), which
+//! `config` parses: a leaf of the crate, importing none of it. Must not touch: the settings
+//! themselves, or anything that acts for a user.
 
 use std::{
     fmt,
