@@ -83,23 +83,16 @@ impl App {
             stop_sync.clone(),
         )?;
         let refresh_permits = Arc::new(Semaphore::new(config.refresh.concurrency));
-        let ctx = Arc::new(ActorContext {
+        let shared = Shared {
+            config: config.clone(),
             store: store.clone(),
             ownership: ownership.clone(),
-            google: google.clone(),
+            google,
             sync: sync.clone(),
             metrics: metrics.clone(),
-            history: history.clone(),
-            refresh: config.refresh.clone(),
-            // The warning is an event to the app: nothing to warn without one.
-            warning: config
-                .app_events
-                .is_some()
-                .then_some(config.authorization_expiry_warning),
-            permits: refresh_permits.clone(),
-            refreshing: Default::default(),
-            backlog: Default::default(),
-        });
+            history,
+        };
+        let ctx = Arc::new(shared.actor_context(refresh_permits.clone()));
         let supervisor = Supervisor::start(ctx).await?;
         let node = Node::new(NodeParts {
             ownership,
@@ -131,22 +124,7 @@ impl App {
             )?),
             None => None,
         };
-        let state = AppState {
-            config: config.clone(),
-            store: store.clone(),
-            google,
-            supervisor: supervisor.clone(),
-            sync: sync.clone(),
-            metrics: metrics.clone(),
-            history,
-            connect_limiter: Arc::new(http::RateLimiter::for_connect()),
-            auth_throttle: Arc::new(http::AuthThrottle::default()),
-            risc_keys: Arc::new(crate::risc::keys::RiscKeys::new(
-                config.risc.configuration_url.clone(),
-            )?),
-            readiness: Default::default(),
-            node: node.clone(),
-        };
+        let state = shared.front_door(supervisor.clone(), node.clone())?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(http::serve(
             listener,
@@ -255,6 +233,61 @@ impl App {
     /// A handle that stops the front door when cancelled; [`App::shutdown`] does the rest.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// What the actors and the front door are built from.
+struct Shared {
+    config: Arc<Config>,
+    store: Store,
+    ownership: Arc<Ownership>,
+    google: GoogleClient,
+    sync: SyncDispatcher,
+    metrics: Arc<Metrics>,
+    history: Arc<History>,
+}
+
+impl Shared {
+    /// What every user actor shares; refreshes in flight hold one of `permits` each.
+    fn actor_context(&self, permits: Arc<Semaphore>) -> ActorContext {
+        let config = &self.config;
+        ActorContext {
+            store: self.store.clone(),
+            ownership: self.ownership.clone(),
+            google: self.google.clone(),
+            sync: self.sync.clone(),
+            metrics: self.metrics.clone(),
+            history: self.history.clone(),
+            refresh: config.refresh.clone(),
+            // The warning is an event to the app: nothing to warn without one.
+            warning: config
+                .app_events
+                .is_some()
+                .then_some(config.authorization_expiry_warning),
+            permits,
+            refreshing: Default::default(),
+            backlog: Default::default(),
+        }
+    }
+
+    /// What every handler of the front door reaches.
+    fn front_door(self, supervisor: Supervisor, node: Node) -> anyhow::Result<AppState> {
+        let risc_keys =
+            crate::risc::keys::RiscKeys::new(self.config.risc.configuration_url.clone())?;
+        Ok(AppState {
+            config: self.config,
+            store: self.store,
+            google: self.google,
+            supervisor,
+            sync: self.sync,
+            metrics: self.metrics,
+            history: self.history,
+            connect_limiter: Arc::new(http::RateLimiter::for_connect()),
+            auth_throttle: Arc::new(http::AuthThrottle::default()),
+            risc_keys: Arc::new(risc_keys),
+            readiness: Default::default(),
+            node,
+        })
     }
 }
 
