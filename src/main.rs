@@ -74,15 +74,9 @@ enum Command {
         telemetry: TelemetryArgs,
     },
     /// Run the microservice contract's cases against a microservice and print a pass/fail table.
-    ///
-    /// Cases: connect (the seed's body and answer), missing-<field> for each of the four
-    /// fields and bad-token_expiry (400), delete-known (the seed's answer) and delete-unknown
-    /// (404), stale-version and late-after-delete (409, and nothing changed), bearer-missing
-    /// and bearer-wrong (401, with --token), signature-missing, signature-tampered and
-    /// signature-old (401, with --signing-secret), concurrent-versions (20 at once, the newest
-    /// wins). Each case uses a user id of its own and deletes it afterwards. Exit code 0 only
-    /// when every case passed, 1 when one failed, 2 on unusable flags.
+    // The long help lists the cases, from the checker's one list of them.
     #[cfg(feature = "tools")]
+    #[command(long_about = tokenwarden_check::help())]
     CheckMicroservice(tokenwarden_check::CheckArgs),
 }
 

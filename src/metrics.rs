@@ -174,8 +174,8 @@ pub struct Metrics {
     /// Refresh attempts by `reason` (`scheduled`, `forced`, `retry`) and `result` (`ok`,
     /// `transient`, `revoked`, `rejected`, `superseded`).
     pub refreshes: Family<RefreshLabels, Counter>,
-    /// Refreshes Google answered with a failure (or never answered), by `reason` (CONTRACT 9:
-    /// which reasons are the user's and which are ours or Google's).
+    /// Refreshes Google answered with a failure (or never answered), by `reason` (docs/contract.md
+    /// section 9: which reasons are the user's and which are ours or Google's).
     pub google_refresh_failures: Family<GoogleFailureLabels, Counter>,
     /// User actors alive by `status`.
     pub actors_by_status: Family<StatusLabels, Gauge>,

@@ -56,8 +56,8 @@ pub(super) struct Deliverer {
     pub shutdown: CancellationToken,
     /// Failed attempts logged as warnings at most once per [`FAILURE_LOG_EVERY`]; the rest at
     /// debug, counted here and named in the next warning. An app down for minutes would
-    /// otherwise write a line per event per attempt (800,000 lines, 330 MB, in a 5-minute
-    /// outage with 100,000 users; BENCHMARKS.md), and the metrics count every attempt anyway.
+    /// otherwise write a line per event per attempt, hundreds of megabytes for a large user
+    /// base (the load test's outage run shows it), and the metrics count every attempt anyway.
     pub failure_log: crate::log_limit::LogLimit,
 }
 

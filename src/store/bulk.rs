@@ -12,7 +12,7 @@ use super::{
 };
 
 /// One user to seed, as a completed consent would have left it.
-pub struct SeedUser {
+pub struct BulkUser {
     pub user_id: String,
     pub access_token: String,
     pub refresh_token: String,
@@ -34,7 +34,7 @@ pub struct AuditRow {
 impl Store {
     /// Inserts connected users in one statement, marked as already pushed at version 1 (the
     /// caller seeds the microservice with the same tokens).
-    pub async fn seed_users(&self, users: &[SeedUser]) -> Result<(), StoreError> {
+    pub async fn insert_users(&self, users: &[BulkUser]) -> Result<(), StoreError> {
         if users.is_empty() {
             return Ok(());
         }

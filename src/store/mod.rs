@@ -36,7 +36,7 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 pub use app_events::{APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, StoredAppEvent};
 #[cfg(feature = "test-util")]
-pub use bulk::{AuditRow, SeedUser};
+pub use bulk::{AuditRow, BulkUser};
 pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
 pub use console::{SyncBacklog, UserListing};
 pub use entity::user::{ReconnectReason, SyncState};
@@ -49,15 +49,14 @@ pub use states::TakenState;
 pub use users::{
     Expected, NewTokens, RefreshAnswer, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange,
 };
-pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
+pub use views::{ActorStart, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`). One: statements queue in memory
 /// instead of meeting at SQLite's lock, whose busy handler sleeps in whole milliseconds, and
 /// with no reader holding an older snapshot every WAL checkpoint completes, so the WAL stays
-/// short. Measured against two (BENCHMARKS.md, issue 12): 0.19 → 0.16 ms of CPU per refresh
-/// and lateness p99 512 → 32 ms at saturation, 0.61 → 0.55 ms per connect. The cost: a long
-/// statement (a console page's table scan, a resync of every user) delays the others by its
-/// length.
+/// short. Against two connections it costs less CPU per refresh and per connect, and keeps
+/// refreshes far less late at saturation (benches/HISTORY.md). The cost: a long statement (a
+/// console page's table scan, a resync of every user) delays the others by its length.
 const SQLITE_CONNECTIONS: u32 = 1;
 
 /// Longest a readiness read may take before the database counts as not answering.
@@ -83,7 +82,7 @@ pub enum StoreError {
 pub struct Store {
     db: DatabaseConnection,
     cipher: TokenCipher,
-    /// Shards fixed at the first migration (CONTRACT section 8).
+    /// Shards fixed at the first migration (docs/contract.md section 8).
     shard_count: u32,
     /// Row reads by user id, batched (see `batch`).
     reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,

@@ -139,8 +139,8 @@ impl Store {
 }
 
 /// Makes a refresh-path write conditional on the writer still holding its shard's lease: the
-/// shard's epoch and owner's process token are both the writer's (the fence of CONTRACT section
-/// 8; the token tells apart two owners given one epoch by a database failover that lost a
+/// shard's epoch and owner's process token are both the writer's (the fence of docs/contract.md
+/// section 8; the token tells apart two owners given one epoch by a database failover that lost a
 /// claim). No condition on a single node.
 pub(super) fn fenced(
     update: sea_orm::UpdateMany<user::Entity>,

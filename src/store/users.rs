@@ -220,7 +220,7 @@ impl Store {
             let update = with_pending_sync(update, row.token_version + 1, now)
                 .filter(user::Column::UserId.eq(user_id))
                 .filter(user::Column::TokenVersion.eq(row.token_version));
-            // The app's event is written by the same transaction (CONTRACT 9).
+            // The app's event is written by the same transaction (docs/contract.md section 9).
             let txn = self.db.begin().await?;
             if update.exec(&txn).await?.rows_affected == 1 {
                 let mut event = AppEvent::new(AppEventType::Disconnected, user_id, now);

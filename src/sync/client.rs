@@ -13,7 +13,7 @@ use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::signing::{Binding, Signer};
+use crate::signing::{Binding, Signer};
 use crate::{
     config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,

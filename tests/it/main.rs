@@ -23,6 +23,7 @@ mod fuzz;
 mod google_grants;
 mod grant_events;
 mod grant_life;
+mod layers;
 mod metrics_labels;
 mod nodelay;
 mod oauth_states;

@@ -140,7 +140,7 @@ impl Actor for UserTokenActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UserTokenMsg::TokensChanged(seed) => state.new_grant(&myself, &seed),
+            UserTokenMsg::TokensChanged(start) => state.new_grant(&myself, &start),
             UserTokenMsg::Deadline => state.deadline(&myself),
             UserTokenMsg::DeadlineFinished(outcome) => state.finish_deadline(&myself, outcome),
             UserTokenMsg::Refresh(reason) => state.start_refresh(&myself, reason),
@@ -394,10 +394,10 @@ impl UserTokenState {
                     + chrono::Duration::from_std(LEASE_RECHECK).unwrap_or_default();
                 self.arm(myself, at, reason);
             }
-            RefreshOutcome::Superseded(seed) => {
-                match seed {
+            RefreshOutcome::Superseded(start) => {
+                match start {
                     // Newer tokens than the ones that failed: start afresh.
-                    Some(seed) => self.new_grant(myself, &seed),
+                    Some(start) => self.new_grant(myself, &start),
                     // Disconnected meanwhile; the supervisor stops us too.
                     None => myself.stop(Some("no longer connected".into())),
                 }

@@ -1,7 +1,7 @@
-//! The grant's life on the users pages (CONTRACT 9): why a user must reconnect, in words; when
-//! a time-limited grant ends; and the user's recent events to the app, delivered or pending,
-//! read from the outbox so any node shows them. Events carry no token value, and neither does
-//! anything here: type, reason, times, attempts and the app's last error only.
+//! The grant's life on the users pages (docs/contract.md section 9): why a user must reconnect, in
+//! words; when a time-limited grant ends; and the user's recent events to the app, delivered or
+//! pending, read from the outbox so any node shows them. Events carry no token value, and neither
+//! does anything here: type, reason, times, attempts and the app's last error only.
 
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};

@@ -1,6 +1,7 @@
-//! The operator console (README: The operator console; CONTRACT 4a): server-rendered pages
-//! under `/console` for a person holding `ADMIN_TOKEN`. It shows what the admin API shows
-//! (and a little history) and offers the same two actions, "Refresh now" and "Resync".
+//! The operator console (README: The operator console; docs/contract.md section 4a):
+//! server-rendered pages under `/console` for a person holding `ADMIN_TOKEN`. It shows what the
+//! admin API shows (and a little history) and offers the same two actions, "Refresh now" and
+//! "Resync".
 //!
 //! - here: the routes, the handlers, the operator extractor and the action log;
 //! - `session`: the signed session cookie, the CSRF tokens and the origin check;
@@ -38,7 +39,10 @@ use maud::Markup;
 use serde::Deserialize;
 
 use super::{AppState, Error, auth_throttle::client_ip};
-use crate::metrics::StatusLabels;
+use crate::{
+    metrics::StatusLabels,
+    node::{Change, Runs},
+};
 use pages::Frame;
 #[cfg(feature = "test-util")]
 pub use session::forge_cookie;
@@ -416,23 +420,13 @@ async fn refresh_now(
         return stale_form();
     }
     audit("refresh_now", Some(&user_id), &peer);
-    let queued = app.supervisor.refresh_now(&user_id).await || at_owner(&app, &user_id).await;
+    // On a cluster, the user's owner (wherever it runs) is asked, as the admin route does.
+    let queued = match app.node.refresh(&user_id, false).await {
+        Ok(Runs::Here(())) => true,
+        Ok(Runs::Elsewhere(relayed)) => relayed.status == reqwest::StatusCode::ACCEPTED,
+        Ok(Runs::Nobody) | Err(_) => false,
+    };
     back_to(&user_id, if queued { "refresh" } else { "no_actor" })
-}
-
-/// On a cluster, asks the user's owner (wherever it runs) to refresh, as the admin route does.
-async fn at_owner(app: &AppState, user_id: &str) -> bool {
-    let relayed = crate::cluster::forward_admin(
-        &app.cluster,
-        &app.store,
-        &app.config.admin_token,
-        reqwest::Method::POST,
-        user_id,
-        "refresh",
-        false,
-    )
-    .await;
-    matches!(relayed, Ok(Some(r)) if r.status == reqwest::StatusCode::ACCEPTED)
 }
 
 /// `POST /console/users/{user_id}/resync` (`csrf`): pushes the user's current state to the
@@ -451,6 +445,6 @@ async fn resync(
     if !app.store.queue_resync(&user_id).await? {
         return Ok(back_to(&user_id, "no_user"));
     }
-    crate::http::changes::user_changed(&app, &user_id, crate::http::changes::Change::Resync).await;
+    app.node.user_changed(&user_id, Change::Resync).await;
     Ok(back_to(&user_id, "resync"))
 }

@@ -1,5 +1,5 @@
-//! Several `tokenwarden serve` processes on one PostgreSQL database (issue 9, CONTRACT section
-//! 8), as an operator runs them: real child processes on loopback, the in-process sandbox
+//! Several `tokenwarden serve` processes on one PostgreSQL database (issue 9, docs/contract.md
+//! section 8), as an operator runs them: real child processes on loopback, the in-process sandbox
 //! Google provider and reference microservice, a fresh database per test, and signals sent by
 //! `kill`. [`Cluster`] starts the nodes and reads what they say (`/admin/nodes`,
 //! `/admin/actors`, `/metrics`) and what the database and the microservice hold.
