@@ -95,7 +95,7 @@ pub struct GoogleFailureLabels {
 /// Labels of the actors-by-status gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
-    /// An actor status (README: Admin routes).
+    /// An actor status (docs/api.md: Admin routes).
     pub status: &'static str,
 }
 

@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures on every push and every event to the app (README: Writing a
+//! Standard Webhooks signatures on every push and every event to the app (docs/microservice.md: Writing a
 //! microservice), made by the `standardwebhooks` crate, never by hand. Owns the signing keys
 //! and the three headers; a leaf below `config`, which builds signers from the secrets. Must
 //! not touch HTTP or the store.

@@ -32,7 +32,7 @@ impl RefreshReason {
     }
 }
 
-/// Where a user actor stands (README: Admin routes).
+/// Where a user actor stands (docs/api.md: Admin routes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorStatus {

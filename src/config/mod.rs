@@ -1,4 +1,4 @@
-//! Configuration: every variable of the README's Configuration table, read once at start
+//! Configuration: every variable of docs/configuration.md, read once at start
 //! (flags or environment, `.env` if present) into the typed [`Config`]. Nothing else in the
 //! crate reads the environment. A missing or malformed variable yields one line naming it.
 //!

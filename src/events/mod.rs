@@ -1,4 +1,4 @@
-//! Events to the app (docs/contract.md section 9, README: Events to the app): each change of a
+//! Events to the app (docs/contract.md section 9, docs/app-events.md: Events to the app): each change of a
 //! user's connection reaches `APP_EVENTS_URL` as one signed JSON POST, at least once and, per user,
 //! in order, however long the app is away (up to 72 hours).
 //!

@@ -1,4 +1,4 @@
-//! Operator routes (README: Admin routes): the actor registry, forced refresh, the resync
+//! Operator routes (docs/api.md: Admin routes): the actor registry, forced refresh, the resync
 //! that pushes every connected user's tokens (the seed's upgrade path, without reconnects),
 //! and the cluster's live nodes. On a cluster, a call about one user that lands on a node not
 //! running the user's actor is answered by the user's owner (`node::Node::actor`); the

@@ -42,7 +42,7 @@ impl Window {
 /// The client address of a request: the connection's peer (`serve` puts it on every request).
 /// Without one (a router driven in-process) every request counts as one unspecified address,
 /// which throttles them together rather than not at all. Behind a proxy the peer is the
-/// proxy: its clients share one allowance (README, Security notes).
+/// proxy: its clients share one allowance (docs/security.md, Security notes).
 pub fn client_ip(extensions: &http::Extensions) -> IpAddr {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

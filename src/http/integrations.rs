@@ -1,4 +1,4 @@
-//! The user-facing Google Calendar routes (README: User routes): start a consent, take
+//! The user-facing Google Calendar routes (docs/api.md: User routes): start a consent, take
 //! Google's callback, show the connection, disconnect. The callback never waits for the
 //! microservice: it saves, tells the supervisor and the sync dispatcher, and redirects.
 //! Only these routes answer the frontend's cross-origin calls, with credentials, because the

@@ -1,4 +1,4 @@
-//! The outbox of events to the app (docs/contract.md section 9, README: Events to the app): what an
+//! The outbox of events to the app (docs/contract.md section 9, docs/app-events.md: Events to the app): what an
 //! event is ([`AppEvent`]), the handle that says whether events are on and wakes their
 //! deliverer ([`AppEvents`]), and every query on `app_events`. An event is inserted in the same
 //! transaction as the change of the user's connection that causes it

@@ -1,4 +1,4 @@
-//! Pushes every token change to the microservice (README: The microservice contract).
+//! Pushes every token change to the microservice (docs/microservice.md: The microservice contract).
 //!
 //! The [`SyncDispatcher`] keeps one lane per user with at most one call in flight: a change
 //! that arrives meanwhile only marks the lane dirty, and the next call sends the newest state:

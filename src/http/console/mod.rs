@@ -1,4 +1,4 @@
-//! The operator console (README: The operator console; docs/contract.md section 4a):
+//! The operator console (docs/api.md: The operator console; docs/contract.md section 4a):
 //! server-rendered pages under `/console` for a person holding `ADMIN_TOKEN`. It shows what the
 //! admin API shows (and a little history) and offers the same two actions, "Refresh now" and
 //! "Resync".

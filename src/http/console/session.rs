@@ -470,7 +470,7 @@ mod tests {
         assert!(check(&[("sec-fetch-site", "same-site")]).is_some());
         assert!(
             check(&[("sec-fetch-site", "none")]).is_some(),
-            "README: only same-origin"
+            "docs/api.md: only same-origin"
         );
         assert!(
             check(&[
