@@ -113,15 +113,7 @@ async fn health_readiness_and_metrics() {
     t.connect("yara").await;
     t.admin(Method::POST, "/admin/actors/yara/refresh").await;
     let counted = eventually(Duration::from_secs(5), || async {
-        let text = t
-            .http
-            .get(format!("{}/metrics", t.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = t.metrics().await;
         text.contains(
             "tokenwarden_refreshes_total{node=\"test-node\",reason=\"forced\",result=\"ok\"} 1",
         )
@@ -130,28 +122,11 @@ async fn health_readiness_and_metrics() {
     assert!(counted);
     // The connect's push runs beside the refresh; its counter appears once it is recorded.
     let pushed = eventually(Duration::from_secs(5), || async {
-        let text = t
-            .http
-            .get(format!("{}/metrics", t.url))
-            .send()
-            .await
-            .unwrap();
-        text.text()
-            .await
-            .unwrap()
-            .contains("tokenwarden_syncs_total")
+        t.metrics().await.contains("tokenwarden_syncs_total")
     })
     .await;
     assert!(pushed, "the connect's push is counted");
-    let text = t
-        .http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics().await;
     for name in [
         "tokenwarden_actors",
         "tokenwarden_syncs_total",

@@ -229,8 +229,7 @@ async fn refresh_failures_are_classified_by_reason() {
 }
 
 async fn metrics(t: &TestApp) -> String {
-    let response = t.http.get(format!("{}/metrics", t.url)).send().await;
-    response.unwrap().text().await.unwrap()
+    t.metrics().await
 }
 
 #[tokio::test]

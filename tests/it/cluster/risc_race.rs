@@ -22,15 +22,7 @@ impl Cluster {
         let label = format!("outcome=\"{outcome}\"");
         let mut sum = 0.0;
         for node in self.nodes.iter().filter(|n| n.served.is_some()) {
-            let text = self
-                .http
-                .get(format!("{}/metrics", node.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = crate::support::metrics_text(&self.http, &node.url).await;
             sum += text
                 .lines()
                 .filter(|l| l.starts_with("tokenwarden_risc_events_total{") && l.contains(&label))

@@ -39,13 +39,7 @@ async fn idle_actors_hibernate_and_wake_for_their_refresh(backend: Backend, cloc
     let first_token = microservice_token(&t, "hugo")
         .await
         .expect("pushed at connect");
-    let metrics = t
-        .http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = t.metrics().await;
     let parked_gauge = "tokenwarden_actors_by_status{node=\"test-node\",status=\"hibernating\"} 1";
     assert!(metrics.contains(parked_gauge), "{metrics}");
 
