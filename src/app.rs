@@ -66,10 +66,14 @@ impl App {
         warn_on_plain_http(&config);
         let config = Arc::new(config);
         let sqlite_hold = hold_sqlite_file(&config.database_url)?;
-        let store = Store::connect(&config.database_url, config.token_cipher())
-            .await
-            .context("cannot open the database (DATABASE_URL)")?
-            .with_app_events(config.app_events.is_some());
+        let store = Store::connect_with_session(
+            &config.database_url,
+            &config.database_session_url,
+            config.token_cipher(),
+        )
+        .await
+        .context("cannot open the database (DATABASE_URL)")?
+        .with_app_events(config.app_events.is_some());
         let identity = NodeIdentity {
             node_id: config.cluster.node_id.clone(),
             process_token: hex::encode(rand::random::<[u8; 16]>()),
@@ -136,7 +140,7 @@ impl App {
             };
             let (listening_tx, listening) = tokio::sync::oneshot::channel();
             tokio::spawn(cluster::listen(
-                config.database_url.clone(),
+                config.database_session_url.clone(),
                 targets,
                 stop_sync.clone(),
                 listening_tx,

@@ -21,10 +21,18 @@ pub struct MigrateArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// Reaches PostgreSQL without a transaction pooler (the migration lock needs a session);
+    /// used instead of `DATABASE_URL` when set.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
+    pub database_session_url: Option<String>,
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    Store::migrate_only(&args.database_url)
+    let url = args
+        .database_session_url
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or(args.database_url);
+    Store::migrate_only(&url)
         .await
         .context("cannot migrate the database (DATABASE_URL)")?;
     println!("migrations applied");
