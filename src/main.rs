@@ -44,6 +44,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
+    /// Ask the local service's `/healthz` and exit 0 when it answers 200 (a container's
+    /// health check in an image without a shell or curl).
+    Healthcheck(cli::HealthcheckArgs),
     /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
     RotateKey(cli::RotateKeyArgs),
     /// Register the receiver of Google's security events with the RISC API, show the
@@ -107,6 +110,7 @@ async fn main() -> ExitCode {
         Command::Demo { args, telemetry } => with_telemetry(telemetry, demo(args)).await,
         Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
+        Command::Healthcheck(args) => cli::healthcheck(args),
         Command::RotateKey(args) => cli::rotate_key(args).await,
         Command::Risc(args) => tokenwarden::risc_cli::run(args).await,
         #[cfg(feature = "tools")]

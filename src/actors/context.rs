@@ -50,6 +50,12 @@ pub struct ActorContext {
     pub backlog: AtomicBool,
 }
 
+/// Saves of one refresh's answer, at most, and the pause between them: together about the
+/// time a database failover takes (tests/it/cluster/db_failover.rs), and bounded again by the
+/// lease, which a node that cannot reach its database loses after the TTL.
+const SAVE_ATTEMPTS: u32 = 20;
+const SAVE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl ActorContext {
     /// One refresh of one user: read the refresh token, ask Google, save first, then queue the
     /// push. Every write is conditional on the version read, so a reconnect or disconnect that
@@ -105,33 +111,52 @@ impl ActorContext {
             Ok(mut tokens) => {
                 tokens.authorization_expires_at =
                     moved_end(stored_end, tokens.authorization_expires_at);
-                let result = self
-                    .store
-                    .save_refreshed(
-                        user_id,
-                        Expected { version, fence },
-                        RefreshAnswer {
-                            access_token: &tokens.access_token,
-                            rotated_refresh_token: tokens.refresh_token.as_ref(),
-                            expires_at: tokens.expires_at,
-                            scope: tokens.scope.as_deref(),
-                            authorization_end: tokens.authorization_expires_at,
-                            // Hashed only when they change (a rotation) or are missing:
-                            // not three digests on every refresh.
-                            token_ids: (tokens.refresh_token.is_some()
-                                || !credentials.token_ids_stored)
-                                .then(|| {
-                                    RefreshTokenIds::of(
-                                        tokens
-                                            .refresh_token
-                                            .as_ref()
-                                            .unwrap_or(&credentials.refresh_token)
-                                            .expose_secret(),
-                                    )
-                                }),
-                        },
-                    )
-                    .await;
+                // Hashed only when they change (a rotation) or are missing: not three
+                // digests on every refresh.
+                let token_ids = (tokens.refresh_token.is_some() || !credentials.token_ids_stored)
+                    .then(|| {
+                        RefreshTokenIds::of(
+                            tokens
+                                .refresh_token
+                                .as_ref()
+                                .unwrap_or(&credentials.refresh_token)
+                                .expose_secret(),
+                        )
+                    });
+                // Google's answer exists nowhere else: a save that fails (the database
+                // failing over, a connection cut) is tried again while the lease holds,
+                // rather than asking Google again with a refresh token it may have rotated.
+                // Safe to repeat: the write is conditional on the version read and the fence,
+                // so a first attempt that did commit makes the next one find a newer version.
+                let mut attempt = 1;
+                let result = loop {
+                    let result = self
+                        .store
+                        .save_refreshed(
+                            user_id,
+                            Expected {
+                                version,
+                                fence: fence.clone(),
+                            },
+                            RefreshAnswer {
+                                access_token: &tokens.access_token,
+                                rotated_refresh_token: tokens.refresh_token.as_ref(),
+                                expires_at: tokens.expires_at,
+                                scope: tokens.scope.as_deref(),
+                                authorization_end: tokens.authorization_expires_at,
+                                token_ids: token_ids.clone(),
+                            },
+                        )
+                        .await;
+                    if result.is_ok() || attempt >= SAVE_ATTEMPTS || !acting.still_valid() {
+                        break result;
+                    }
+                    if let Err(e) = &result {
+                        tracing::warn!(userId = %user_id, error = %e, attempt, "cannot save a refresh Google answered, trying again");
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(SAVE_RETRY_DELAY).await;
+                };
                 let saved = tokens.scope.map(|scope| StoredTokens {
                     access_token: tokens.access_token,
                     refresh_token: tokens.refresh_token.unwrap_or(credentials.refresh_token),
