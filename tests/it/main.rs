@@ -17,6 +17,7 @@ mod console_grant;
 mod console_security;
 mod container;
 mod disconnect;
+mod docs;
 mod event_durability;
 mod faults;
 mod fuzz;
