@@ -171,14 +171,14 @@ async fn a_synchronous_standby_takes_over_under_refresh_load_and_nothing_is_lost
             .iter()
             .filter_map(|u| {
                 let row = db.get(u)?;
-                (!row.last_refresh_at.is_some_and(|at| at > last_stop)).then(|| {
-                    (
+                row.last_refresh_at
+                    .is_none_or(|at| at <= last_stop)
+                    .then_some((
                         u,
                         row.token_version,
                         row.needs_reconnect,
                         row.last_refresh_at,
-                    )
-                })
+                    ))
             })
             .collect();
         let mut their_lines = String::new();
