@@ -39,12 +39,14 @@ pub(super) async fn check_prepared_statements(db: &DatabaseConnection) -> Result
                 .bind(round as i32)
                 .execute(&mut **conn)
                 .await;
-            if let Err(e) = probe {
-                let code = e.as_database_error().and_then(|d| d.code());
-                if code.is_some_and(|c| PREPARED_STATEMENT_CODES.contains(&c.as_ref())) {
-                    found = Some(e.to_string());
-                    break 'rounds;
-                }
+            if let Err(e) = probe
+                && let Some(db) = e.as_database_error()
+                && db
+                    .code()
+                    .is_some_and(|c| PREPARED_STATEMENT_CODES.contains(&c.as_ref()))
+            {
+                found = Some(db.message().to_string());
+                break 'rounds;
             }
         }
     }
@@ -57,7 +59,7 @@ pub(super) async fn check_prepared_statements(db: &DatabaseConnection) -> Result
         None => Ok(()),
         Some(error) => Err(format!(
             "DATABASE_URL goes through a connection pooler that does not keep prepared \
-             statements between transactions ({error}): use PgBouncer 1.21 or later with \
+             statements between transactions (PostgreSQL said: {error}): use PgBouncer 1.21 or later with \
              max_prepared_statements > 0, session pooling, or a direct URL"
         )),
     }

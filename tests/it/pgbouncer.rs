@@ -17,7 +17,7 @@ use std::{
 
 use crate::{
     cluster::{Cluster, Settings, user_ids, wait_actor_total},
-    process::{free_port, sandboxes, serve_env, tokenwarden},
+    process::{free_port, running_as_root, sandboxes, serve_env, tokenwarden},
     support::{Backend, ENCRYPTION_KEY, TestDatabase, eventually, postgres_available},
 };
 
@@ -28,13 +28,6 @@ pub struct PgBouncer {
     pub version: (u32, u32),
     child: Child,
     dir: tempfile::TempDir,
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn pgbouncer_binary() -> Option<PathBuf> {

@@ -192,6 +192,15 @@ pub async fn connect_at(http: &Client, url: &str, user: &str) {
     );
 }
 
+/// Whether this process runs as root (PostgreSQL and PgBouncer refuse to: the tests then run
+/// them as `postgres`).
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
 /// A loopback port that was free a moment ago.
 /// Picked below the kernel's ephemeral range (32768 and up here): a port handed out by a bind
 /// to port 0 can be taken a moment later as the source port of any outgoing connection, and a

@@ -86,6 +86,9 @@ pub struct Settings {
     /// A database the test runs itself (real PostgreSQL servers behind a proxy) instead of
     /// a fresh one on `TEST_DATABASE_URL`; the nodes' `DATABASE_URL` and the test's own reads.
     pub database_url: Option<String>,
+    /// `CLUSTER_LEASE_TTL_SECS` of every node ([`LEASE_TTL`] unless a test needs the
+    /// production default).
+    pub lease_ttl: Duration,
     /// The nodes reach the database through a pooler on this loopback port
     /// (`DATABASE_URL`), and directly for what needs a session (`DATABASE_SESSION_URL`).
     pub pooled_port: Option<u16>,
@@ -100,6 +103,7 @@ impl Default for Settings {
             rotation: false,
             app_events_url: None,
             database_url: None,
+            lease_ttl: LEASE_TTL,
             pooled_port: None,
         }
     }
@@ -242,7 +246,10 @@ impl Cluster {
             ("LISTEN_ADDR", format!("127.0.0.1:{}", node.port)),
             ("NODE_ID", node.id.clone()),
             ("NODE_ADVERTISE_URL", node.url.clone()),
-            ("CLUSTER_LEASE_TTL_SECS", LEASE_TTL.as_secs().to_string()),
+            (
+                "CLUSTER_LEASE_TTL_SECS",
+                self.settings.lease_ttl.as_secs().to_string(),
+            ),
             (
                 "GOOGLE_CALENDAR_REDIRECT_URI",
                 format!("{}/api/integrations/google/callback", first.url),

@@ -20,7 +20,10 @@ use sea_orm::{ConnectionTrait, Database};
 use tokenwarden_sandbox::bind_loopback;
 use tokio::{net::TcpStream, task::AbortHandle};
 
-use crate::{process::free_port, support::eventually};
+use crate::{
+    process::{free_port, running_as_root},
+    support::eventually,
+};
 
 /// The database the nodes use on these servers.
 pub const DB_NAME: &str = "tokenwarden";
@@ -50,13 +53,6 @@ pub fn pg_bin() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// One PostgreSQL server: its data directory and port. Stopped (immediately) when dropped.
