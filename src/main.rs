@@ -110,7 +110,16 @@ async fn main() -> ExitCode {
         Command::Demo { args, telemetry } => with_telemetry(telemetry, demo(args)).await,
         Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
-        Command::Healthcheck(args) => cli::healthcheck(args),
+        // 1, not 2, when unhealthy: Docker's HEALTHCHECK reserves exit code 2.
+        Command::Healthcheck(args) => {
+            return match cli::healthcheck(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::RotateKey(args) => cli::rotate_key(args).await,
         Command::Risc(args) => tokenwarden::risc_cli::run(args).await,
         #[cfg(feature = "tools")]

@@ -313,3 +313,22 @@ impl Drop for Container<'_> {
         }
     }
 }
+
+/// The image's health check without a service to ask: exit code 1 (Docker reserves 2) and one
+/// line saying where it looked.
+#[tokio::test]
+async fn the_health_check_fails_with_exit_code_1_when_nothing_answers() {
+    let port = free_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::process::tokenwarden(dir.path())
+        .args(["healthcheck", "--listen-addr", &format!("0.0.0.0:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
