@@ -30,6 +30,7 @@
 pub mod actors;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

@@ -84,7 +84,7 @@ impl ActorContext {
         // The end of a time-limited grant is final: at or after it, Google is not asked.
         if credentials
             .authorization_expires_at
-            .is_some_and(|end| end <= chrono::Utc::now())
+            .is_some_and(|end| end <= crate::clock::now())
         {
             return match self.end_at_expiry(user_id, version, &acting).await {
                 Ok(Some(_)) => RefreshOutcome::Revoked(ReconnectReason::AuthorizationExpired),

@@ -4,8 +4,6 @@
 //! the actor's mailbox, only inside a valid lease, and fenced. Must not touch: Google, the
 //! actor's state (the outcome goes back as a message).
 
-use chrono::Utc;
-
 use super::{
     context::ActorContext,
     messages::{DeadlineOutcome, RefreshOutcome},
@@ -40,7 +38,7 @@ impl ActorContext {
     ) -> Result<Option<TokenChange>, StoreError> {
         let change = self
             .store
-            .expire_authorization(user_id, version, acting.fence(), Utc::now())
+            .expire_authorization(user_id, version, acting.fence(), crate::clock::now())
             .await?;
         if let Some(change) = &change {
             let version = change.version;

@@ -112,7 +112,7 @@ impl Actor for TokenSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // The wall clock is read once per message: every decision below takes it as `now`.
-        let now = Utc::now();
+        let now = crate::clock::now();
         match message {
             // Adopted in the handler (no database read), so any admin call queued after the
             // callback's message already finds the user.

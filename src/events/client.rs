@@ -96,7 +96,7 @@ impl AppClient {
                     "Request failed with status code {}",
                     response.status().as_u16()
                 ),
-                retry_after: retry_after(response.headers(), Utc::now()),
+                retry_after: retry_after(response.headers(), crate::clock::now()),
             },
             Err(e) => Attempt::Failed {
                 error: describe_reqwest_error(&e),

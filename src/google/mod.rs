@@ -147,7 +147,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response, Utc::now()))
+        Ok(token_set(&response, crate::clock::now()))
     }
 
     /// Uses a refresh token to get a new access token.
@@ -164,7 +164,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response, Utc::now()))
+        Ok(token_set(&response, crate::clock::now()))
     }
 
     /// Revokes a token (revoking the refresh token ends the whole grant). Sent as Google

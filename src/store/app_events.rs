@@ -212,7 +212,9 @@ impl Store {
     /// Stores `event` on its own (no change in the same write) and wakes the deliverer;
     /// answers whether it was stored (not when events are off).
     pub async fn record_app_event(&self, event: &AppEvent) -> Result<bool, StoreError> {
-        let stored = self.insert_app_event(&self.db, event, Utc::now()).await?;
+        let stored = self
+            .insert_app_event(&self.db, event, crate::clock::now())
+            .await?;
         if stored {
             self.app_events.wake();
         }

@@ -38,7 +38,7 @@ impl Store {
         if users.is_empty() {
             return Ok(());
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let models = users.iter().map(|u| user::ActiveModel {
             user_id: Set(u.user_id.clone()),
             google_access_token: Set(Some(

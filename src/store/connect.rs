@@ -55,7 +55,7 @@ impl Store {
         let refresh = self
             .cipher
             .encrypt(refresh.expose_secret(), &refresh_context(user_id));
-        let row = self.new_connection_row(user_id, tokens, (refresh, ids), Utc::now());
+        let row = self.new_connection_row(user_id, tokens, (refresh, ids), crate::clock::now());
         let on_conflict = OnConflict::column(C::UserId)
             .update_columns([
                 C::GoogleAccessToken,
@@ -149,7 +149,7 @@ impl Store {
         user_id: &str,
         tokens: &NewTokens,
     ) -> Result<Option<ActorSeed>, StoreError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let access = self.cipher.encrypt(
             tokens.access_token.expose_secret(),
             &access_context(user_id),

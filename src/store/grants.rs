@@ -56,7 +56,7 @@ impl Store {
         ended_by: Option<DateTime<Utc>>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let version = expected_version + 1;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true))
             .col_expr(user::Column::ReconnectReason, Expr::value(reason.as_str()));
@@ -90,7 +90,7 @@ impl Store {
         user_id: &str,
         fence: Option<Fence>,
     ) -> Result<bool, StoreError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let update = user::Entity::update_many()
             .col_expr(user::Column::AuthorizationWarned, Expr::value(true))
             .filter(user::Column::UserId.eq(user_id))

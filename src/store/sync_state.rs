@@ -4,7 +4,6 @@
 //! is about, and fenced by the writer's lease (epoch and process token) on a cluster. Must not
 //! touch: token columns.
 
-use chrono::Utc;
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
@@ -29,7 +28,7 @@ impl Store {
         let ack = Write::Synced {
             user_id: user_id.to_string(),
             version,
-            now: Utc::now(),
+            now: crate::clock::now(),
             fence,
         };
         self.writes
@@ -71,7 +70,7 @@ impl Store {
         error: Option<&str>,
         fence: Option<Fence>,
     ) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::SyncState, Expr::value(state))
             .col_expr(

@@ -28,6 +28,7 @@ mod metrics_labels;
 mod nodelay;
 mod oauth_states;
 mod partial_consent;
+mod paused;
 mod pg_outage;
 mod pgbouncer;
 mod process;

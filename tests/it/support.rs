@@ -169,6 +169,8 @@ pub struct Options {
     pub token_lifetime: Duration,
     pub refresh_lead_secs: u64,
     pub microservice_timeout_ms: u64,
+    /// `GOOGLE_HTTP_TIMEOUT_MS`.
+    pub google_timeout_ms: u64,
     pub microservice_token: Option<String>,
     /// `TOKEN_ENCRYPTION_KEY`: one base64 key, or a rotation's comma-separated list.
     pub encryption_key: String,
@@ -209,6 +211,7 @@ impl Default for Options {
             token_lifetime: Duration::from_secs(3600),
             refresh_lead_secs: 300,
             microservice_timeout_ms: 2000,
+            google_timeout_ms: 2000,
             microservice_token: None,
             encryption_key: ENCRYPTION_KEY.into(),
             hibernate_after_secs: 60,
@@ -326,7 +329,7 @@ impl TestApp {
             refresh_retry_max_ms: Millis(o.refresh_retry_max_ms),
             sync_retry_base_ms: Millis(100),
             sync_retry_max_ms: Millis(1000),
-            google_timeout_ms: Millis(2000),
+            google_timeout_ms: Millis(o.google_timeout_ms),
             http_header_read_timeout_secs: Secs(o.header_read_timeout_secs),
             http_max_connections: o.max_connections,
             frontend_url: url("http://frontend.test".into()),

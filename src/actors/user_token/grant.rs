@@ -93,7 +93,7 @@ impl UserTokenState {
         {
             return;
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let due = match self.schedule.next_due() {
             Some((at, due @ (NextDue::Warn | NextDue::Expire))) if at <= now => due,
             _ => {

@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn event(delivered: bool) -> StoredAppEvent {
-        let now = Utc::now();
+        let now = crate::clock::now();
         StoredAppEvent {
             id: 1,
             event_id: "msg_x".into(),
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn events_show_their_reason_and_delivery() {
-        let html = events_table(&[event(false), event(true)], Utc::now()).into_string();
+        let html = events_table(&[event(false), event(true)], crate::clock::now()).into_string();
         assert!(html.contains("connection.needs_reconnect"));
         assert!(html.contains("authorization expired"));
         assert!(html.contains("pending") && html.contains("delivered"));

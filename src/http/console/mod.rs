@@ -146,7 +146,7 @@ impl Operator {
     /// unexpired, and still live in the database (not signed out, not ended by an operator).
     async fn of(app: &AppState, headers: &HeaderMap) -> Result<Option<Self>, Error> {
         let keys = Keys::from_admin_token(&app.config.admin_token);
-        let now = Utc::now();
+        let now = crate::clock::now();
         let Some(session) = keys.session(headers, now) else {
             return Ok(None);
         };
@@ -287,7 +287,7 @@ fn secure_cookie(app: &AppState) -> bool {
 }
 
 async fn overview_page(app: &AppState, csrf: &str) -> Result<Markup, Error> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let statuses = users::STATUSES
         .iter()
         .map(|&status| {
@@ -354,7 +354,7 @@ async fn list_users(
     let (rows, next) = users::page(&app.store, &app.supervisor, query, status, cursor).await?;
     let csrf = operator.csrf();
     let frame = operator.frame("Users", &csrf, None);
-    let content = users::list(&rows, &text, status, next.as_ref(), Utc::now());
+    let content = users::list(&rows, &text, status, next.as_ref(), crate::clock::now());
     Ok(pages::page(&frame, content))
 }
 
@@ -391,7 +391,7 @@ async fn show_user(
         return Ok((StatusCode::NOT_FOUND, pages::page(&frame, content)).into_response());
     };
     let history = app.history.user(&user_id);
-    let now = Utc::now();
+    let now = crate::clock::now();
     let events = grant::events_section(&app.store, &user_id, now).await?;
     let security = security::section(&app.store, &user_id, now).await?;
     let events = maud::html! { (events) (security) };
