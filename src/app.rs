@@ -105,7 +105,7 @@ impl App {
         })?;
         let membership = node
             .join(Joining {
-                database_url: config.database_url.clone(),
+                database_url: config.database_session_url.clone(),
                 lease_ttl: config.cluster.lease_ttl,
                 metrics: metrics.clone(),
                 stop_listening: stop_sync.clone(),
@@ -295,10 +295,14 @@ impl Shared {
 /// checks that the stored tokens can be read with the configured keys.
 async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<SqliteHold>)> {
     let sqlite_hold = hold_sqlite_file(&config.database_url)?;
-    let store = Store::connect(&config.database_url, config.token_cipher())
-        .await
-        .context("cannot open the database (DATABASE_URL)")?
-        .with_app_events(config.app_events.is_some());
+    let store = Store::connect_with_session(
+        &config.database_url,
+        &config.database_session_url,
+        config.token_cipher(),
+    )
+    .await
+    .context("cannot open the database (DATABASE_URL)")?
+    .with_app_events(config.app_events.is_some());
     store
         .check_keys()
         .await

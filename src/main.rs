@@ -44,6 +44,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
+    /// Ask the local service's `/healthz` and exit 0 when it answers 200 (a container's
+    /// health check in an image without a shell or curl).
+    Healthcheck(cli::HealthcheckArgs),
     /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
     RotateKey(cli::RotateKeyArgs),
     /// Register the receiver of Google's security events with the RISC API, show the
@@ -101,6 +104,16 @@ async fn main() -> ExitCode {
         Command::Demo { args, telemetry } => with_telemetry(telemetry, demo(args)).await,
         Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
+        // 1, not 2, when unhealthy: Docker's HEALTHCHECK reserves exit code 2.
+        Command::Healthcheck(args) => {
+            return match cli::healthcheck(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::RotateKey(args) => cli::rotate_key(args).await,
         Command::Risc(args) => tokenwarden::risc_cli::run(args).await,
         #[cfg(feature = "tools")]

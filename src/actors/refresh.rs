@@ -39,6 +39,12 @@ struct Saved {
     new_end: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Saves of one refresh's answer, at most, and the pause between them: together about the
+/// time a database failover takes (tests/it/cluster/db_failover.rs), and bounded again by the
+/// lease, which a node that cannot reach its database loses after the TTL.
+const SAVE_ATTEMPTS: u32 = 20;
+const SAVE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl ActorContext {
     /// One refresh of one user: read the refresh token, ask Google, save first, then queue the
     /// push.
@@ -167,21 +173,39 @@ impl ActorContext {
                         .expose_secret(),
                 )
             });
-        let written = self
-            .store
-            .save_refreshed(
-                user_id,
-                Expected { version, fence },
-                RefreshAnswer {
-                    access_token: &tokens.access_token,
-                    rotated_refresh_token: tokens.refresh_token.as_ref(),
-                    expires_at: tokens.expires_at,
-                    scope: tokens.scope.as_deref(),
-                    authorization_end: tokens.authorization_expires_at,
-                    token_ids,
-                },
-            )
-            .await;
+        // Google's answer exists nowhere else: a save that fails (the database failing over,
+        // a connection cut) is tried again while the lease holds, rather than asking Google
+        // again with a refresh token it may have rotated. Safe to repeat: the write is
+        // conditional on the version read and the fence, so a first attempt that did commit
+        // makes the next one find a newer version.
+        let mut attempt = 1;
+        let written = loop {
+            let written = self
+                .store
+                .save_refreshed(
+                    user_id,
+                    Expected {
+                        version,
+                        fence: fence.clone(),
+                    },
+                    RefreshAnswer {
+                        access_token: &tokens.access_token,
+                        rotated_refresh_token: tokens.refresh_token.as_ref(),
+                        expires_at: tokens.expires_at,
+                        scope: tokens.scope.as_deref(),
+                        authorization_end: tokens.authorization_expires_at,
+                        token_ids: token_ids.clone(),
+                    },
+                )
+                .await;
+            let Err(e) = &written else { break written };
+            if attempt >= SAVE_ATTEMPTS || !acting.still_valid() {
+                break written;
+            }
+            tracing::warn!(userId = %user_id, error = %e, attempt, "cannot save a refresh Google answered, trying again");
+            attempt += 1;
+            tokio::time::sleep(SAVE_RETRY_DELAY).await;
+        };
         // The tokens saved are also what the microservice must get: handed to the sync as
         // they are, they save it a read and two decryptions. Without a scope in Google's
         // answer the stored one stays, which only the row knows.

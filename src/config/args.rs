@@ -40,6 +40,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// PostgreSQL URL that reaches the database without a transaction-pooling proxy in
+    /// between, for what needs a session: the one `LISTEN` connection and the migration lock.
+    /// Default: `DATABASE_URL`.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
+    pub database_session_url: Option<String>,
     /// OAuth client id of the Google Cloud project.
     #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_ID")]
     pub google_client_id: Option<String>,

@@ -144,6 +144,9 @@ pub struct ClusterConfig {
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub database_url: String,
+    /// `DATABASE_SESSION_URL`, else `DATABASE_URL`: the `LISTEN` connection and the migration
+    /// lock need a session of their own, which a transaction pooler does not give.
+    pub database_session_url: String,
     pub http: HttpServerConfig,
     pub google: GoogleConfig,
     pub risc: RiscConfig,
@@ -280,6 +283,10 @@ impl ServeArgs {
         let (encryption_key, old_encryption_keys) = parse_keys(key.expose_secret())?;
         Ok(Config {
             listen_addr: self.listen_addr,
+            database_session_url: self
+                .database_session_url
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| self.database_url.clone()),
             database_url: self.database_url,
             http,
             google,

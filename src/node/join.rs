@@ -28,7 +28,8 @@ pub struct Membership {
 
 /// How a node joins.
 pub struct Joining {
-    /// Where the notices are listened for.
+    /// Where the notices are listened for: `DATABASE_SESSION_URL`, a session of its own (a
+    /// pooler in transaction mode would drop the `LISTEN`).
     pub database_url: String,
     pub lease_ttl: Duration,
     pub metrics: Arc<Metrics>,

@@ -16,6 +16,7 @@ mod exclusive;
 mod grants;
 mod key_check;
 mod nodelay;
+mod pooler;
 mod risc;
 mod rotation;
 mod states;
@@ -75,6 +76,9 @@ pub enum StoreError {
     Contended,
     #[error("the database is held by another process ({0}); stop it first")]
     Held(String),
+    /// `DATABASE_URL` loses prepared statements between transactions (see `pooler`).
+    #[error("{0}")]
+    Pooler(String),
 }
 
 /// Handle to the database; cheap to clone.
@@ -95,6 +99,17 @@ pub struct Store {
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str, cipher: TokenCipher) -> Result<Self, StoreError> {
+        Self::connect_with_session(url, url, cipher).await
+    }
+
+    /// [`Store::connect`] with the migration lock taken over `session_url`
+    /// (`DATABASE_SESSION_URL`), which reaches PostgreSQL without a transaction pooler; the
+    /// pooled `url` is checked to keep prepared statements first.
+    pub async fn connect_with_session(
+        url: &str,
+        session_url: &str,
+        cipher: TokenCipher,
+    ) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new(url.to_string());
         options
             .sqlx_logging(false)
@@ -118,7 +133,12 @@ impl Store {
                 .map_sqlx_postgres_pool_opts(move |pool| nodelay::on_connect(pool, &url));
         }
         let db = Database::connect(options).await?;
-        migrate(url, &db).await?;
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            pooler::check_prepared_statements(&db)
+                .await
+                .map_err(StoreError::Pooler)?;
+        }
+        migrate(session_url, &db).await?;
         let shard_count = read_shard_count(&db).await?;
         Ok(Self::batched(db, cipher, shard_count))
     }
@@ -198,14 +218,15 @@ impl Store {
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e77;
 
 /// Applies pending migrations. On PostgreSQL they run under a session advisory lock on one
-/// dedicated connection, so that nodes started together on an empty database migrate once
-/// and the others wait, then find nothing left to do.
-async fn migrate(url: &str, db: &DatabaseConnection) -> Result<(), StoreError> {
+/// dedicated connection to `session_url`, so that nodes started together on an empty database
+/// migrate once and the others wait, then find nothing left to do. A session lock through a
+/// transaction pooler would be taken on one server connection and left there.
+async fn migrate(session_url: &str, db: &DatabaseConnection) -> Result<(), StoreError> {
     if db.get_database_backend() != sea_orm::DbBackend::Postgres {
         Migrator::up(db, None).await?;
         return Ok(());
     }
-    let mut options = ConnectOptions::new(url.to_string());
+    let mut options = ConnectOptions::new(session_url.to_string());
     options
         .sqlx_logging(false)
         .max_connections(1)

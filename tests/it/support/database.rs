@@ -89,6 +89,15 @@ impl TestDatabase {
         }
     }
 
+    /// A PostgreSQL database the test runs itself (nothing to drop).
+    pub fn existing(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            postgres_name: None,
+            _dir: None,
+        }
+    }
+
     /// The SQLite file's path, if this is SQLite.
     pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
         self._dir.as_ref().map(|d| d.path().join("tokenwarden.db"))
