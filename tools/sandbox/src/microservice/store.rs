@@ -66,26 +66,45 @@ pub(super) struct Store {
     db: DatabaseConnection,
     /// The queue of versioned pushes, applied in batches on the same pool.
     pushes: GroupCommit,
+    /// For an in-memory database, a connection outside the pool that keeps it alive: the pool
+    /// may close and reopen its own (sqlx does, after a failed or cancelled statement), and an
+    /// in-memory SQLite vanishes with its last connection.
+    _keeper: Option<sea_orm::sqlx::SqliteConnection>,
 }
 
 impl Store {
     pub(super) async fn connect(url: &str) -> anyhow::Result<Self> {
-        let mut options = ConnectOptions::new(url);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // One named in-memory database shared by every connection of this process that names
+        // it (and by nothing else): the keeper and the pool's.
+        let url = if in_memory {
+            let name: u64 = rand::random();
+            format!("sqlite:file:reference-microservice-{name:016x}?mode=memory&cache=shared")
+        } else {
+            url.to_owned()
+        };
+        let keeper = if in_memory {
+            use sea_orm::sqlx::Connection as _;
+            Some(sea_orm::sqlx::SqliteConnection::connect(&url).await?)
+        } else {
+            None
+        };
+        let mut options = ConnectOptions::new(url.as_str());
         options.sqlx_logging(false);
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            // Each connection to an in-memory SQLite is its own database, and the database
-            // vanishes with its last connection: keep exactly one, forever.
-            options
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
+        if in_memory {
+            // One connection: SQLite's shared cache locks by table, and the pushes are applied
+            // one group at a time anyway.
+            options.max_connections(1).min_connections(1);
         }
         let db = Database::connect(options).await?;
         db.execute_unprepared(CREATE_TOKENS).await?;
         db.execute_unprepared(CREATE_VERSIONS).await?;
         let pushes = GroupCommit::spawn(db.clone());
-        Ok(Self { db, pushes })
+        Ok(Self {
+            db,
+            pushes,
+            _keeper: keeper,
+        })
     }
 
     /// A statement for this connection's backend; `sql` numbers its parameters `$1`, `$2`...,
