@@ -1,0 +1,131 @@
+//! What a PostgreSQL run cost the database, per refresh: WAL bytes (`pg_current_wal_lsn()`),
+//! WAL records and full-page images (`pg_stat_wal`), row updates, of which heap-only
+//! (`pg_stat_user_tables`, this database's tables), committed transactions
+//! (`pg_stat_database`, this database) and checkpoints (`pg_stat_bgwriter`), each read before
+//! and after the sampled run. WAL, records, images and checkpoints are the whole server's:
+//! another database's writes would count too. Row and transaction counts are this database's,
+//! as PostgreSQL's statistics report them (each backend flushes its counts about once a
+//! second, so a reading may miss the last second's).
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde::Serialize;
+use tokenwarden::store::Store;
+
+/// The counters, read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reading {
+    wal_lsn: i64,
+    wal_records: i64,
+    wal_fpi: i64,
+    rows_updated: i64,
+    rows_hot_updated: i64,
+    rows_inserted: i64,
+    commits: i64,
+    checkpoints: i64,
+}
+
+/// The run's database figures (PostgreSQL runs only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DatabaseCost {
+    pub wal_bytes: u64,
+    pub wal_records: u64,
+    pub wal_full_page_images: u64,
+    pub rows_updated: u64,
+    pub rows_hot_updated: u64,
+    pub rows_inserted: u64,
+    pub transactions: u64,
+    /// Checkpoints that began during the run: each makes the next write of every page log
+    /// the whole page, so a run with one writes more WAL than one without.
+    pub checkpoints: u64,
+    pub wal_bytes_per_refresh: Option<f64>,
+    pub wal_records_per_refresh: Option<f64>,
+    pub rows_updated_per_refresh: Option<f64>,
+    pub transactions_per_refresh: Option<f64>,
+}
+
+const READING: &str = "SELECT \
+    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_lsn, \
+    (SELECT wal_records FROM pg_stat_wal)::bigint AS wal_records, \
+    (SELECT wal_fpi FROM pg_stat_wal)::bigint AS wal_fpi, \
+    (SELECT COALESCE(SUM(n_tup_upd), 0) FROM pg_stat_user_tables)::bigint AS rows_updated, \
+    (SELECT COALESCE(SUM(n_tup_hot_upd), 0) FROM pg_stat_user_tables)::bigint AS rows_hot_updated, \
+    (SELECT COALESCE(SUM(n_tup_ins), 0) FROM pg_stat_user_tables)::bigint AS rows_inserted, \
+    (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())::bigint AS commits, \
+    (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)::bigint AS checkpoints";
+
+/// Reads the counters. Statistics read inside a transaction stay as they were at its first
+/// read; each reading is its own autocommit statement, so it sees the latest.
+pub async fn read(store: &Store) -> anyhow::Result<Reading> {
+    let row = store
+        .connection()
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, READING))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no statistics row"))?;
+    let get = |name: &str| row.try_get::<i64>("", name);
+    Ok(Reading {
+        wal_lsn: get("wal_lsn")?,
+        wal_records: get("wal_records")?,
+        wal_fpi: get("wal_fpi")?,
+        rows_updated: get("rows_updated")?,
+        rows_hot_updated: get("rows_hot_updated")?,
+        rows_inserted: get("rows_inserted")?,
+        commits: get("commits")?,
+        checkpoints: get("checkpoints")?,
+    })
+}
+
+impl DatabaseCost {
+    /// The difference of two readings, and each per refresh.
+    pub fn between(start: &Reading, end: &Reading, refreshes: f64) -> Self {
+        let delta = |a: i64, b: i64| u64::try_from(b - a).unwrap_or(0);
+        let per = |n: u64| (refreshes >= 1.0).then(|| n as f64 / refreshes);
+        let wal_bytes = delta(start.wal_lsn, end.wal_lsn);
+        let wal_records = delta(start.wal_records, end.wal_records);
+        let rows_updated = delta(start.rows_updated, end.rows_updated);
+        let transactions = delta(start.commits, end.commits);
+        Self {
+            wal_bytes,
+            wal_records,
+            wal_full_page_images: delta(start.wal_fpi, end.wal_fpi),
+            rows_updated,
+            rows_hot_updated: delta(start.rows_hot_updated, end.rows_hot_updated),
+            rows_inserted: delta(start.rows_inserted, end.rows_inserted),
+            transactions,
+            checkpoints: delta(start.checkpoints, end.checkpoints),
+            wal_bytes_per_refresh: per(wal_bytes),
+            wal_records_per_refresh: per(wal_records),
+            rows_updated_per_refresh: per(rows_updated),
+            transactions_per_refresh: per(transactions),
+        }
+    }
+
+    /// The report's rows.
+    pub fn rows(&self) -> Vec<(&'static str, String)> {
+        let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+        vec![
+            (
+                "database per refresh: WAL B / WAL records (whole server)",
+                format!(
+                    "{} / {}  ({:.1} MiB, {} full-page images, {} checkpoints)",
+                    f(self.wal_bytes_per_refresh, 0),
+                    f(self.wal_records_per_refresh, 2),
+                    self.wal_bytes as f64 / 1048576.0,
+                    self.wal_full_page_images,
+                    self.checkpoints
+                ),
+            ),
+            (
+                "database per refresh: row updates / transactions",
+                format!(
+                    "{} / {}  ({} updates, {} heap-only, {} inserts, {} commits)",
+                    f(self.rows_updated_per_refresh, 2),
+                    f(self.transactions_per_refresh, 3),
+                    self.rows_updated,
+                    self.rows_hot_updated,
+                    self.rows_inserted,
+                    self.transactions
+                ),
+            ),
+        ]
+    }
+}
