@@ -6,8 +6,21 @@
 //! another database's writes would count too. Row and transaction counts are this database's,
 //! as PostgreSQL's statistics report them (each backend flushes its counts about once a
 //! second, so a reading may miss the last second's).
+//!
+//! On a shared server the whole server's WAL is mostly other work: every `CREATE DATABASE` or
+//! `DROP DATABASE` (a test suite makes many) forces a checkpoint, after which the next change
+//! of every page logs the whole page. So, where the `pg_walinspect` extension can be created,
+//! a sampler also reads the WAL records themselves every two seconds (before the segments are
+//! recycled) and keeps those that touch this database's blocks: their bytes without full-page
+//! images (what a refresh costs in steady state), and the full-page images' bytes apart. Commit
+//! records name no block and are left out (one per batch, ~34 bytes).
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 use tokenwarden::store::Store;
 
@@ -39,6 +52,10 @@ pub struct DatabaseCost {
     pub checkpoints: u64,
     pub wal_bytes_per_refresh: Option<f64>,
     pub wal_records_per_refresh: Option<f64>,
+    /// `pg_walinspect`: this database's WAL records (those naming one of its blocks), their
+    /// bytes without full-page images, and the images' bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own: Option<OwnWal>,
     pub rows_updated_per_refresh: Option<f64>,
     pub transactions_per_refresh: Option<f64>,
 }
@@ -94,6 +111,7 @@ impl DatabaseCost {
             checkpoints: delta(start.checkpoints, end.checkpoints),
             wal_bytes_per_refresh: per(wal_bytes),
             wal_records_per_refresh: per(wal_records),
+            own: None,
             rows_updated_per_refresh: per(rows_updated),
             transactions_per_refresh: per(transactions),
         }
@@ -115,6 +133,18 @@ impl DatabaseCost {
                 ),
             ),
             (
+                "this database's WAL per refresh: B w/o page images / records",
+                match &self.own {
+                    Some(own) => format!(
+                        "{} / {}  (page images: {:.1} MiB more)",
+                        f(own.bytes_per_refresh, 0),
+                        f(own.records_per_refresh, 2),
+                        own.fpi_bytes as f64 / 1048576.0
+                    ),
+                    None => "- (no pg_walinspect)".into(),
+                },
+            ),
+            (
                 "database per refresh: row updates / transactions",
                 format!(
                     "{} / {}  ({} updates, {} heap-only, {} inserts, {} commits)",
@@ -128,4 +158,108 @@ impl DatabaseCost {
             ),
         ]
     }
+}
+
+/// This database's share of the WAL over the run, read record by record.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OwnWal {
+    pub records: u64,
+    /// Bytes of the records without their full-page images.
+    pub bytes: u64,
+    pub fpi_bytes: u64,
+    pub records_per_refresh: Option<f64>,
+    pub bytes_per_refresh: Option<f64>,
+}
+
+/// Reads this database's WAL records every two seconds while the run goes on.
+pub struct WalSampler {
+    totals: Arc<Mutex<OwnWal>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The WAL records between `$1` and the current position that name a block of this database:
+/// count, bytes without page images, page images' bytes, and the position read up to.
+const OWN_WAL: &str = "SELECT count(*)::bigint AS records, \
+    COALESCE(sum(record_length - fpi_length), 0)::bigint AS bytes, \
+    COALESCE(sum(fpi_length), 0)::bigint AS fpi, max(e.at)::text AS upto \
+    FROM (SELECT pg_current_wal_lsn() AS at) e \
+    LEFT JOIN pg_get_wal_records_info($1::pg_lsn, (SELECT pg_current_wal_lsn())) r \
+      ON r.block_ref LIKE '% rel %/' || (SELECT oid FROM pg_database \
+           WHERE datname = current_database()) || '/%'";
+
+impl WalSampler {
+    /// Starts sampling from now; `None` when `pg_walinspect` cannot be had.
+    pub async fn start(store: &Store) -> Option<Self> {
+        let db = store.connection().clone();
+        let create = "CREATE EXTENSION IF NOT EXISTS pg_walinspect";
+        db.execute_unprepared(create).await.ok()?;
+        let start = position(&db).await.ok()?;
+        let totals = Arc::new(Mutex::new(OwnWal::default()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let into = totals.clone();
+        let task = tokio::spawn(async move {
+            let mut from = start;
+            loop {
+                let last = tokio::select! {
+                    _ = &mut stopped => true,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => false,
+                };
+                if let Ok(upto) = add_since(&db, &from, &into).await {
+                    from = upto;
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        Some(Self { totals, stop, task })
+    }
+
+    /// Reads the last records and returns the totals.
+    pub async fn finish(self, refreshes: f64) -> OwnWal {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let mut own = self.totals.lock().expect("wal totals").clone();
+        let per = |n: u64| (refreshes >= 1.0).then(|| n as f64 / refreshes);
+        own.records_per_refresh = per(own.records);
+        own.bytes_per_refresh = per(own.bytes);
+        own
+    }
+}
+
+async fn position(db: &DatabaseConnection) -> anyhow::Result<String> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_current_wal_lsn()::text AS at",
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no WAL position"))?;
+    Ok(row.try_get("", "at")?)
+}
+
+/// Adds the records since `from` to `totals`; returns the position read up to.
+async fn add_since(
+    db: &DatabaseConnection,
+    from: &str,
+    totals: &Mutex<OwnWal>,
+) -> anyhow::Result<String> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            OWN_WAL,
+            [from.into()],
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no WAL records row"))?;
+    let get = |name: &str| {
+        row.try_get::<i64>("", name)
+            .map(|v| u64::try_from(v).unwrap_or(0))
+    };
+    let mut t = totals.lock().expect("wal totals");
+    t.records += get("records")?;
+    t.bytes += get("bytes")?;
+    t.fpi_bytes += get("fpi")?;
+    Ok(row.try_get("", "upto")?)
 }

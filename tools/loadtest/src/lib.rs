@@ -280,10 +280,17 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         true => Some(dbcost::read(&store).await?),
         false => None,
     };
+    let wal_sampler = match postgres {
+        true => dbcost::WalSampler::start(&store).await,
+        false => None,
+    };
     measure::run_phase(&args, &nodes, &progress, &mut report, &callbacks).await?;
     if let Some(start) = db_at_start {
-        let cost =
-            dbcost::DatabaseCost::between(&start, &dbcost::read(&store).await?, report.refreshes);
+        let end = dbcost::read(&store).await?;
+        let mut cost = dbcost::DatabaseCost::between(&start, &end, report.refreshes);
+        if let Some(sampler) = wal_sampler {
+            cost.own = Some(sampler.finish(report.refreshes).await);
+        }
         report.wal_bytes = Some(cost.wal_bytes);
         report.wal_bytes_per_refresh = cost.wal_bytes_per_refresh;
         report.database_cost = Some(cost);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Measures a running load test's WAL from the outside, as `tokenwarden loadtest` does inside
+# (tools/loadtest/src/dbcost.rs), for builds whose load test predates that: waits until the
+# first refresh is saved in DB_URL, then for SECONDS reads every 2 s the WAL records that name
+# a block of that database (pg_walinspect), and prints their bytes without full-page images,
+# the images' bytes, and the refreshes saved meanwhile (sum of users.refresh_count).
+# Usage: bash benches/wal-per-refresh.sh postgres://postgres@127.0.0.1:5432/tw_issue24 30
+set -euo pipefail
+url=$1
+seconds=${2:-30}
+q() { psql "$url" -Atqc "$1"; }
+for _ in $(seq 1 600); do
+    q "SELECT 1 FROM pg_tables WHERE tablename = 'users'" | grep -q 1 &&
+        [ "$(q "SELECT COALESCE(sum(refresh_count), 0) FROM users")" != 0 ] && break
+    sleep 0.5
+done
+q "CREATE EXTENSION IF NOT EXISTS pg_walinspect"
+from=$(q "SELECT pg_current_wal_lsn()")
+refreshes_start=$(q "SELECT sum(refresh_count) FROM users")
+records=0 bytes=0 fpi=0
+end=$((SECONDS + seconds))
+while [ "$SECONDS" -lt "$end" ]; do
+    sleep 2
+    IFS='|' read -r r b f upto < <(q "SELECT count(*), COALESCE(sum(record_length - fpi_length), 0), \
+        COALESCE(sum(fpi_length), 0), max(e.at) FROM (SELECT pg_current_wal_lsn() AS at) e \
+        LEFT JOIN pg_get_wal_records_info('$from'::pg_lsn, (SELECT pg_current_wal_lsn())) r \
+        ON r.block_ref LIKE '% rel %/' || (SELECT oid FROM pg_database \
+        WHERE datname = current_database()) || '/%'")
+    records=$((records + r)) bytes=$((bytes + b)) fpi=$((fpi + f)) from=$upto
+done
+refreshes=$(( $(q "SELECT sum(refresh_count) FROM users") - refreshes_start ))
+echo "refreshes $refreshes records $records bytes $bytes fpi_bytes $fpi"
+echo "per refresh: $((bytes / (refreshes > 0 ? refreshes : 1))) B without page images, $(awk "BEGIN {printf \"%.2f\", $records / ($refreshes > 0 ? $refreshes : 1)}") records"
