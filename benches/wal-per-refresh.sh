@@ -9,23 +9,26 @@ set -euo pipefail
 url=$1
 seconds=${2:-30}
 q() { psql "$url" -Atqc "$1"; }
+# WAL is read from the server's postgres database: a long read in the measured database would
+# hold back the pruning of its pages (see tools/loadtest/src/dbcost.rs).
+server() { psql "${url%/*}/postgres" -Atqc "$1"; }
 for _ in $(seq 1 600); do
-    q "SELECT 1 FROM pg_tables WHERE tablename = 'users'" | grep -q 1 &&
-        [ "$(q "SELECT COALESCE(sum(refresh_count), 0) FROM users")" != 0 ] && break
+    # The database may not exist yet, or be seeding: wait through errors.
+    [ "$(q "SELECT COALESCE(sum(refresh_count), 0) FROM users" 2>/dev/null || echo 0)" != 0 ] && break
     sleep 0.5
 done
-q "CREATE EXTENSION IF NOT EXISTS pg_walinspect"
-from=$(q "SELECT pg_current_wal_lsn()")
+server "CREATE EXTENSION IF NOT EXISTS pg_walinspect"
+oid=$(q "SELECT oid FROM pg_database WHERE datname = current_database()")
+from=$(server "SELECT pg_current_wal_lsn()")
 refreshes_start=$(q "SELECT sum(refresh_count) FROM users")
 records=0 bytes=0 fpi=0
 end=$((SECONDS + seconds))
 while [ "$SECONDS" -lt "$end" ]; do
     sleep 2
-    IFS='|' read -r r b f upto < <(q "SELECT count(*), COALESCE(sum(record_length - fpi_length), 0), \
+    IFS='|' read -r r b f upto < <(server "SELECT count(r.*), COALESCE(sum(record_length - fpi_length), 0), \
         COALESCE(sum(fpi_length), 0), max(e.at) FROM (SELECT pg_current_wal_lsn() AS at) e \
         LEFT JOIN pg_get_wal_records_info('$from'::pg_lsn, (SELECT pg_current_wal_lsn())) r \
-        ON r.block_ref LIKE '% rel %/' || (SELECT oid FROM pg_database \
-        WHERE datname = current_database()) || '/%'")
+        ON r.block_ref LIKE '% rel %/$oid/%'")
     records=$((records + r)) bytes=$((bytes + b)) fpi=$((fpi + f)) from=$upto
 done
 refreshes=$(( $(q "SELECT sum(refresh_count) FROM users") - refreshes_start ))

@@ -281,7 +281,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         false => None,
     };
     let wal_sampler = match postgres {
-        true => dbcost::WalSampler::start(&store).await,
+        true => dbcost::WalSampler::start(&store, &database_url).await,
         false => None,
     };
     measure::run_phase(&args, &nodes, &progress, &mut report, &callbacks).await?;
