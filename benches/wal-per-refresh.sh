@@ -19,18 +19,25 @@ for _ in $(seq 1 600); do
 done
 server "CREATE EXTENSION IF NOT EXISTS pg_walinspect"
 oid=$(q "SELECT oid FROM pg_database WHERE datname = current_database()")
-from=$(server "SELECT pg_current_wal_lsn()")
+# A temporary replication slot, held by a session of its own for the measurement, keeps the
+# segments not yet read from being removed by a checkpoint; it goes with the session.
+psql "${url%/*}/postgres" -Atqc "SELECT pg_create_physical_replication_slot('tw_walscript_' \
+    || pg_backend_pid(), true, true); SELECT pg_sleep($seconds + 10)" >/dev/null &
+holder=$!
+sleep 0.5
+from=$(server "SELECT pg_current_wal_flush_lsn()")
 refreshes_start=$(q "SELECT sum(refresh_count) FROM users")
 records=0 bytes=0 fpi=0
 end=$((SECONDS + seconds))
 while [ "$SECONDS" -lt "$end" ]; do
     sleep 2
     IFS='|' read -r r b f upto < <(server "SELECT count(r.*), COALESCE(sum(record_length - fpi_length), 0), \
-        COALESCE(sum(fpi_length), 0), max(e.at) FROM (SELECT pg_current_wal_lsn() AS at) e \
-        LEFT JOIN pg_get_wal_records_info('$from'::pg_lsn, (SELECT pg_current_wal_lsn())) r \
+        COALESCE(sum(fpi_length), 0), max(e.at) FROM (SELECT pg_current_wal_flush_lsn() AS at) e \
+        LEFT JOIN pg_get_wal_records_info('$from'::pg_lsn, (SELECT pg_current_wal_flush_lsn())) r \
         ON r.block_ref LIKE '% rel %/$oid/%'")
     records=$((records + r)) bytes=$((bytes + b)) fpi=$((fpi + f)) from=$upto
 done
 refreshes=$(( $(q "SELECT sum(refresh_count) FROM users") - refreshes_start ))
+kill "$holder" 2>/dev/null || true
 echo "refreshes $refreshes records $records bytes $bytes fpi_bytes $fpi"
 echo "per refresh: $((bytes / (refreshes > 0 ? refreshes : 1))) B without page images, $(awk "BEGIN {printf \"%.2f\", $records / ($refreshes > 0 ? $refreshes : 1)}") records"
