@@ -12,15 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     actors::{ActorContext, Supervisor},
-    cluster::{self, ClusterNode, LeaseLoop, NoticeTargets, Ownership},
+    cluster::Ownership,
     config::Config,
     events,
     google::GoogleClient,
     history::History,
     http::{self, AppState},
     metrics::Metrics,
+    node::{Joining, Membership, Node, NodeParts, Notices},
     store::{NodeIdentity, SqliteHold, Store, hold_sqlite_file},
-    sync::{self, SyncDispatcher},
+    sync::SyncDispatcher,
 };
 
 /// How often expired OAuth states are purged.
@@ -49,10 +50,9 @@ pub struct App {
     push_drain: Duration,
     server: JoinHandle<std::io::Result<()>>,
     /// This process in its cluster (a cluster of one on SQLite).
-    pub cluster: ClusterNode,
-    /// Stops the lease loop of a cluster node, which renews until the work has ended.
-    stop_leases: CancellationToken,
-    leases: Option<JoinHandle<()>>,
+    pub node: Node,
+    /// The lease loop of a cluster node, stopped and its leases released last.
+    membership: Membership,
     /// The deliverer of events to the app (when `APP_EVENTS_URL` is set); stops with the
     /// front door, and is awaited before the leases go.
     events: Option<JoinHandle<()>>,
@@ -61,37 +61,15 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the database (migrating it), starts the actors and serves on `listener`.
+    /// Connects to the database (migrating it), starts the actors, joins the cluster and
+    /// serves on `listener`, in that order.
     pub async fn spawn(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         warn_on_plain_http(&config);
         let config = Arc::new(config);
-        let sqlite_hold = hold_sqlite_file(&config.database_url)?;
-        let store = Store::connect(&config.database_url, config.token_cipher())
-            .await
-            .context("cannot open the database (DATABASE_URL)")?
-            .with_app_events(config.app_events.is_some());
-        let identity = NodeIdentity {
-            node_id: config.cluster.node_id.clone(),
-            process_token: hex::encode(rand::random::<[u8; 16]>()),
-            advertise_url: config.cluster.advertise_url.clone(),
-            started_at: chrono::Utc::now(),
-        };
-        // PostgreSQL always runs as a cluster (of one, alone); SQLite is single-node.
-        let ownership = Arc::new(if store.is_postgres() {
-            Ownership::cluster(
-                identity.node_id.clone(),
-                &identity.process_token,
-                store.shard_count(),
-            )
-        } else {
-            Ownership::single(identity.node_id.clone())
-        });
-        store
-            .check_keys()
-            .await
-            .context("stored tokens cannot be read")?;
+        let (store, sqlite_hold) = open_store(&config).await?;
+        let (identity, ownership) = this_node(&config, &store);
         let metrics = Arc::new(Metrics::for_node(&identity.node_id));
-        let notices = Arc::new(cluster::Notices::new(&config.admin_token, &metrics));
+        let notices = Arc::new(Notices::new(&config.admin_token, &metrics));
         let history = Arc::new(History::default());
         let shutdown = CancellationToken::new();
         let stop_sync = CancellationToken::new();
@@ -105,126 +83,55 @@ impl App {
             stop_sync.clone(),
         )?;
         let refresh_permits = Arc::new(Semaphore::new(config.refresh.concurrency));
-        let ctx = Arc::new(ActorContext {
+        let shared = Shared {
+            config: config.clone(),
             store: store.clone(),
             ownership: ownership.clone(),
-            google: google.clone(),
+            google,
             sync: sync.clone(),
             metrics: metrics.clone(),
-            history: history.clone(),
-            refresh: config.refresh.clone(),
-            // The warning is an event to the app: nothing to warn without one.
-            warning: config
-                .app_events
-                .is_some()
-                .then_some(config.authorization_expiry_warning),
-            permits: refresh_permits.clone(),
-            refreshing: Default::default(),
-            backlog: Default::default(),
-        });
-        let supervisor = Supervisor::start(ctx).await?;
-        let stop_leases = CancellationToken::new();
-        let leases = if ownership.is_cluster() {
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let targets = NoticeTargets {
-                store: store.clone(),
-                ownership: ownership.clone(),
-                supervisor: supervisor.clone(),
-                sync: sync.clone(),
-                wake: wake.clone(),
-                notices: notices.clone(),
-            };
-            let (listening_tx, listening) = tokio::sync::oneshot::channel();
-            tokio::spawn(cluster::listen(
-                config.database_url.clone(),
-                targets,
-                stop_sync.clone(),
-                listening_tx,
-            ));
-            // Claims wait for the listener: a user written by another node after a claim's
-            // load would otherwise be told to a node not yet listening, and be nobody's
-            // (seen in the failover test once connects got faster). Bounded like the load;
-            // past it, the listener's first connection reloads whatever is held by then.
-            let wait = config.cluster.lease_ttl * 2;
-            if tokio::time::timeout(wait, listening).await.is_err() {
-                tracing::warn!(
-                    waitedMs = wait.as_millis() as u64,
-                    "cluster notices not heard yet; claiming shards meanwhile"
-                );
-            }
-            let lease_loop = LeaseLoop {
-                store: store.clone(),
-                ownership: ownership.clone(),
-                supervisor: supervisor.clone(),
-                node: identity.clone(),
-                ttl: config.cluster.lease_ttl,
-                metrics: metrics.clone(),
-                wake,
-                notices: notices.clone(),
-            };
-            tracing::info!(node = %identity.node_id, "joining the cluster");
-            let leases = tokio::spawn(lease_loop.run(stop_leases.clone()));
-            // The front door opens once the node has claimed its shards, loaded their users and
-            // queued their unfinished pushes, as a single node opens it after queueing its own:
-            // a change it takes is then handled here or told to its owner, never to nobody,
-            // and never pushed twice by the resume. Bounded: a slow database or a large load
-            // lets the node serve (answering 503 on /readyz) rather than hang.
-            let wait = config.cluster.lease_ttl * 2;
-            if !wait_until(wait, || supervisor.is_loaded()).await {
-                tracing::warn!(
-                    waitedMs = wait.as_millis() as u64,
-                    "shards not loaded yet; serving meanwhile"
-                );
-            }
-            Some(leases)
-        } else {
-            // Queued before the front door opens, so a change made through it is never
-            // followed by a second, redundant push from the resume. (A cluster node resumes
-            // each shard's pushes as it gains the shard.)
-            sync::resume_at_start(&store, &sync, config.microservice.url.is_some()).await;
-            None
+            history,
         };
-        let cluster = ClusterNode {
+        let ctx = Arc::new(shared.actor_context(refresh_permits.clone()));
+        let supervisor = Supervisor::start(ctx).await?;
+        let node = Node::new(NodeParts {
             ownership,
             identity,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
-            forwarded: Default::default(),
+            store: store.clone(),
+            supervisor: supervisor.clone(),
+            sync: sync.clone(),
+            admin_token: config.admin_token.clone(),
             notices,
-        };
+        })?;
+        let membership = node
+            .join(Joining {
+                database_url: config.database_session_url.clone(),
+                lease_ttl: config.cluster.lease_ttl,
+                metrics: metrics.clone(),
+                stop_listening: stop_sync.clone(),
+                microservice: config.microservice.url.is_some(),
+            })
+            .await;
         tokio::spawn(purge_states(store.clone(), shutdown.clone()));
         tokio::spawn(crate::risc::prune(store.clone(), shutdown.clone()));
         let events = match &config.app_events {
             Some(app_events) => Some(events::spawn(
                 app_events,
                 store.clone(),
-                cluster.ownership.clone(),
+                node.ownership.clone(),
                 metrics.clone(),
                 shutdown.clone(),
             )?),
             None => None,
         };
-        let state = AppState {
-            config: config.clone(),
-            store: store.clone(),
-            google,
-            supervisor: supervisor.clone(),
-            sync: sync.clone(),
-            metrics: metrics.clone(),
-            history,
-            connect_limiter: Arc::new(http::RateLimiter::for_connect()),
-            auth_throttle: Arc::new(http::AuthThrottle::default()),
-            risc_keys: Arc::new(crate::risc::keys::RiscKeys::new(
-                config.risc.configuration_url.clone(),
-            )?),
-            readiness: Default::default(),
-            cluster: cluster.clone(),
-        };
+        let state = shared.front_door(supervisor.clone(), node.clone())?;
         let addr = listener.local_addr()?;
-        let router = http::router(state);
-        let stop = shutdown.clone();
-        let server = tokio::spawn(http::serve(listener, router, config.http, stop));
+        let server = tokio::spawn(http::serve(
+            listener,
+            http::router(state),
+            config.http,
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "tokenwarden listening");
         Ok(Self {
             addr,
@@ -238,9 +145,8 @@ impl App {
             refresh_concurrency: config.refresh.concurrency,
             push_drain: config.microservice.timeout + PUSH_RECORD_MARGIN,
             server,
-            cluster,
-            stop_leases,
-            leases,
+            node,
+            membership,
             events,
             _sqlite_hold: sqlite_hold,
         })
@@ -294,7 +200,7 @@ impl App {
         self.refresh_permits.close();
         let drain_until = deadline.min(Instant::now() + self.push_drain);
         let mut pushes_done = false;
-        let ownership = &self.cluster.ownership;
+        let ownership = &self.node.ownership;
         // A cluster node waits for its own users' pushes only.
         let mine = ownership.is_cluster().then(|| ownership.held_shards());
         loop {
@@ -314,21 +220,7 @@ impl App {
             // Its attempts in flight are sent again at the next start (at least once).
             events.abort();
         }
-        if let Some(leases) = self.leases {
-            self.stop_leases.cancel();
-            let _ = leases.await;
-            match self.store.release_all(&self.cluster.identity).await {
-                Ok(()) => {
-                    let shards = self.cluster.ownership.clear().len();
-                    tracing::info!(shards, "shard leases released");
-                    let rebalance = &cluster::Notice::Rebalance;
-                    let _ = self.cluster.notices.send(&self.store, rebalance).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot release shard leases; they lapse after the TTL")
-                }
-            }
-        }
+        self.membership.leave(&self.node).await;
         self.stop_sync.cancel();
         tracing::info!(
             elapsedMs = started.elapsed().as_millis() as u64,
@@ -344,16 +236,100 @@ impl App {
     }
 }
 
-/// Polls `done` every 20 ms for at most `wait`; whether it became true.
-async fn wait_until(wait: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + wait;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
+/// What the actors and the front door are built from.
+struct Shared {
+    config: Arc<Config>,
+    store: Store,
+    ownership: Arc<Ownership>,
+    google: GoogleClient,
+    sync: SyncDispatcher,
+    metrics: Arc<Metrics>,
+    history: Arc<History>,
+}
+
+impl Shared {
+    /// What every user actor shares; refreshes in flight hold one of `permits` each.
+    fn actor_context(&self, permits: Arc<Semaphore>) -> ActorContext {
+        let config = &self.config;
+        ActorContext {
+            store: self.store.clone(),
+            ownership: self.ownership.clone(),
+            google: self.google.clone(),
+            sync: self.sync.clone(),
+            metrics: self.metrics.clone(),
+            history: self.history.clone(),
+            refresh: config.refresh.clone(),
+            // The warning is an event to the app: nothing to warn without one.
+            warning: config
+                .app_events
+                .is_some()
+                .then_some(config.authorization_expiry_warning),
+            permits,
+            refreshing: Default::default(),
+            backlog: Default::default(),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    true
+
+    /// What every handler of the front door reaches.
+    fn front_door(self, supervisor: Supervisor, node: Node) -> anyhow::Result<AppState> {
+        let risc_keys =
+            crate::risc::keys::RiscKeys::new(self.config.risc.configuration_url.clone())?;
+        Ok(AppState {
+            config: self.config,
+            store: self.store,
+            google: self.google,
+            supervisor,
+            sync: self.sync,
+            metrics: self.metrics,
+            history: self.history,
+            connect_limiter: Arc::new(http::RateLimiter::for_connect()),
+            auth_throttle: Arc::new(http::AuthThrottle::default()),
+            risc_keys: Arc::new(risc_keys),
+            readiness: Default::default(),
+            node,
+        })
+    }
+}
+
+/// Opens (and migrates) the database, holding a SQLite file against a second process, and
+/// checks that the stored tokens can be read with the configured keys.
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<SqliteHold>)> {
+    let sqlite_hold = hold_sqlite_file(&config.database_url)?;
+    let store = Store::connect_with_session(
+        &config.database_url,
+        &config.database_session_url,
+        config.token_cipher(),
+    )
+    .await
+    .context("cannot open the database (DATABASE_URL)")?
+    .with_app_events(config.app_events.is_some());
+    store
+        .check_keys()
+        .await
+        .context("stored tokens cannot be read")?;
+    Ok((store, sqlite_hold))
+}
+
+/// This process's identity in the cluster and the shards it may act for: PostgreSQL always
+/// runs as a cluster (of one, alone), holding nothing until its leases say; SQLite is a
+/// single node that holds everyone.
+fn this_node(config: &Config, store: &Store) -> (NodeIdentity, Arc<Ownership>) {
+    let identity = NodeIdentity {
+        node_id: config.cluster.node_id.clone(),
+        process_token: hex::encode(rand::random::<[u8; 16]>()),
+        advertise_url: config.cluster.advertise_url.clone(),
+        started_at: chrono::Utc::now(),
+    };
+    let ownership = Arc::new(if store.is_postgres() {
+        Ownership::cluster(
+            identity.node_id.clone(),
+            &identity.process_token,
+            store.shard_count(),
+        )
+    } else {
+        Ownership::single(identity.node_id.clone())
+    });
+    (identity, ownership)
 }
 
 async fn purge_states(store: Store, shutdown: CancellationToken) {

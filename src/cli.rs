@@ -1,5 +1,5 @@
 //! Small pieces of the command line that are not the service itself: `migrate`,
-//! `rotate-key`, and running an app until SIGINT or SIGTERM.
+//! `rotate-key`, `healthcheck`, and running an app until SIGINT or SIGTERM.
 
 use anyhow::Context;
 
@@ -21,13 +21,60 @@ pub struct MigrateArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// Reaches PostgreSQL without a transaction pooler (the migration lock needs a session);
+    /// used instead of `DATABASE_URL` when set.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
+    pub database_session_url: Option<String>,
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    Store::migrate_only(&args.database_url)
+    let url = args
+        .database_session_url
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or(args.database_url);
+    Store::migrate_only(&url)
         .await
         .context("cannot migrate the database (DATABASE_URL)")?;
     println!("migrations applied");
+    Ok(())
+}
+
+/// `tokenwarden healthcheck`.
+#[derive(clap::Args, Debug)]
+pub struct HealthcheckArgs {
+    /// The service's listen address; an unspecified IP (`0.0.0.0`, `::`) is asked on loopback.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen_addr: std::net::SocketAddr,
+}
+
+/// How long the health check waits for the connection and the answer together.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One `GET /healthz` over plain HTTP/1.0 on the local socket: no client library, no TLS,
+/// no runtime needed for one request to this process's own listener.
+pub fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut addr = args.listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    write!(stream, "GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    anyhow::ensure!(
+        status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.0 200"),
+        "/healthz on {addr} answered {:?}",
+        status_line.lines().next().unwrap_or_default()
+    );
+    println!("healthy");
     Ok(())
 }
 

@@ -107,7 +107,14 @@ impl History {
         failed: bool,
         detail: Option<&str>,
     ) {
-        self.record_at(Utc::now(), user_id, activity, outcome, failed, detail);
+        self.record_at(
+            crate::clock::now(),
+            user_id,
+            activity,
+            outcome,
+            failed,
+            detail,
+        );
     }
 
     fn record_at(
@@ -214,7 +221,7 @@ mod tests {
     #[test]
     fn keeps_the_newest_events_of_a_user_newest_first() {
         let history = History::default();
-        let start = Utc::now();
+        let start = crate::clock::now();
         for i in 0..(PER_USER as i64 + 5) {
             let at = start + chrono::Duration::seconds(i);
             history.record_at(at, "u", REFRESH, "ok", false, None);
@@ -243,7 +250,7 @@ mod tests {
     #[test]
     fn counts_by_minute_and_forgets_minutes_older_than_an_hour() {
         let history = History::default();
-        let now = Utc::now();
+        let now = crate::clock::now();
         let an_hour_ago = now - chrono::Duration::minutes(MINUTES as i64);
         history.record_at(an_hour_ago, "u", REFRESH, "ok", false, None);
         history.record_at(now, "u", REFRESH, "ok", false, None);

@@ -44,6 +44,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate(cli::MigrateArgs),
+    /// Ask the local service's `/healthz` and exit 0 when it answers 200 (a container's
+    /// health check in an image without a shell or curl).
+    Healthcheck(cli::HealthcheckArgs),
     /// Re-encrypt every stored token with the first key of TOKEN_ENCRYPTION_KEY and exit.
     RotateKey(cli::RotateKeyArgs),
     /// Register the receiver of Google's security events with the RISC API, show the
@@ -74,15 +77,9 @@ enum Command {
         telemetry: TelemetryArgs,
     },
     /// Run the microservice contract's cases against a microservice and print a pass/fail table.
-    ///
-    /// Cases: connect (the seed's body and answer), missing-<field> for each of the four
-    /// fields and bad-token_expiry (400), delete-known (the seed's answer) and delete-unknown
-    /// (404), stale-version and late-after-delete (409, and nothing changed), bearer-missing
-    /// and bearer-wrong (401, with --token), signature-missing, signature-tampered and
-    /// signature-old (401, with --signing-secret), concurrent-versions (20 at once, the newest
-    /// wins). Each case uses a user id of its own and deletes it afterwards. Exit code 0 only
-    /// when every case passed, 1 when one failed, 2 on unusable flags.
+    // The long help lists the cases, from the checker's one list of them.
     #[cfg(feature = "tools")]
+    #[command(long_about = tokenwarden_check::help())]
     CheckMicroservice(tokenwarden_check::CheckArgs),
 }
 
@@ -107,6 +104,16 @@ async fn main() -> ExitCode {
         Command::Demo { args, telemetry } => with_telemetry(telemetry, demo(args)).await,
         Command::Loadtest { args } => return loadtest(args),
         Command::Migrate(args) => cli::migrate(args).await,
+        // 1, not 2, when unhealthy: Docker's HEALTHCHECK reserves exit code 2.
+        Command::Healthcheck(args) => {
+            return match cli::healthcheck(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::RotateKey(args) => cli::rotate_key(args).await,
         Command::Risc(args) => tokenwarden::risc_cli::run(args).await,
         #[cfg(feature = "tools")]

@@ -95,7 +95,7 @@ pub struct GoogleFailureLabels {
 /// Labels of the actors-by-status gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
-    /// An actor status (README: Admin routes).
+    /// An actor status (docs/api.md: Admin routes).
     pub status: &'static str,
 }
 
@@ -174,8 +174,8 @@ pub struct Metrics {
     /// Refresh attempts by `reason` (`scheduled`, `forced`, `retry`) and `result` (`ok`,
     /// `transient`, `revoked`, `rejected`, `superseded`).
     pub refreshes: Family<RefreshLabels, Counter>,
-    /// Refreshes Google answered with a failure (or never answered), by `reason` (CONTRACT 9:
-    /// which reasons are the user's and which are ours or Google's).
+    /// Refreshes Google answered with a failure (or never answered), by `reason` (docs/contract.md
+    /// section 9: which reasons are the user's and which are ours or Google's).
     pub google_refresh_failures: Family<GoogleFailureLabels, Counter>,
     /// User actors alive by `status`.
     pub actors_by_status: Family<StatusLabels, Gauge>,

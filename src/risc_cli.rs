@@ -1,6 +1,6 @@
 //! `tokenwarden risc register | status | verify`: registering this service's SET receiver
-//! with Google's RISC API (CONTRACT 10), reading the registration back, and asking Google for
-//! a verification event.
+//! with Google's RISC API (docs/contract.md section 10), reading the registration back, and asking
+//! Google for a verification event.
 //!
 //! Google authenticates these calls with a JWT the caller signs itself with a service
 //! account's key (no OAuth token exchange): RS256, `kid` = the key file's `private_key_id`,
@@ -27,7 +27,7 @@ const AUDIENCE: &str =
 /// The only delivery method Google offers.
 const PUSH: &str = "https://schemas.openid.net/secevent/risc/delivery-method/push";
 
-/// The events `register` requests: CONTRACT 10's table.
+/// The events `register` requests: docs/contract.md section 10's table.
 pub const EVENTS_REQUESTED: [&str; 7] = [
     "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked",
     "https://schemas.openid.net/secevent/oauth/event-type/token-revoked",

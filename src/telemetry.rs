@@ -3,7 +3,10 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C `traceparent` propagation helpers for the
 //! HTTP clients and servers. No token ever goes into a span: callers record user ids only.
 //! A request from a caller nobody verified starts its own trace and only links the caller's
-//! ([`link_trace`]); verified callers' traces are continued ([`continue_trace`]).
+//! ([`link_trace`]); verified callers' traces are continued ([`continue_trace`]). It also owns
+//! how a URL is shown in logs ([`without_userinfo`]) and the log shape ([`LogFormat`]), which
+//! `config` parses: a leaf of the crate, importing none of it. Must not touch: the settings
+//! themselves, or anything that acts for a user.
 
 use std::{
     fmt,
@@ -36,7 +39,26 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::config::LogFormat;
+/// Log output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
+/// and debug output; anything else about it is kept as written.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The last `@` ends the userinfo, as URL parsers read it.
+    match rest[..authority].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
 
 /// OTLP transport, as `OTEL_EXPORTER_OTLP_PROTOCOL` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +166,7 @@ where
             .is_ok(),
     };
     if installed && let Some(endpoint) = &config.otlp_endpoint {
-        tracing::info!(endpoint = %crate::config::without_userinfo(endpoint), protocol = ?config.otlp_protocol, "exporting traces over OTLP");
+        tracing::info!(endpoint = %without_userinfo(endpoint), protocol = ?config.otlp_protocol, "exporting traces over OTLP");
     }
     Ok(Telemetry { provider })
 }

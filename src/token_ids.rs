@@ -1,7 +1,7 @@
-//! The identifiers Google's security events use for a refresh token (CONTRACT 10), computed
-//! from the token when it is stored so the token itself never has to be matched: the SHA-256
-//! of its first 16 characters (Google's `prefix` alg names the prefix; only its hash is kept)
-//! and `hash_base64_sha512_sha512`. A leaf: no I/O, no other module.
+//! The identifiers Google's security events use for a refresh token (docs/contract.md section 10),
+//! computed from the token when it is stored so the token itself never has to be matched: the
+//! SHA-256 of its first 16 characters (Google's `prefix` alg names the prefix; only its hash is
+//! kept) and `hash_base64_sha512_sha512`. A leaf: no I/O, no other module.
 
 use base64::{
     Engine,

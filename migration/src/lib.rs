@@ -16,8 +16,8 @@ mod m20261207_000008_add_grant_life;
 mod m20261207_000009_add_risc;
 mod m20261207_000010_add_sync_acks;
 
-/// Shards every user falls into, fixed at the migration that created them (CONTRACT section 8):
-/// 256 leases per cluster keep a share even for a handful of nodes and cost one small row
+/// Shards every user falls into, fixed at the migration that created them (docs/contract.md section
+/// 8): 256 leases per cluster keep a share even for a handful of nodes and cost one small row
 /// update each per renewal.
 pub const SHARD_COUNT: u32 = 256;
 

@@ -1,5 +1,5 @@
-//! Several nodes on one PostgreSQL (CONTRACT section 8): the fixed shard count, one lease row
-//! per shard, the live nodes, and each user's shard. The tables exist on SQLite too (the same
+//! Several nodes on one PostgreSQL (docs/contract.md section 8): the fixed shard count, one lease
+//! row per shard, the live nodes, and each user's shard. The tables exist on SQLite too (the same
 //! DDL runs everywhere) but only a PostgreSQL cluster reads them. Existing users get their
 //! shard here, computed by [`crate::shard_of`] like every later insert.
 

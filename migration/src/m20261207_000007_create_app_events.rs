@@ -1,4 +1,4 @@
-//! The outbox of events to the app (CONTRACT section 9): one row per change of a user's
+//! The outbox of events to the app (docs/contract.md section 9): one row per change of a user's
 //! connection, written in the same transaction as the change, delivered in `id` order per user
 //! by the owner of the row's shard, kept a while after delivery for the console, and dropped
 //! 72 hours after it was stored either way.

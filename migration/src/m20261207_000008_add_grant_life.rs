@@ -1,7 +1,7 @@
-//! The grant's whole life (CONTRACT 9): why a user must reconnect (`reconnect_reason`, set with
-//! `needs_reconnect`), when a time-limited grant ends (`authorization_expires_at`, null for
-//! ongoing access), and whether the app was already warned of that end (once per grant).
-//! SQLite alters one column per statement, so each is its own.
+//! The grant's whole life (docs/contract.md section 9): why a user must reconnect
+//! (`reconnect_reason`, set with `needs_reconnect`), when a time-limited grant ends
+//! (`authorization_expires_at`, null for ongoing access), and whether the app was already warned of
+//! that end (once per grant). SQLite alters one column per statement, so each is its own.
 
 use sea_orm_migration::{prelude::*, schema::*};
 

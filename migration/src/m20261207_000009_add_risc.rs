@@ -1,7 +1,7 @@
-//! Google's security events (CONTRACT 10): what matching them needs, kept with each connection
-//! (the Google account's `sub`, and two identifiers of the current refresh token: the SHA-256
-//! of its 16-character prefix and its double SHA-512, never the token itself), and the record
-//! of every valid event (`risc_events`, one row per `jti`, which also makes acting on a
+//! Google's security events (docs/contract.md section 10): what matching them needs, kept with each
+//! connection (the Google account's `sub`, and two identifiers of the current refresh token: the
+//! SHA-256 of its 16-character prefix and its double SHA-512, never the token itself), and the
+//! record of every valid event (`risc_events`, one row per `jti`, which also makes acting on a
 //! duplicate impossible: the insert that wins acts).
 
 use sea_orm_migration::{prelude::*, schema::*};

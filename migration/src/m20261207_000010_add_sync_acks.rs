@@ -2,17 +2,17 @@
 //!
 //! - **Acknowledgements get a narrow table of their own**, `sync_acks` (user id, the version
 //!   the microservice acknowledged, when). Before, each push's acknowledgement rewrote the
-//!   user's whole `users` row, tokens included: on PostgreSQL a second row version of ~630
-//!   bytes per refresh, 137 bytes of WAL, and pages filling twice as fast (more pruning, more
-//!   updates that could not stay heap-only). A user is in sync when its `sync_acks` version
+//!   user's whole `users` row, tokens included: on PostgreSQL a second full row version per
+//!   refresh, its WAL, and pages filling twice as fast (more pruning, more updates that could
+//!   not stay heap-only). A user is in sync when its `sync_acks` version
 //!   equals its `token_version`; `users.sync_state` keeps the other outcomes (pending, failed,
 //!   skipped). Users already in sync are copied over.
 //! - **The columns every refresh changes move to the end of `users`** (expiry, version,
 //!   refresh count and time, `updated_at`, the access token's ciphertext). PostgreSQL logs an
 //!   update that stays on its page as the changed bytes between the unchanged head and tail of
 //!   the row; with the access token second and the rest after the refresh token, email and
-//!   scope, a refresh logged ~420 bytes of row for ~170 that changed (measured with
-//!   `pg_walinspect`: 489 bytes per record). A column moves by adding its copy, filling it,
+//!   scope, a refresh logged those unchanged columns too (benches/issue24.md has the
+//!   `pg_walinspect` figures). A column moves by adding its copy, filling it,
 //!   dropping the old one and renaming the copy, so the same DDL runs on SQLite, where it
 //!   changes nothing but the order. `updated_at` had no default; its copy needs one to be
 //!   added to existing rows on SQLite (every insert sets it anyway).

@@ -1,10 +1,8 @@
-//! The two moments of a time-limited grant (CONTRACT 9) as jobs of the user's actor: the
-//! warning that the grant nears its end, and the end itself, which clears the tokens with no
-//! call to Google and queues the DELETE at the microservice. Like a refresh, each runs outside
-//! the actor's mailbox, only inside a valid lease, and fenced. Must not touch: Google, the
+//! The two moments of a time-limited grant (docs/contract.md section 9) as jobs of the user's
+//! actor: the warning that the grant nears its end, and the end itself, which clears the tokens
+//! with no call to Google and queues the DELETE at the microservice. Like a refresh, each runs
+//! outside the actor's mailbox, only inside a valid lease, and fenced. Must not touch: Google, the
 //! actor's state (the outcome goes back as a message).
-
-use chrono::Utc;
 
 use super::{
     context::ActorContext,
@@ -40,7 +38,7 @@ impl ActorContext {
     ) -> Result<Option<TokenChange>, StoreError> {
         let change = self
             .store
-            .expire_authorization(user_id, version, acting.fence(), Utc::now())
+            .expire_authorization(user_id, version, acting.fence(), crate::clock::now())
             .await?;
         if let Some(change) = &change {
             let version = change.version;
@@ -71,7 +69,7 @@ impl ActorContext {
 fn from_refusal(outcome: RefreshOutcome) -> DeadlineOutcome {
     match outcome {
         RefreshOutcome::NotHere(why) => DeadlineOutcome::NotHere(why),
-        RefreshOutcome::Superseded(seed) => DeadlineOutcome::Superseded(seed),
+        RefreshOutcome::Superseded(start) => DeadlineOutcome::Superseded(start),
         other => DeadlineOutcome::Later(format!("{other:?}")),
     }
 }

@@ -30,15 +30,15 @@ pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id
         let row = RELOAD_RETRY
             .retry(
                 Some(RELOAD_ATTEMPTS),
-                || ctx.store.actor_seed(&user_id),
+                || ctx.store.actor_start(&user_id),
                 |e, attempt| {
                     tracing::warn!(userId = %user_id, error = %e, attempt, "cannot load user row, retrying");
                 },
             )
             .await;
         match row {
-            Ok(Some(seed)) => {
-                let _ = myself.send_message(SupervisorMsg::AdoptOne { seed });
+            Ok(Some(start)) => {
+                let _ = myself.send_message(SupervisorMsg::AdoptOne { start });
             }
             // Disconnected meanwhile: nothing to restart.
             Ok(None) => {}
@@ -96,7 +96,7 @@ async fn load_pages(
         let page = LOAD_RETRY
             .retry(
                 None,
-                || ctx.store.actor_seeds(after.as_deref(), LOAD_PAGE, shards),
+                || ctx.store.actor_starts(after.as_deref(), LOAD_PAGE, shards),
                 |e, _| tracing::warn!(error = %e, "cannot load users, retrying"),
             )
             .await;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::schedule::Schedule;
 use crate::{
     cluster::NotActing,
-    store::{ActorSeed, ReconnectReason, TokenChange},
+    store::{ActorStart, ReconnectReason, TokenChange},
 };
 
 /// Why a refresh starts (an attribute of the refresh's logs and spans).
@@ -32,7 +32,7 @@ impl RefreshReason {
     }
 }
 
-/// Where a user actor stands (README: Admin routes).
+/// Where a user actor stands (docs/api.md: Admin routes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorStatus {
@@ -97,14 +97,14 @@ pub struct Parked {
 
 impl Parked {
     /// A user as loaded from its row, with the refresh planned for it.
-    pub fn from_seed(
-        seed: &ActorSeed,
+    pub fn from_start(
+        start: &ActorStart,
         planned: Option<DateTime<Utc>>,
         warning: Option<std::time::Duration>,
     ) -> Self {
         Self {
-            schedule: Schedule::from_seed(seed, planned, warning),
-            needs_reconnect: seed.needs_reconnect,
+            schedule: Schedule::from_start(start, planned, warning),
+            needs_reconnect: start.needs_reconnect,
         }
     }
 
@@ -147,7 +147,7 @@ pub enum RefreshOutcome {
     /// cleared and the user must reconnect, for this reason.
     Revoked(ReconnectReason),
     /// A newer change won the race; here is the row as it is now (`None`: not connected).
-    Superseded(Option<ActorSeed>),
+    Superseded(Option<ActorStart>),
     /// Not this node's to do now: the lease is elsewhere, or not known valid (see
     /// [`NotActing`](crate::cluster::NotActing)). Nothing was written.
     NotHere(crate::cluster::NotActing),
@@ -192,7 +192,7 @@ pub enum DeadlineOutcome {
     Warned,
     /// The row changed meanwhile (a reconnect, or a refresh answer that moved the end): start
     /// again from it; `None` when the user is gone.
-    Superseded(Option<ActorSeed>),
+    Superseded(Option<ActorStart>),
     /// Not done now (the database, or the lease being renewed): look again soon.
     Later(String),
     /// Another node owns the user now.
@@ -202,7 +202,7 @@ pub enum DeadlineOutcome {
 /// Messages of one user's token actor.
 pub enum UserTokenMsg {
     /// New tokens were saved for this user (a consent completed): the row as saved.
-    TokensChanged(ActorSeed),
+    TokensChanged(ActorStart),
     /// The grant's warning or end may be due (the timer armed for it fired).
     Deadline,
     /// A job run for the grant's warning or end finished.
@@ -225,14 +225,14 @@ pub enum UserTokenMsg {
 pub enum SupervisorMsg {
     /// A consent completed and the tokens are saved: update the user's live actor, or take the
     /// user in (parked if its refresh is far away, else live).
-    UserConnected { seed: ActorSeed },
+    UserConnected { start: ActorStart },
     /// The user disconnected: stop the actor.
     UserDisconnected { user_id: String },
     /// Park a page of users loaded from the database, for the wake schedule to start their
     /// actors; replies when done.
-    Adopt(Vec<ActorSeed>, RpcReplyPort<()>),
+    Adopt(Vec<ActorStart>, RpcReplyPort<()>),
     /// Take one user in again from a freshly loaded row after a crash (as a connect does).
-    AdoptOne { seed: ActorSeed },
+    AdoptOne { start: ActorStart },
     /// The initial load finished.
     Loaded,
     /// A cluster renewal gained these shards: load their users (parked). `initial`: the

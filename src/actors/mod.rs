@@ -8,11 +8,14 @@
 //! - [`restart`]: the restart policy of crashed actors.
 //! - [`loader`]: the initial paged load and the reload of one row.
 //! - [`user_token`]: the per-user actor; [`context`]: what they share; [`messages`].
+//! - [`refresh`]: the refresh of one user, in steps; [`deadline`]: the end of a time-limited
+//!   grant. Both are jobs an actor starts and that run outside its mailbox.
 
 mod context;
 mod deadline;
 mod loader;
 pub mod messages;
+mod refresh;
 mod registry;
 mod restart;
 mod schedule;
@@ -34,7 +37,7 @@ use messages::{ActorEntry, SupervisorMsg, UserTokenMsg};
 pub use messages::{ActorInfo, ActorStatus, ActorView, RefreshReason};
 use supervisor::{SupervisorArgs, TokenSupervisor};
 
-use crate::store::ActorSeed;
+use crate::store::ActorStart;
 
 /// How long an admin call waits for an actor to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,11 +78,11 @@ impl Supervisor {
         self.loaded.load(Ordering::SeqCst)
     }
 
-    /// New tokens were saved for the seed's user.
-    pub fn user_connected(&self, seed: ActorSeed) {
+    /// New tokens were saved for the user of `start`.
+    pub fn user_connected(&self, start: ActorStart) {
         let _ = self
             .actor
-            .send_message(SupervisorMsg::UserConnected { seed });
+            .send_message(SupervisorMsg::UserConnected { start });
     }
 
     /// A lease renewal gained `shards` (see [`SupervisorMsg::ShardsGained`]).

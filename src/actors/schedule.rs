@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 
 use super::messages::{ActorInfo, ActorStatus};
-use crate::store::{ActorSeed, ReconnectReason};
+use crate::store::{ActorStart, ReconnectReason};
 
 /// A retrying user parks when its retry is further away than this (or than
 /// `ACTOR_HIBERNATE_AFTER_SECS`, if shorter).
@@ -89,24 +89,24 @@ pub fn warn_at(
 impl Schedule {
     /// A user's schedule as loaded from its row, with the refresh planned for it and the app
     /// warned `warning` before a time-limited grant ends.
-    pub fn from_seed(
-        seed: &ActorSeed,
+    pub fn from_start(
+        start: &ActorStart,
         planned: Option<DateTime<Utc>>,
         warning: Option<Duration>,
     ) -> Self {
         Self {
-            token_expiry: seed.token_expiry,
-            next_refresh_at: planned.filter(|_| !seed.needs_reconnect),
-            last_refresh_at: seed.last_refresh_at,
-            refresh_count: seed.refresh_count,
-            version: seed.version,
+            token_expiry: start.token_expiry,
+            next_refresh_at: planned.filter(|_| !start.needs_reconnect),
+            last_refresh_at: start.last_refresh_at,
+            refresh_count: start.refresh_count,
+            version: start.version,
             failures: 0,
-            reconnect_reason: seed.reconnect_reason.filter(|_| seed.needs_reconnect),
-            authorization_expires_at: seed.authorization_expires_at,
+            reconnect_reason: start.reconnect_reason.filter(|_| start.needs_reconnect),
+            authorization_expires_at: start.authorization_expires_at,
             warn_at: warn_at(
-                seed.authorization_expires_at,
+                start.authorization_expires_at,
                 warning,
-                seed.authorization_warned,
+                start.authorization_warned,
             ),
         }
     }

@@ -32,7 +32,7 @@ use super::{
     schedule::{WakeSchedule, delay_until},
     user_token::{UserTokenActor, UserTokenArgs, planned_refresh},
 };
-use crate::store::ActorSeed;
+use crate::store::ActorStart;
 
 /// How long the supervisor waits for an actor to confirm that it parks.
 const CONFIRM_PARK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -112,18 +112,18 @@ impl Actor for TokenSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // The wall clock is read once per message: every decision below takes it as `now`.
-        let now = Utc::now();
+        let now = crate::clock::now();
         match message {
             // Adopted in the handler (no database read), so any admin call queued after the
             // callback's message already finds the user.
-            SupervisorMsg::UserConnected { seed } | SupervisorMsg::AdoptOne { seed } => {
-                state.adopt(&myself, seed, true, now).await;
+            SupervisorMsg::UserConnected { start } | SupervisorMsg::AdoptOne { start } => {
+                state.adopt(&myself, start, true, now).await;
                 state.arm_wake_timer(&myself, now);
             }
             SupervisorMsg::UserDisconnected { user_id } => state.forget(&user_id),
-            SupervisorMsg::Adopt(seeds, reply) => {
-                for seed in seeds {
-                    state.adopt(&myself, seed, false, now).await;
+            SupervisorMsg::Adopt(starts, reply) => {
+                for start in starts {
+                    state.adopt(&myself, start, false, now).await;
                 }
                 state.arm_wake_timer(&myself, now);
                 let _ = reply.send(());
@@ -202,22 +202,22 @@ impl SupervisorState {
     async fn adopt(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        seed: ActorSeed,
+        start: ActorStart,
         eager: bool,
         now: DateTime<Utc>,
     ) {
-        if !self.ctx.ownership.holds(&seed.user_id) {
+        if !self.ctx.ownership.holds(&start.user_id) {
             return;
         }
-        if let Some(Slot::Live(actor)) = self.registry.get(&seed.user_id) {
-            // A seed that needs a reconnect (a grant ended by another node or a security
+        if let Some(Slot::Live(actor)) = self.registry.get(&start.user_id) {
+            // A row that needs a reconnect (a grant ended by another node or a security
             // event) is news too: the actor stops its plans.
-            let _ = actor.send_message(UserTokenMsg::TokensChanged(seed));
+            let _ = actor.send_message(UserTokenMsg::TokensChanged(start));
             return;
         }
-        let user_id = self.registry.key(&seed.user_id);
-        let planned = planned_refresh(&self.ctx.refresh, seed.token_expiry);
-        let parked = Parked::from_seed(&seed, planned, self.ctx.warning);
+        let user_id = self.registry.key(&start.user_id);
+        let planned = planned_refresh(&self.ctx.refresh, start.token_expiry);
+        let parked = Parked::from_start(&start, planned, self.ctx.warning);
         if eager && !parked.is_idle(now, self.ctx.refresh.hibernate_after) {
             self.spawn(myself, user_id, parked).await;
         } else {

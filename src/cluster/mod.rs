@@ -1,63 +1,26 @@
-//! Several nodes on one PostgreSQL (CONTRACT section 8; design in `docs/cluster.md`).
+//! Which users this process may act for, among several nodes on one PostgreSQL
+//! (docs/contract.md section 8; design in `docs/cluster.md`): [`Ownership`], which shards this
+//! process holds, with their epochs and how long each lease is valid by the process's own
+//! monotonic clock. Everything that acts for a user (a refresh, a push, an event to the app)
+//! asks it first ([`Ownership::act`]) and carries the lease (epoch and this process's token)
+//! into its writes (the fence). On a single node (SQLite, or no cluster) it holds everything,
+//! always. The lease loop that keeps it current, the notices and the forwarding between nodes
+//! are `node`'s, above the actors and the sync that ask here.
 //!
-//! - here: [`Ownership`], which shards this process holds, with their epochs and how long each
-//!   lease is valid by the process's own monotonic clock. Everything that acts for a user (a
-//!   refresh, a push) asks it first ([`Ownership::act`]) and carries the lease (epoch and this
-//!   process's token) into its writes (the fence). On a single node (SQLite, or no cluster) it
-//!   holds everything, always.
-//! - `leases`: the renewal loop (claim, renew, release, rebalance, heartbeat).
-//! - `notices`: the `LISTEN/NOTIFY` channel that tells a user's owner of front-door changes;
-//!   `sealed`: how a notice proves it comes from a node (and hides its user id).
-//! - `forward`: admin calls about one user, forwarded to its owner; `credential`: what such a
-//!   call carries instead of the admin token, and the proof on its answer; `replay`: the
-//!   nonces already spent.
-//!
-//! Must not touch: actors' state (it tells the supervisor which shards came and went), HTTP
-//! routing (the front door calls in here).
-
-mod credential;
-mod forward;
-mod leases;
-mod notices;
-mod replay;
-mod sealed;
+//! Must not touch: actors, the sync, the database (the lease loop brings the renewals' answers
+//! here through [`Ownership::apply`]), HTTP.
 
 use std::{
     sync::{
-        RwLock,
+        Arc, RwLock,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
-pub use credential::{Call, Refused};
-pub use forward::{
-    ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, FORWARDED_HEADER, ForwardError,
-    accept_forwarded, answer_proof, forward_admin,
-};
-pub use leases::LeaseLoop;
-pub use notices::{NoticeTargets, listen};
-pub use replay::SeenNonces;
-pub use sealed::{Notice, Notices};
-
-use crate::store::{NodeIdentity, cluster::Fence};
-
-/// This process in its cluster, as the front door sees it.
-#[derive(Debug, Clone)]
-pub struct ClusterNode {
-    pub ownership: Arc<Ownership>,
-    pub identity: NodeIdentity,
-    /// For admin calls forwarded to a user's owner.
-    pub http: reqwest::Client,
-    /// Credentials of forwarded calls already accepted here: each is good for one call.
-    pub forwarded: Arc<SeenNonces>,
-    /// Seals the change notices this node sends.
-    pub notices: Arc<Notices>,
-}
+use crate::store::cluster::Fence;
 
 /// One held lease as this process sees it.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +125,11 @@ impl Ownership {
         &self.node_id
     }
 
+    /// How many shards the users are spread over.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.shards.is_some()
     }
@@ -209,7 +177,7 @@ impl Ownership {
     }
 
     /// Whether `shard` is held and not being handed over.
-    fn act_shard_open(&self, shard: i32) -> bool {
+    pub fn act_shard_open(&self, shard: i32) -> bool {
         self.held(shard as usize).is_some_and(|h| !h.draining)
     }
 
@@ -226,7 +194,7 @@ impl Ownership {
     }
 
     /// Held shards being handed over whose work has ended: ready to release.
-    fn drained(&self) -> Vec<i32> {
+    pub fn drained(&self) -> Vec<i32> {
         let Some(shards) = &self.shards else {
             return Vec::new();
         };
@@ -242,7 +210,7 @@ impl Ownership {
 
     /// Records a renewal's answer: `held` is every shard held now, valid until `valid_until`.
     /// Answers the shards gained and lost since the last one.
-    fn apply(&self, held: &[(i32, i64)], valid_until: Instant) -> (Vec<i32>, Vec<i32>) {
+    pub fn apply(&self, held: &[(i32, i64)], valid_until: Instant) -> (Vec<i32>, Vec<i32>) {
         let Some(shards) = &self.shards else {
             return (Vec::new(), Vec::new());
         };
@@ -288,7 +256,7 @@ impl Ownership {
     }
 
     /// Marks `shards` as being handed over: no new work starts for them.
-    fn drain(&self, drain: &[i32]) {
+    pub fn drain(&self, drain: &[i32]) {
         let Some(shards) = &self.shards else { return };
         let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
         for &shard in drain {
@@ -311,7 +279,7 @@ impl Ownership {
 
 /// How long before its database expiry a lease stops counting as valid here: room for the
 /// renewal's own delay and for clocks that run at slightly different rates.
-fn safety_margin(ttl: Duration) -> Duration {
+pub fn safety_margin(ttl: Duration) -> Duration {
     (ttl / 5).max(Duration::from_millis(200))
 }
 

@@ -1,5 +1,5 @@
-//! The settings of events to the app (CONTRACT section 9): where they go, how they are signed
-//! and how long an attempt may take. Owns turning `APP_EVENTS_*` into [`AppEventsConfig`];
+//! The settings of events to the app (docs/contract.md section 9): where they go, how they are
+//! signed and how long an attempt may take. Owns turning `APP_EVENTS_*` into [`AppEventsConfig`];
 //! must not touch the other variables (`mod.rs` assembles the whole [`Config`](super::Config)).
 
 use std::{sync::Arc, time::Duration};
@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, Millis, malformed, parse_url, without_userinfo};
-use crate::sync::Signer;
+use crate::signing::Signer;
 
 /// Where and how events go to the app. Its `Debug` shows the URL without credentials.
 #[derive(Clone)]

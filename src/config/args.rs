@@ -1,4 +1,4 @@
-//! The flags and environment variables of `serve` (README: Configuration) as clap reads them,
+//! The flags and environment variables of `serve` (docs/configuration.md: Configuration) as clap reads them,
 //! already typed: a malformed value stops the parse with one line naming its variable (see
 //! `values`). Each default is written once, in its `#[arg]` attribute; `Default` parses an
 //! empty command line without the environment to get them. Must not touch: what a setting
@@ -40,6 +40,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// PostgreSQL URL that reaches the database without a transaction-pooling proxy in
+    /// between, for what needs a session: the one `LISTEN` connection and the migration lock.
+    /// Default: `DATABASE_URL`.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
+    pub database_session_url: Option<String>,
     /// OAuth client id of the Google Cloud project.
     #[arg(long, env = "GOOGLE_CALENDAR_CLIENT_ID")]
     pub google_client_id: Option<String>,
@@ -130,7 +135,7 @@ pub struct ServeArgs {
         value_parser = named(millis)
     )]
     pub microservice_timeout_ms: Millis,
-    /// Where each event about a user's connection is POSTed, as given (README: Events to the
+    /// Where each event about a user's connection is POSTed, as given (docs/app-events.md: Events to the
     /// app); unset: no events are sent and none are stored.
     // Text, checked in `into_config`, as the microservice URL: empty means unset.
     #[arg(long, env = "APP_EVENTS_URL", hide_env_values = true)]

@@ -1,4 +1,4 @@
-//! Configuration: every variable of the README's Configuration table, read once at start
+//! Configuration: every variable of docs/configuration.md, read once at start
 //! (flags or environment, `.env` if present) into the typed [`Config`]. Nothing else in the
 //! crate reads the environment. A missing or malformed variable yields one line naming it.
 //!
@@ -17,7 +17,10 @@ use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::{crypto::TokenCipher, sync::Signer, telemetry::TelemetryConfig};
+use crate::{crypto::TokenCipher, signing::Signer, telemetry::TelemetryConfig};
+
+// Defined where logs are made (`telemetry`), named here too: both are settings' values.
+pub use crate::telemetry::{LogFormat, without_userinfo};
 
 pub use app_events::AppEventsConfig;
 pub use args::{ServeArgs, TelemetryArgs};
@@ -70,7 +73,7 @@ pub struct GoogleConfig {
     pub timeout: Duration,
 }
 
-/// Where Google's security events come from (CONTRACT 10).
+/// Where Google's security events come from (docs/contract.md section 10).
 #[derive(Debug, Clone)]
 pub struct RiscConfig {
     /// The RISC configuration document: its `issuer` and `jwks_uri`.
@@ -127,7 +130,7 @@ pub struct RefreshConfig {
     pub hibernate_after: Duration,
 }
 
-/// This process as a node of a cluster (CONTRACT section 8; PostgreSQL only).
+/// This process as a node of a cluster (docs/contract.md section 8; PostgreSQL only).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: String,
@@ -136,18 +139,14 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
 }
 
-/// Log output shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
 /// The whole, validated configuration of `serve`. Its `Debug` leaves every secret out.
 #[derive(Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub database_url: String,
+    /// `DATABASE_SESSION_URL`, else `DATABASE_URL`: the `LISTEN` connection and the migration
+    /// lock need a session of their own, which a transaction pooler does not give.
+    pub database_session_url: String,
     pub http: HttpServerConfig,
     pub google: GoogleConfig,
     pub risc: RiscConfig,
@@ -284,6 +283,10 @@ impl ServeArgs {
         let (encryption_key, old_encryption_keys) = parse_keys(key.expose_secret())?;
         Ok(Config {
             listen_addr: self.listen_addr,
+            database_session_url: self
+                .database_session_url
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| self.database_url.clone()),
             database_url: self.database_url,
             http,
             google,
@@ -358,9 +361,9 @@ fn required_secret(
         .ok_or(ConfigError::Missing(var))
 }
 
-/// Shortest admin token `serve` accepts (CONTRACT 4): with 32 characters even a token of
-/// lowercase letters and digits holds over 160 bits, out of reach of online guessing (which is
-/// throttled besides) and of any offline search.
+/// Shortest admin token `serve` accepts (docs/contract.md section 4): with 32 characters even a
+/// token of lowercase letters and digits holds over 160 bits, out of reach of online guessing
+/// (which is throttled besides) and of any offline search.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// `ADMIN_TOKEN`: required, and long enough that nobody guesses it.
@@ -388,20 +391,6 @@ fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {
 
 fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
     values::http_url(value).map_err(|reason| malformed(var, reason))
-}
-
-/// `url` without its userinfo (`https://user:pass@host/x` becomes `https://host/x`), for logs
-/// and debug output; anything else about it is kept as written.
-pub fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    // The last `@` ends the userinfo, as URL parsers read it.
-    match rest[..authority].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
 }
 
 /// Decodes `TOKEN_ENCRYPTION_KEY`: one base64 key, or a comma-separated list whose first key

@@ -9,6 +9,7 @@ fn complete() -> ServeArgs {
     ServeArgs {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: "sqlite::memory:".into(),
+        database_session_url: None,
         google_client_id: Some("id".into()),
         google_client_secret: Some("secret".into()),
         google_auth_url: local("auth"),
@@ -239,6 +240,7 @@ fn defaults_are_the_documented_ones() {
     .expect("valid");
     assert_eq!(config.listen_addr.to_string(), "127.0.0.1:3000");
     assert_eq!(config.database_url, "sqlite://tokenwarden.db?mode=rwc");
+    assert_eq!(config.database_session_url, config.database_url);
     assert_eq!(
         config.google.token_url.as_str(),
         "https://oauth2.googleapis.com/token"

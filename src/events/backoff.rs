@@ -1,4 +1,4 @@
-//! How long an event waits after a failed attempt (CONTRACT section 9): the first retry 1 s
+//! How long an event waits after a failed attempt (docs/contract.md section 9): the first retry 1 s
 //! after the failure, each wait twice the one before, never more than 5 minutes, and a
 //! `Retry-After` lengthens a wait but never shortens it. No jitter: every wait must stay
 //! within twice the one before, and one deliverer per node, at a bounded concurrency, already

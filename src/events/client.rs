@@ -1,4 +1,4 @@
-//! The app's HTTP client for events (CONTRACT section 9): one POST of one event, its body
+//! The app's HTTP client for events (docs/contract.md section 9): one POST of one event, its body
 //! exactly the six keys, its `webhook-id` the event's stored id on every attempt, signed when
 //! a secret is configured, and the answer judged: `2xx` is delivered, anything else a failure
 //! with the `Retry-After` it asked for. A client of its own, so a slow app never holds a
@@ -96,7 +96,7 @@ impl AppClient {
                     "Request failed with status code {}",
                     response.status().as_u16()
                 ),
-                retry_after: retry_after(response.headers(), Utc::now()),
+                retry_after: retry_after(response.headers(), crate::clock::now()),
             },
             Err(e) => Attempt::Failed {
                 error: describe_reqwest_error(&e),

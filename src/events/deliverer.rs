@@ -56,8 +56,8 @@ pub(super) struct Deliverer {
     pub shutdown: CancellationToken,
     /// Failed attempts logged as warnings at most once per [`FAILURE_LOG_EVERY`]; the rest at
     /// debug, counted here and named in the next warning. An app down for minutes would
-    /// otherwise write a line per event per attempt (800,000 lines, 330 MB, in a 5-minute
-    /// outage with 100,000 users; BENCHMARKS.md), and the metrics count every attempt anyway.
+    /// otherwise write a line per event per attempt, hundreds of megabytes for a large user
+    /// base (the load test's outage run shows it), and the metrics count every attempt anyway.
     pub failure_log: crate::log_limit::LogLimit,
 }
 
@@ -83,7 +83,11 @@ impl Deliverer {
                 }
                 next_count = Instant::now() + COUNT_EVERY;
             }
-            let wait = match self.store.due_app_events(Utc::now(), shards, BATCH).await {
+            let wait = match self
+                .store
+                .due_app_events(crate::clock::now(), shards, BATCH)
+                .await
+            {
                 Ok(batch) if batch.is_empty() => self.until_next_due(shards).await,
                 Ok(batch) => {
                     let outcomes = self.deliver_batch(batch).await;
@@ -122,7 +126,10 @@ impl Deliverer {
     /// How long until the soonest pending event is due, at most [`POLL`].
     async fn until_next_due(&self, shards: Option<&[i32]>) -> Duration {
         match self.store.next_app_event_due(shards).await {
-            Ok(Some(due)) => (due - Utc::now()).to_std().unwrap_or_default().min(POLL),
+            Ok(Some(due)) => (due - crate::clock::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(POLL),
             Ok(None) => POLL,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read when the next event to the app is due");
@@ -146,7 +153,7 @@ impl Deliverer {
         if self.shutdown.is_cancelled() {
             return Outcome::Skipped;
         }
-        if expired(&event, Utc::now()) {
+        if expired(&event, crate::clock::now()) {
             return Outcome::Expired;
         }
         // Held until the outcome is recorded: a new owner then never reads it as still due.
@@ -165,7 +172,11 @@ impl Deliverer {
                     eventId = %event.event_id,
                     "✅ Event delivered to the app"
                 );
-                if let Err(e) = self.store.app_event_delivered(event.id, Utc::now()).await {
+                if let Err(e) = self
+                    .store
+                    .app_event_delivered(event.id, crate::clock::now())
+                    .await
+                {
                     // Not recorded: it is sent again later (at least once; the app drops
                     // the duplicate by its webhook-id).
                     tracing::warn!(eventId = %event.event_id, error = %e, "cannot record a delivered event");
@@ -194,7 +205,7 @@ impl Deliverer {
                         "❌ Failed to deliver event to the app, will retry"
                     ),
                 }
-                let next = Utc::now() + wait;
+                let next = crate::clock::now() + wait;
                 if let Err(e) = self.store.app_event_failed(&event, next, &error).await {
                     // Not recorded: the event stays due and is tried at the next read.
                     tracing::warn!(eventId = %event.event_id, error = %e, "cannot record a failed event");
@@ -209,7 +220,7 @@ impl Deliverer {
     async fn sweep(&self, shards: Option<&[i32]>) -> bool {
         let dropped = match self
             .store
-            .expire_app_events(Utc::now(), shards, SWEEP_LIMIT)
+            .expire_app_events(crate::clock::now(), shards, SWEEP_LIMIT)
             .await
         {
             Ok(dropped) => dropped,

@@ -1,5 +1,5 @@
-//! Events to the app (CONTRACT section 9, README: Events to the app): each change of a user's
-//! connection reaches `APP_EVENTS_URL` as one signed JSON POST, at least once and, per user,
+//! Events to the app (docs/contract.md section 9, docs/app-events.md: Events to the app): each change of a
+//! user's connection reaches `APP_EVENTS_URL` as one signed JSON POST, at least once and, per user,
 //! in order, however long the app is away (up to 72 hours).
 //!
 //! The events themselves are rows of the store's outbox, written in the same transaction as

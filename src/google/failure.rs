@@ -1,8 +1,9 @@
 //! Why a call to Google failed, in two layers: what the caller should do next (the
 //! [`GoogleError`] variant: try again later, the user must reconnect, or refused for a reason
 //! that is not the user's) and the precise reason ([`FailureReason`], a closed set, so it can
-//! label a metric without letting Google's answer invent new series). CONTRACT 9 decides which
-//! reason falls where: only `invalid_grant` and `admin_policy_enforced` end a user's grant.
+//! label a metric without letting Google's answer invent new series). docs/contract.md section 9
+//! decides which reason falls where: only `invalid_grant` and `admin_policy_enforced` end a user's
+//! grant.
 
 use oauth2::{
     RequestTokenError,
@@ -170,7 +171,7 @@ pub(super) fn classify(error: RequestTokenError<HttpError, BasicErrorResponse>) 
     }
 }
 
-/// An OAuth error code from the token endpoint's body (CONTRACT 9).
+/// An OAuth error code from the token endpoint's body (docs/contract.md section 9).
 fn classify_code(code: &BasicErrorResponseType) -> GoogleError {
     use FailureReason as R;
     let failure = |reason| Failure::new(reason, code.to_string());

@@ -1,4 +1,5 @@
-//! The end of a time-limited grant, as Google's token answers announce it (CONTRACT 9).
+//! The end of a time-limited grant, as Google's token answers announce it (docs/contract.md section
+//! 9).
 //!
 //! A user may grant access for a limited time ("time-based access"): the code exchange's answer
 //! and the refresh answers then carry `refresh_token_expires_in` (seconds), which the IETF draft

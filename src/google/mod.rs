@@ -59,8 +59,9 @@ pub struct TokenSet {
     /// The scope Google granted, if it said.
     pub scope: Option<String>,
     /// When a time-limited grant ends: the time the answer arrived plus the smaller of
-    /// `refresh_token_expires_in` and `authorization_expires_in` (CONTRACT 9). `None` reads
-    /// differently by where it came from, because Google repeats the end only when it has one:
+    /// `refresh_token_expires_in` and `authorization_expires_in` (docs/contract.md section 9).
+    /// `None` reads differently by where it came from, because Google repeats the end only when it
+    /// has one:
     /// - from [`GoogleClient::exchange_code`], `None` means ongoing access: the new grant has
     ///   no end, so the caller clears any end stored for an earlier grant;
     /// - from [`GoogleClient::refresh`], `None` means no news: the caller keeps the stored end.
@@ -147,7 +148,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response, Utc::now()))
+        Ok(token_set(&response, crate::clock::now()))
     }
 
     /// Uses a refresh token to get a new access token.
@@ -164,7 +165,7 @@ impl GoogleClient {
             .request_async(&self.http)
             .await
             .map_err(classify)?;
-        Ok(token_set(&response, Utc::now()))
+        Ok(token_set(&response, crate::clock::now()))
     }
 
     /// Revokes a token (revoking the refresh token ends the whole grant). Sent as Google

@@ -1,7 +1,7 @@
-//! Operator routes (README: Admin routes): the actor registry, forced refresh, the resync
+//! Operator routes (docs/api.md: Admin routes): the actor registry, forced refresh, the resync
 //! that pushes every connected user's tokens (the seed's upgrade path, without reconnects),
 //! and the cluster's live nodes. On a cluster, a call about one user that lands on a node not
-//! running the user's actor is answered by the user's owner (`cluster::forward_admin`); the
+//! running the user's actor is answered by the user's owner (`node::Node::actor`); the
 //! owner takes the forwarded call's credential in place of the admin token and proves its
 //! answer ([`Caller`]).
 
@@ -21,12 +21,12 @@ use serde_json::{Value, json};
 use super::{AppState, Error, auth::AdminAuth, rfc3339};
 use crate::{
     actors::ActorView,
-    cluster::{
-        ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, Call, FORWARDED_HEADER,
-        ForwardError, Notice, Refused, accept_forwarded, answer_proof, forward_admin,
+    node::{
+        ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, Call, FORWARDED_HEADER, NodeError,
+        Refused, Runs,
     },
-    config::without_userinfo,
     store::SyncInfo,
+    telemetry::without_userinfo,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -75,7 +75,7 @@ async fn list_actors(
     let next_cursor = (views.len() == limit)
         .then(|| ids.last().cloned())
         .flatten();
-    let node = app.cluster.ownership.node_id();
+    let node = app.node.ownership.node_id();
     let actors: Vec<Value> = views.iter().map(|v| actor_json(v, &syncs, node)).collect();
     Ok(Json(json!({
         "actors": actors,
@@ -85,7 +85,7 @@ async fn list_actors(
 }
 
 /// Who asks about one user: the operator (the admin token), or another node forwarding the
-/// operator's call with a credential for exactly this call (`cluster::forward`), which is
+/// operator's call with a credential for exactly this call (`node::forward`), which is
 /// answered with the proof that this node holds the same key.
 enum Caller {
     /// `forwarded`: marked as forwarded by a node of an earlier version (which sends the
@@ -122,7 +122,7 @@ impl FromRequestParts<AppState> for Caller {
         let accepted = credential
             .to_str()
             .map_err(|_| Refused::Malformed)
-            .and_then(|c| accept_forwarded(&app.cluster, &app.config.admin_token, c, call));
+            .and_then(|c| app.node.accept_forwarded(c, call));
         match accepted {
             Ok(nonce) => Ok(Self::Node { nonce }),
             Err(_) if parts.headers.contains_key(AUTHORIZATION) => {
@@ -154,7 +154,7 @@ impl Caller {
             return Error::Internal(anyhow::anyhow!("an answer too large to forward"))
                 .into_response();
         };
-        let proof = answer_proof(&app.config.admin_token, &nonce, head.status.as_u16(), &body);
+        let proof = app.node.answer_proof(&nonce, head.status.as_u16(), &body);
         // Base64url is always a valid header value.
         if let Ok(proof) = HeaderValue::from_str(&proof) {
             head.headers.insert(ANSWER_PROOF_HEADER, proof);
@@ -169,11 +169,12 @@ async fn get_actor(
     Path(user_id): Path<String>,
 ) -> Response {
     let result = async {
-        let Some(view) = app.supervisor.get(&user_id).await? else {
-            return at_owner(&app, &caller, reqwest::Method::GET, &user_id, "").await;
+        let view = match app.node.actor(&user_id, caller.forwarded()).await {
+            Ok(Runs::Here(view)) => view,
+            elsewhere => return at_owner(elsewhere, &user_id),
         };
         let syncs = app.store.sync_infos(std::slice::from_ref(&user_id)).await?;
-        let node = app.cluster.ownership.node_id();
+        let node = app.node.ownership.node_id();
         Ok(Json(actor_json(&view, &syncs, node)).into_response())
     }
     .await;
@@ -186,10 +187,12 @@ async fn refresh_actor(
     Path(user_id): Path<String>,
 ) -> Response {
     let result = async {
-        if !app.supervisor.refresh_now(&user_id).await {
-            return at_owner(&app, &caller, reqwest::Method::POST, &user_id, "refresh").await;
+        if let elsewhere @ (Ok(Runs::Elsewhere(_) | Runs::Nobody) | Err(_)) =
+            app.node.refresh(&user_id, caller.forwarded()).await
+        {
+            return at_owner(elsewhere, &user_id);
         }
-        let node = app.cluster.ownership.node_id();
+        let node = app.node.ownership.node_id();
         Ok((
             StatusCode::ACCEPTED,
             Json(json!({"user_id": user_id, "refresh": "queued", "node": node})),
@@ -200,35 +203,20 @@ async fn refresh_actor(
     caller.answer(&app, result).await
 }
 
-/// The answer of the user's owner, for a user this node has no actor for; `404` when no
+/// The answer about a user this node has no actor for: its owner's, relayed; `404` when no
 /// other node owns the user either, `502` when the owner's address answered without proving
 /// it belongs to the cluster.
-async fn at_owner(
-    app: &AppState,
-    caller: &Caller,
-    method: reqwest::Method,
-    user_id: &str,
-    suffix: &str,
-) -> Result<Response, Error> {
-    let relayed = forward_admin(
-        &app.cluster,
-        &app.store,
-        &app.config.admin_token,
-        method,
-        user_id,
-        suffix,
-        caller.forwarded(),
-    )
-    .await;
-    match relayed {
-        Ok(Some(relayed)) => {
+fn at_owner<T>(runs: Result<Runs<T>, NodeError>, user_id: &str) -> Result<Response, Error> {
+    match runs {
+        Ok(Runs::Elsewhere(relayed)) => {
             let status =
                 StatusCode::from_u16(relayed.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             Ok((status, Json(relayed.body)).into_response())
         }
-        Ok(None) => Err(no_actor(user_id)),
-        Err(ForwardError::Unavailable(message)) => Err(Error::Unavailable(message)),
-        Err(ForwardError::Unproven(message)) => Ok((
+        Ok(Runs::Here(_) | Runs::Nobody) => Err(no_actor(user_id)),
+        Err(NodeError::Here(e)) => Err(Error::Internal(e)),
+        Err(NodeError::Unavailable(message)) => Err(Error::Unavailable(message)),
+        Err(NodeError::Unproven(message)) => Ok((
             StatusCode::BAD_GATEWAY,
             Json(json!({"error": "bad_gateway", "message": message})),
         )
@@ -239,7 +227,7 @@ async fn at_owner(
 /// `GET /admin/nodes`: every live node of the cluster; on a single node, this one. An
 /// advertise URL is shown without its `user:password@`, which may be a proxy's credentials.
 async fn list_nodes(State(app): State<AppState>, _: AdminAuth) -> Result<Json<Value>, Error> {
-    let cluster = &app.cluster;
+    let cluster = &app.node;
     let nodes: Vec<Value> = if cluster.ownership.is_cluster() {
         app.store
             .live_nodes()
@@ -274,20 +262,7 @@ async fn resync(
     _: AdminAuth,
 ) -> Result<(StatusCode, Json<Value>), Error> {
     let queued = app.store.queue_resync_all().await?;
-    if app.cluster.ownership.is_cluster() {
-        // Every node (this one too) queues the pushes of the shards it holds.
-        app.cluster
-            .notices
-            .send(&app.store, &Notice::Resync)
-            .await?;
-    } else {
-        let (store, sync) = (app.store.clone(), app.sync.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::sync::resume_unfinished_syncs(&store, &sync, false, None).await {
-                tracing::error!(error = %e, "resync could not queue every user");
-            }
-        });
-    }
+    app.node.resync_all().await?;
     tracing::info!(users = queued, "resync of every connected user queued");
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
 }

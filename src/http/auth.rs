@@ -28,7 +28,7 @@ struct Claims {
     sub: String,
 }
 
-/// User ids are 1 to 50 characters of `A-Z a-z 0-9 - _ . @` (README: User routes).
+/// User ids are 1 to 50 characters of `A-Z a-z 0-9 - _ . @` (docs/api.md: User routes).
 pub fn valid_user_id(id: &str) -> bool {
     (1..=50).contains(&id.len())
         && id

@@ -1,5 +1,5 @@
-//! The throttle on guessing the admin token (CONTRACT 4): a client address that has sent
-//! [`MAX_FAILURES`] wrong admin tokens (bearer or console sign-in) within a minute is answered
+//! The throttle on guessing the admin token (docs/contract.md section 4): a client address that has
+//! sent [`MAX_FAILURES`] wrong admin tokens (bearer or console sign-in) within a minute is answered
 //! `429` on every admin route and sign-in, right or wrong token, until that minute is over.
 //! Answering a right token from a blocked address would let the guessing go on, one `429`
 //! telling a wrong guess from a right one.
@@ -42,7 +42,7 @@ impl Window {
 /// The client address of a request: the connection's peer (`serve` puts it on every request).
 /// Without one (a router driven in-process) every request counts as one unspecified address,
 /// which throttles them together rather than not at all. Behind a proxy the peer is the
-/// proxy: its clients share one allowance (README, Security notes).
+/// proxy: its clients share one allowance (docs/security.md, Security notes).
 pub fn client_ip(extensions: &http::Extensions) -> IpAddr {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -1,4 +1,4 @@
-//! Binds a consent round-trip to the browser that started it (RFC 9700, section 4.7; README:
+//! Binds a consent round-trip to the browser that started it (RFC 9700, section 4.7; docs/api.md:
 //! The browser-binding cookie). Connect sets a cookie holding a random value and the state row
 //! keeps only its hash; the callback must present that cookie. A consent link forwarded to someone
 //! else then fails at the callback, because their browser never got the cookie.

@@ -1,4 +1,4 @@
-//! The user-facing Google Calendar routes (README: User routes): start a consent, take
+//! The user-facing Google Calendar routes (docs/api.md: User routes): start a consent, take
 //! Google's callback, show the connection, disconnect. The callback never waits for the
 //! microservice: it saves, tells the supervisor and the sync dispatcher, and redirects.
 //! Only these routes answer the frontend's cross-origin calls, with credentials, because the
@@ -27,12 +27,13 @@ use super::{
     AppState, Error,
     auth::AuthUser,
     browser_binding::CookieScope,
-    changes::{Change, user_changed},
     rate_limit::{RateLimiter, client_key},
     rfc3339,
 };
 use crate::{
+    config::GoogleConfig,
     google::TokenSet,
+    node::Change,
     store::{NewTokens, StoreError, StoredTokens, SyncInfo, SyncState},
 };
 
@@ -149,7 +150,8 @@ async fn callback(
             tracing::info!(userId = %user_id, "Google Calendar connected");
             found(&format!("{base}?google=connected"))
         }
-        Err(reason) => {
+        Err(failure) => {
+            let reason = failure.reason();
             tracing::warn!(reason, "Google Calendar connection failed");
             found(&format!("{base}?google=error&reason={reason}"))
         }
@@ -174,26 +176,82 @@ fn valid_state_shape(state: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Runs the callback's steps for `state` (already checked for shape); the error is the
-/// `reason` code of the redirect.
+/// Why a consent did not connect; its code is the `reason` of the redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsentFailure {
+    /// Google's `error` parameter: the user said no.
+    AccessDenied,
+    InvalidScope,
+    InvalidRequest,
+    UnauthorizedClient,
+    /// Google's `server_error` or `temporarily_unavailable`.
+    GoogleUnavailable,
+    /// Any other `error` from Google, never echoed raw.
+    OauthError,
+    /// No such state, spent, or expired.
+    InvalidState,
+    /// The state's cookie is not this browser's.
+    BrowserMismatch,
+    MissingCode,
+    ExchangeFailed,
+    /// A configured required scope was unticked.
+    MissingScope,
+    /// Google gave no refresh token and none is stored.
+    NoRefreshToken,
+    ServerError,
+}
+
+impl ConsentFailure {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::AccessDenied => "access_denied",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::GoogleUnavailable => "google_unavailable",
+            Self::OauthError => "oauth_error",
+            Self::InvalidState => "invalid_state",
+            Self::BrowserMismatch => "browser_mismatch",
+            Self::MissingCode => "missing_code",
+            Self::ExchangeFailed => "exchange_failed",
+            Self::MissingScope => "missing_scope",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::ServerError => "server_error",
+        }
+    }
+
+    /// Google's `error` parameter, by its known shape only.
+    fn from_google(error: &str) -> Self {
+        match error {
+            "access_denied" => Self::AccessDenied,
+            "invalid_scope" => Self::InvalidScope,
+            "invalid_request" => Self::InvalidRequest,
+            "unauthorized_client" => Self::UnauthorizedClient,
+            "server_error" | "temporarily_unavailable" => Self::GoogleUnavailable,
+            _ => Self::OauthError,
+        }
+    }
+}
+
+/// Runs the callback's steps for `state` (already checked for shape).
 async fn complete_consent(
     app: &AppState,
     headers: &HeaderMap,
     state: Option<&str>,
     params: &HashMap<String, String>,
-) -> Result<String, &'static str> {
+) -> Result<String, ConsentFailure> {
     let taken = match state {
         Some(state) => app.store.take_oauth_state(state).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read OAuth state");
-            "server_error"
+            ConsentFailure::ServerError
         })?,
         None => None,
     };
     if let Some(error) = params.get("error") {
-        return Err(google_error_reason(error));
+        return Err(ConsentFailure::from_google(error));
     }
     let (Some(state), Some(taken)) = (state, taken.filter(|t| t.expires_at > Utc::now())) else {
-        return Err("invalid_state");
+        return Err(ConsentFailure::InvalidState);
     };
     let user_id = taken.user_id;
     if app.config.browser_binding
@@ -202,21 +260,27 @@ async fn complete_consent(
         // Someone else's consent link (or a browser that lost the cookie): the state is spent
         // and nothing is stored, so the link cannot attach this browser's account to the user.
         tracing::warn!(userId = %user_id, "OAuth callback from a browser that did not start the flow");
-        return Err("browser_mismatch");
+        return Err(ConsentFailure::BrowserMismatch);
     }
     let code = params
         .get("code")
         .filter(|c| !c.is_empty())
-        .ok_or("missing_code")?;
+        .ok_or(ConsentFailure::MissingCode)?;
     let tokens = app
         .google
         .exchange_code(&user_id, code, &taken.pkce_verifier)
         .await
         .map_err(|e| {
             tracing::warn!(userId = %user_id, error = %e, "code exchange failed");
-            "exchange_failed"
+            ConsentFailure::ExchangeFailed
         })?;
-    refuse_partial_consent(app, &user_id, &tokens).await?;
+    // A consent in which the user unticked a configured scope is refused: such a token cannot
+    // do the calendar work it is for, and pushing it would only move the failure to the agent.
+    let missing = missing_scopes(&app.config.google, &tokens);
+    if !missing.is_empty() {
+        drop_partial_grant(app, &user_id, &tokens, &missing).await;
+        return Err(ConsentFailure::MissingScope);
+    }
     let account = match app.google.account(&user_id, &tokens.access_token).await {
         Ok(account) => account,
         Err(e) => {
@@ -237,12 +301,12 @@ async fn complete_consent(
         authorization_expires_at: tokens.authorization_expires_at,
         google_sub: account.sub,
     };
-    let seed = match app.store.save_connection(&user_id, &new_tokens).await {
-        Ok(seed) => seed,
-        Err(StoreError::NoRefreshToken) => return Err("no_refresh_token"),
+    let start = match app.store.save_connection(&user_id, &new_tokens).await {
+        Ok(start) => start,
+        Err(StoreError::NoRefreshToken) => return Err(ConsentFailure::NoRefreshToken),
         Err(e) => {
             tracing::error!(userId = %user_id, error = %e, "cannot save tokens");
-            return Err("server_error");
+            return Err(ConsentFailure::ServerError);
         }
     };
     let known = new_tokens.refresh_token.map(|refresh_token| StoredTokens {
@@ -251,32 +315,28 @@ async fn complete_consent(
         token_expiry: new_tokens.expires_at,
         scope: new_tokens.scope,
     });
-    user_changed(app, &user_id, Change::Connected(seed, known)).await;
+    app.node
+        .user_changed(&user_id, Change::Connected(start, known))
+        .await;
     Ok(user_id)
 }
 
-/// Refuses a consent in which the user unticked a configured scope: such a token cannot do
-/// the calendar work it is for, and pushing it would only move the failure to the agent.
-/// The partial grant is revoked only when the user has no connection: at Google a revocation
-/// ends every grant of this app for the account, an existing good one included.
-async fn refuse_partial_consent(
-    app: &AppState,
-    user_id: &str,
-    tokens: &TokenSet,
-) -> Result<(), &'static str> {
-    let requested = app.config.google.scopes.join(" ");
+/// The configured required scopes that `tokens` were not granted.
+fn missing_scopes<'a>(google: &'a GoogleConfig, tokens: &TokenSet) -> Vec<&'a str> {
+    let requested = google.scopes.join(" ");
     let granted = tokens.scope.as_deref().unwrap_or(&requested);
-    let missing: Vec<&str> = app
-        .config
-        .google
+    google
         .required_scopes
         .iter()
         .map(String::as_str)
         .filter(|needed| !granted.split_whitespace().any(|g| g == *needed))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
+        .collect()
+}
+
+/// Logs a refused partial consent and revokes its grant, only when the user has no
+/// connection: at Google a revocation ends every grant of this app for the account, an
+/// existing good one included.
+async fn drop_partial_grant(app: &AppState, user_id: &str, tokens: &TokenSet, missing: &[&str]) {
     let connected = match app.store.connection_status(user_id).await {
         Ok(status) => status.is_some_and(|s| s.connected),
         // Unknown: keep whatever may exist rather than revoke a possibly good grant.
@@ -299,19 +359,6 @@ async fn refuse_partial_consent(
         if let Err(e) = app.google.revoke(user_id, token).await {
             tracing::warn!(userId = %user_id, error = %e, "revocation at Google failed");
         }
-    }
-    Err("missing_scope")
-}
-
-/// Google's `error` parameter as a reason code: known shape only, never echoed raw.
-fn google_error_reason(error: &str) -> &'static str {
-    match error {
-        "access_denied" => "access_denied",
-        "invalid_scope" => "invalid_scope",
-        "invalid_request" => "invalid_request",
-        "unauthorized_client" => "unauthorized_client",
-        "server_error" | "temporarily_unavailable" => "google_unavailable",
-        _ => "oauth_error",
     }
 }
 
@@ -359,7 +406,9 @@ async fn disconnect(State(app): State<AppState>, user: AuthUser) -> Result<Json<
             "Google Calendar is not connected".into(),
         ));
     };
-    user_changed(&app, &user.user_id, Change::Disconnected).await;
+    app.node
+        .user_changed(&user.user_id, Change::Disconnected)
+        .await;
     // Best effort: the tokens are already gone here; a grant left alive at Google is what
     // revocation prevents, so failures are logged loudly.
     if let Some(token) = refresh_token

@@ -11,7 +11,6 @@ mod admin;
 mod auth;
 mod auth_throttle;
 mod browser_binding;
-mod changes;
 mod console;
 mod error;
 mod health;
@@ -80,8 +79,8 @@ pub struct AppState {
     pub risc_keys: Arc<crate::risc::keys::RiscKeys>,
     /// The database check `/readyz` probes share.
     pub readiness: Arc<Readiness>,
-    /// This process in its cluster.
-    pub cluster: crate::cluster::ClusterNode,
+    /// This process in its cluster: who runs a user, and where a change goes.
+    pub node: crate::node::Node,
 }
 
 /// The whole front door.

@@ -1,9 +1,9 @@
-//! `POST /api/integrations/google/risc` (CONTRACT 10): Google's Security Event Tokens, pushed
-//! as RFC 8935 describes. A valid SET is answered `202` at once and acted on after the answer;
-//! an invalid one `400 {"err", "description"}` and nothing changes. The action: the SET's `jti`
-//! is recorded first (the insert that wins acts, on any node, so a duplicate is acted on once),
-//! then the user its subject names loses the grant where the event says so, through the same
-//! front-door write and hand-over to the owner as a disconnect. Must not touch: the actors'
+//! `POST /api/integrations/google/risc` (docs/contract.md section 10): Google's Security Event
+//! Tokens, pushed as RFC 8935 describes. A valid SET is answered `202` at once and acted on after
+//! the answer; an invalid one `400 {"err", "description"}` and nothing changes. The action: the
+//! SET's `jti` is recorded first (the insert that wins acts, on any node, so a duplicate is acted
+//! on once), then the user its subject names loses the grant where the event says so, through the
+//! same front-door write and hand-over to the owner as a disconnect. Must not touch: the actors'
 //! state, the keys' cache (`risc::keys`).
 
 use axum::{
@@ -17,13 +17,11 @@ use axum::{
 use chrono::Utc;
 use serde_json::json;
 
-use super::{
-    AppState, MAX_BODY_BYTES,
-    changes::{Change, user_changed},
-};
+use super::{AppState, MAX_BODY_BYTES};
 use crate::{
     log_limit::LogLimit,
     metrics::RiscLabels,
+    node::Change,
     risc::{self, Action, verify::SetError},
 };
 
@@ -155,8 +153,8 @@ async fn act(app: &AppState, claims: risc::verify::SetClaims) {
 /// pushes the DELETE.
 async fn end_grant(app: &AppState, user_id: &str) -> &'static str {
     match app.store.end_grant_for_security_event(user_id).await {
-        Ok(Some(seed)) => {
-            user_changed(app, user_id, Change::Ended(seed)).await;
+        Ok(Some(start)) => {
+            app.node.user_changed(user_id, Change::Ended(start)).await;
             "grant_ended"
         }
         Ok(None) => "no_grant",

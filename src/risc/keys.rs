@@ -1,7 +1,7 @@
-//! Google's RISC signing keys (CONTRACT 10): the configuration document names the issuer and
-//! the key set; both are fetched once and cached. A `kid` not in the cache fetches them again,
-//! unless the last fetch was less than [`REFETCH_AFTER`] ago: a flood of made-up `kid`s costs
-//! Google one request per 10 s, not one per SET. Must not touch: the store, HTTP serving.
+//! Google's RISC signing keys (docs/contract.md section 10): the configuration document names the
+//! issuer and the key set; both are fetched once and cached. A `kid` not in the cache fetches them
+//! again, unless the last fetch was less than [`REFETCH_AFTER`] ago: a flood of made-up `kid`s
+//! costs Google one request per 10 s, not one per SET. Must not touch: the store, HTTP serving.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

@@ -1,6 +1,6 @@
-//! Google's security events (Cross-Account Protection, CONTRACT 10): the keys they are signed
-//! with (`keys`), the check of a Security Event Token (`verify`), and what each event type
-//! means here ([`classify`]): which user its subject names and whether the grant ends. The
+//! Google's security events (Cross-Account Protection, docs/contract.md section 10): the keys they
+//! are signed with (`keys`), the check of a Security Event Token (`verify`), and what each event
+//! type means here ([`classify`]): which user its subject names and whether the grant ends. The
 //! route that receives them and carries out the action lives in `http::risc`; the record and
 //! the matching queries in `store::risc`. Must not touch: actors, HTTP serving.
 

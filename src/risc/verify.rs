@@ -1,8 +1,8 @@
-//! Checking a Security Event Token (CONTRACT 10, RFC 8417): `RS256` only (never `none`, never
-//! a symmetric algorithm that would take the public key as a secret), by a key of Google's set
-//! looked up by `kid`; `iss` the configuration's issuer, `aud` the OAuth client id, `iat` and
-//! `jti` present, no `exp` required but one that is present and past refuses it. Each refusal
-//! carries RFC 8935's error code. Must not touch: the store, the actions.
+//! Checking a Security Event Token (docs/contract.md section 10, RFC 8417): `RS256` only (never
+//! `none`, never a symmetric algorithm that would take the public key as a secret), by a key of
+//! Google's set looked up by `kid`; `iss` the configuration's issuer, `aud` the OAuth client id,
+//! `iat` and `jti` present, no `exp` required but one that is present and past refuses it. Each
+//! refusal carries RFC 8935's error code. Must not touch: the store, the actions.
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! The outbox of events to the app (CONTRACT section 9, README: Events to the app): what an
+//! The outbox of events to the app (docs/contract.md section 9, docs/app-events.md: Events to the app): what an
 //! event is ([`AppEvent`]), the handle that says whether events are on and wakes their
 //! deliverer ([`AppEvents`]), and every query on `app_events`. An event is inserted in the same
 //! transaction as the change of the user's connection that causes it
@@ -212,7 +212,9 @@ impl Store {
     /// Stores `event` on its own (no change in the same write) and wakes the deliverer;
     /// answers whether it was stored (not when events are off).
     pub async fn record_app_event(&self, event: &AppEvent) -> Result<bool, StoreError> {
-        let stored = self.insert_app_event(&self.db, event, Utc::now()).await?;
+        let stored = self
+            .insert_app_event(&self.db, event, crate::clock::now())
+            .await?;
         if stored {
             self.app_events.wake();
         }

@@ -342,7 +342,7 @@ fn owner_of(fence: Option<&Fence>) -> Option<String> {
     fence.map(|f| f.owner_token.to_string())
 }
 
-/// The fence of every refresh-path write (CONTRACT section 8): a row is written only while
+/// The fence of every refresh-path write (docs/contract.md section 8): a row is written only while
 /// the writer's lease (columns `epoch` and `owner` of `alias`) is still its shard's, epoch and
 /// owner's process token both, checked in the same statement. The token is what tells two
 /// owners apart if a database failover lost a claim and the same epoch was issued again.

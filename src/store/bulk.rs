@@ -15,7 +15,7 @@ use super::{
 };
 
 /// One user to seed, as a completed consent would have left it.
-pub struct SeedUser {
+pub struct BulkUser {
     pub user_id: String,
     pub access_token: String,
     pub refresh_token: String,
@@ -39,11 +39,11 @@ impl Store {
     /// caller seeds the microservice with the same tokens), and their acknowledgements in
     /// another. `users.sync_state` is `pending`, as a refresh leaves it: the acknowledgement
     /// lives in `sync_acks` (so a load test starts from the steady state's rows).
-    pub async fn seed_users(&self, users: &[SeedUser]) -> Result<(), StoreError> {
+    pub async fn insert_users(&self, users: &[BulkUser]) -> Result<(), StoreError> {
         if users.is_empty() {
             return Ok(());
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let models = users.iter().map(|u| user::ActiveModel {
             user_id: Set(u.user_id.clone()),
             google_access_token: Set(Some(

@@ -1,8 +1,8 @@
-//! Queries of a PostgreSQL cluster (CONTRACT section 8): the one statement that renews,
+//! Queries of a PostgreSQL cluster (docs/contract.md section 8): the one statement that renews,
 //! claims and releases a node's shard leases and beats its heart, the graceful release, the
 //! live nodes, a shard's owner, and the change notices (`LISTEN/NOTIFY`). The database's clock
 //! sets every expiry, so nodes' clocks never have to agree. Must not decide anything: which
-//! shards to claim or release is the caller's (`cluster::leases`) choice.
+//! shards to claim or release is the caller's (`node::leases`) choice.
 
 use std::sync::Arc;
 
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// Sends a change notice to every node (PostgreSQL only; a no-op elsewhere). `payload` is
-    /// sealed (`cluster::Notices::send`): listeners drop anything else.
+    /// sealed (`node::Notices::send`): listeners drop anything else.
     pub async fn notify(&self, payload: &str) -> Result<(), StoreError> {
         if !self.is_postgres() {
             return Ok(());
@@ -257,7 +257,7 @@ impl Store {
 }
 
 /// The notice that asks every node to renew (and so claim) now. This and the two below are
-/// the bodies of notices, which travel sealed (`cluster::Notices`).
+/// the bodies of notices, which travel sealed (`node::Notices`).
 pub const REBALANCE: &str = "rebalance";
 /// The notice of an operator's resync: every node queues its own users' pushes.
 pub const RESYNC: &str = "resync";

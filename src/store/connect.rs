@@ -1,7 +1,8 @@
-//! Saving a completed consent (CONTRACT 3): the tokens of a first connect or a reconnect, in
-//! one statement when Google sent a refresh token, else conditional on the version read so the
-//! stored refresh token is kept. With app events on, the `connection.connected` event is
-//! written in the same transaction (CONTRACT 9). Must not touch: the refresh path.
+//! Saving a completed consent (docs/contract.md section 3): the tokens of a first connect or a
+//! reconnect, in one statement when Google sent a refresh token, else conditional on the version
+//! read so the stored refresh token is kept. With app events on, the `connection.connected` event
+//! is written in the same transaction (docs/contract.md section 9). Must not touch: the refresh
+//! path.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -12,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::token_ids::RefreshTokenIds;
 
 use super::{
-    ActorSeed, AppEvent, AppEventType, Store, StoreError,
+    ActorStart, AppEvent, AppEventType, Store, StoreError,
     entity::user::{self, SyncState},
     users::{NewTokens, WRITE_ATTEMPTS, access_context, refresh_context, with_pending_sync},
 };
@@ -26,7 +27,7 @@ impl Store {
         &self,
         user_id: &str,
         tokens: &NewTokens,
-    ) -> Result<ActorSeed, StoreError> {
+    ) -> Result<ActorStart, StoreError> {
         if let Some(refresh) = &tokens.refresh_token {
             return self.upsert_connection(user_id, tokens, refresh).await;
         }
@@ -48,14 +49,14 @@ impl Store {
         user_id: &str,
         tokens: &NewTokens,
         refresh: &SecretString,
-    ) -> Result<ActorSeed, StoreError> {
+    ) -> Result<ActorStart, StoreError> {
         use sea_orm::sea_query::{ExprTrait, OnConflict};
         use user::Column as C;
         let ids = RefreshTokenIds::of(refresh.expose_secret());
         let refresh = self
             .cipher
             .encrypt(refresh.expose_secret(), &refresh_context(user_id));
-        let row = self.new_connection_row(user_id, tokens, (refresh, ids), Utc::now());
+        let row = self.new_connection_row(user_id, tokens, (refresh, ids), crate::clock::now());
         let on_conflict = OnConflict::column(C::UserId)
             .update_columns([
                 C::GoogleAccessToken,
@@ -90,14 +91,16 @@ impl Store {
             .to_owned();
         let insert = user::Entity::insert(row).on_conflict(on_conflict);
         if !self.app_events().enabled() {
-            return Ok(ActorSeed::from(insert.exec_with_returning(&self.db).await?));
+            return Ok(ActorStart::from(
+                insert.exec_with_returning(&self.db).await?,
+            ));
         }
         let txn = self.db.begin().await?;
         let saved = insert.exec_with_returning(&txn).await?;
         let event = connected_event(user_id, &saved);
         self.commit_with_event(txn, &event, saved.updated_at)
             .await?;
-        Ok(ActorSeed::from(saved))
+        Ok(ActorStart::from(saved))
     }
 
     /// The row of a first connection; `refresh` is the sealed refresh token.
@@ -148,8 +151,8 @@ impl Store {
         &self,
         user_id: &str,
         tokens: &NewTokens,
-    ) -> Result<Option<ActorSeed>, StoreError> {
-        let now = Utc::now();
+    ) -> Result<Option<ActorStart>, StoreError> {
+        let now = crate::clock::now();
         let access = self.cipher.encrypt(
             tokens.access_token.expose_secret(),
             &access_context(user_id),
@@ -199,7 +202,7 @@ impl Store {
         let event = connected_event(user_id, &saved);
         self.commit_with_event(txn, &event, saved.updated_at)
             .await?;
-        Ok(Some(ActorSeed {
+        Ok(Some(ActorStart {
             user_id: user_id.to_string(),
             token_expiry: Some(tokens.expires_at),
             needs_reconnect: false,

@@ -1,5 +1,5 @@
-//! SQLite is single-node (CONTRACT section 8): the process that serves a SQLite file holds an
-//! OS lock (`flock`) on it for as long as it lives, so a second `serve` on the same file
+//! SQLite is single-node (docs/contract.md section 8): the process that serves a SQLite file holds
+//! an OS lock (`flock`) on it for as long as it lives, so a second `serve` on the same file
 //! refuses to start, and the lock dies with its holder (a restart right after SIGKILL starts
 //! normally). Within one process the hold is shared, so a test that restarts the service in
 //! place is not refused by its own previous instance. Tools (`migrate`, `rotate-key`) do not

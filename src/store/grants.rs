@@ -1,7 +1,7 @@
-//! The end of a grant (CONTRACT 9): a user who must reconnect, and why (Google revoked the
-//! grant, a time-limited grant reached its end, a security event), and the one warning that a
-//! time-limited grant nears its end. Each write is conditional on the version the caller acts
-//! on and fenced like every refresh-path write. Must not touch: the token values (it only
+//! The end of a grant (docs/contract.md section 9): a user who must reconnect, and why (Google
+//! revoked the grant, a time-limited grant reached its end, a security event), and the one warning
+//! that a time-limited grant nears its end. Each write is conditional on the version the caller
+//! acts on and fenced like every refresh-path write. Must not touch: the token values (it only
 //! clears them).
 
 use chrono::{DateTime, Utc};
@@ -56,7 +56,7 @@ impl Store {
         ended_by: Option<DateTime<Utc>>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let version = expected_version + 1;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true))
             .col_expr(user::Column::ReconnectReason, Expr::value(reason.as_str()));
@@ -66,7 +66,8 @@ impl Store {
         if let Some(ended_by) = ended_by {
             update = update.filter(user::Column::AuthorizationExpiresAt.lte(ended_by));
         }
-        // The app's event is written by the same transaction as the change (CONTRACT 9).
+        // The app's event is written by the same transaction as the change (docs/contract.md
+        // section 9).
         let txn = self.db.begin().await?;
         let Some(row) = update.exec_with_returning(&txn).await?.into_iter().next() else {
             return Ok(None);
@@ -90,7 +91,7 @@ impl Store {
         user_id: &str,
         fence: Option<Fence>,
     ) -> Result<bool, StoreError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let update = user::Entity::update_many()
             .col_expr(user::Column::AuthorizationWarned, Expr::value(true))
             .filter(user::Column::UserId.eq(user_id))

@@ -25,7 +25,7 @@ use crate::crypto::CryptoError;
 const SAMPLE_FIRST: u64 = 100;
 /// Rows found by seeking to a random user id, so a sample is not only the oldest ids.
 const SAMPLE_RANDOM: usize = 5;
-/// Characters of user ids (README: User routes), from which random seek targets are drawn.
+/// Characters of user ids (docs/api.md: User routes), from which random seek targets are drawn.
 const ID_ALPHABET: &[u8] = b"-.0123456789@ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 /// How long the background audit waits before reading: the actors load first, from the same
 /// database.

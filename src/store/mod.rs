@@ -16,6 +16,7 @@ mod exclusive;
 mod grants;
 mod key_check;
 mod nodelay;
+mod pooler;
 mod risc;
 mod rotation;
 mod states;
@@ -36,7 +37,7 @@ use crate::crypto::{CryptoError, TokenCipher};
 
 pub use app_events::{APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, StoredAppEvent};
 #[cfg(feature = "test-util")]
-pub use bulk::{AuditRow, SeedUser};
+pub use bulk::{AuditRow, BulkUser};
 pub use cluster::{LeaseGrant, LeaseRequest, NodeIdentity, NodeRow};
 pub use console::{SyncBacklog, UserListing};
 pub use entity::user::{ReconnectReason, SyncState};
@@ -49,15 +50,14 @@ pub use states::TakenState;
 pub use users::{
     Expected, NewTokens, RefreshAnswer, RefreshCredentials, StoredTokens, SyncSnapshot, TokenChange,
 };
-pub use views::{ActorSeed, ConnectionStatus, SyncInfo};
+pub use views::{ActorStart, ConnectionStatus, SyncInfo};
 
 /// Connections to a SQLite database (see `Store::connect`). One: statements queue in memory
 /// instead of meeting at SQLite's lock, whose busy handler sleeps in whole milliseconds, and
 /// with no reader holding an older snapshot every WAL checkpoint completes, so the WAL stays
-/// short. Measured against two (BENCHMARKS.md, issue 12): 0.19 → 0.16 ms of CPU per refresh
-/// and lateness p99 512 → 32 ms at saturation, 0.61 → 0.55 ms per connect. The cost: a long
-/// statement (a console page's table scan, a resync of every user) delays the others by its
-/// length.
+/// short. Against two connections it costs less CPU per refresh and per connect, and keeps
+/// refreshes far less late at saturation (benches/HISTORY.md). The cost: a long statement (a
+/// console page's table scan, a resync of every user) delays the others by its length.
 const SQLITE_CONNECTIONS: u32 = 1;
 
 /// Longest a readiness read may take before the database counts as not answering.
@@ -76,6 +76,9 @@ pub enum StoreError {
     Contended,
     #[error("the database is held by another process ({0}); stop it first")]
     Held(String),
+    /// `DATABASE_URL` loses prepared statements between transactions (see `pooler`).
+    #[error("{0}")]
+    Pooler(String),
 }
 
 /// Handle to the database; cheap to clone.
@@ -83,7 +86,7 @@ pub enum StoreError {
 pub struct Store {
     db: DatabaseConnection,
     cipher: TokenCipher,
-    /// Shards fixed at the first migration (CONTRACT section 8).
+    /// Shards fixed at the first migration (docs/contract.md section 8).
     shard_count: u32,
     /// Row reads by user id, batched (see `batch`).
     reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
@@ -96,6 +99,17 @@ pub struct Store {
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str, cipher: TokenCipher) -> Result<Self, StoreError> {
+        Self::connect_with_session(url, url, cipher).await
+    }
+
+    /// [`Store::connect`] with the migration lock taken over `session_url`
+    /// (`DATABASE_SESSION_URL`), which reaches PostgreSQL without a transaction pooler; the
+    /// pooled `url` is checked to keep prepared statements first.
+    pub async fn connect_with_session(
+        url: &str,
+        session_url: &str,
+        cipher: TokenCipher,
+    ) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new(url.to_string());
         options
             .sqlx_logging(false)
@@ -119,7 +133,12 @@ impl Store {
                 .map_sqlx_postgres_pool_opts(move |pool| nodelay::on_connect(pool, &url));
         }
         let db = Database::connect(options).await?;
-        migrate(url, &db).await?;
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            pooler::check_prepared_statements(&db)
+                .await
+                .map_err(StoreError::Pooler)?;
+        }
+        migrate(session_url, &db).await?;
         let shard_count = read_shard_count(&db).await?;
         Ok(Self::batched(db, cipher, shard_count))
     }
@@ -199,14 +218,15 @@ impl Store {
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e77;
 
 /// Applies pending migrations. On PostgreSQL they run under a session advisory lock on one
-/// dedicated connection, so that nodes started together on an empty database migrate once
-/// and the others wait, then find nothing left to do.
-async fn migrate(url: &str, db: &DatabaseConnection) -> Result<(), StoreError> {
+/// dedicated connection to `session_url`, so that nodes started together on an empty database
+/// migrate once and the others wait, then find nothing left to do. A session lock through a
+/// transaction pooler would be taken on one server connection and left there.
+async fn migrate(session_url: &str, db: &DatabaseConnection) -> Result<(), StoreError> {
     if db.get_database_backend() != sea_orm::DbBackend::Postgres {
         Migrator::up(db, None).await?;
         return Ok(());
     }
-    let mut options = ConnectOptions::new(url.to_string());
+    let mut options = ConnectOptions::new(session_url.to_string());
     options
         .sqlx_logging(false)
         .max_connections(1)

@@ -2,8 +2,8 @@
 //! setting `TCP_NODELAY` (sqlx issue #4335; the fix, #4336, is merged but not released), and
 //! without it a statement longer than one TCP segment (a write batch of a few hundred rows
 //! is about 100 KB) waits for the server's delayed ACK before its last segment leaves: 40 ms
-//! on Linux. That bounded the one batched writer to about twenty batches a second (measured:
-//! 52–80 ms per batch, of which PostgreSQL spent about 1 ms; 1.5 ms with the option set).
+//! on Linux. That bounds the one batched writer by the delayed ACK rather than by PostgreSQL,
+//! whose own work on a batch is a small fraction of that wait.
 //! sqlx gives no handle on its socket, so after each new connection this sets the option on
 //! every TCP socket of the process whose peer is the database's port; all of those are
 //! sqlx's, and the option is harmless on any socket. Linux only (it reads `/proc/self/fd`);

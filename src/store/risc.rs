@@ -1,6 +1,6 @@
-//! Queries for Google's security events (CONTRACT 10): the record of each valid event (one row
-//! per `jti`: the insert that wins is the one that acts, on any node), the users an event's
-//! subject names (by account id, or by an identifier of their current refresh token), the
+//! Queries for Google's security events (docs/contract.md section 10): the record of each valid
+//! event (one row per `jti`: the insert that wins is the one that acts, on any node), the users an
+//! event's subject names (by account id, or by an identifier of their current refresh token), the
 //! end of a grant for a security event (a front-door write: no lease, the version bump
 //! supersedes any refresh in flight), and the pruning of records older than their keep.
 
@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::{
-    ActorSeed, Store, StoreError,
+    ActorStart, Store, StoreError,
     entity::{
         risc_event,
         user::{self, ReconnectReason},
@@ -124,7 +124,7 @@ impl Store {
     pub async fn end_grant_for_security_event(
         &self,
         user_id: &str,
-    ) -> Result<Option<ActorSeed>, StoreError> {
+    ) -> Result<Option<ActorStart>, StoreError> {
         for _ in 0..WRITE_ATTEMPTS {
             let Some(row) = self.user(user_id).await? else {
                 return Ok(None);
@@ -138,7 +138,7 @@ impl Store {
                 .await?
                 .is_some()
             {
-                return self.actor_seed(user_id).await;
+                return self.actor_start(user_id).await;
             }
         }
         Err(StoreError::Contended)

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, Query, SimpleExpr},
@@ -36,7 +35,7 @@ impl Store {
         let ack = Write::Synced {
             user_id: user_id.to_string(),
             version,
-            now: Utc::now(),
+            now: crate::clock::now(),
             fence,
         };
         self.writes
@@ -78,7 +77,7 @@ impl Store {
         error: Option<&str>,
         fence: Option<Fence>,
     ) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::SyncState, Expr::value(state))
             .col_expr(
@@ -200,8 +199,8 @@ pub(super) fn not_acknowledged() -> SimpleExpr {
 }
 
 /// Makes a refresh-path write conditional on the writer still holding its shard's lease: the
-/// shard's epoch and owner's process token are both the writer's (the fence of CONTRACT section
-/// 8; the token tells apart two owners given one epoch by a database failover that lost a
+/// shard's epoch and owner's process token are both the writer's (the fence of docs/contract.md
+/// section 8; the token tells apart two owners given one epoch by a database failover that lost a
 /// claim). No condition on a single node.
 pub(super) fn fenced(
     update: sea_orm::UpdateMany<user::Entity>,

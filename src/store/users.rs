@@ -151,7 +151,7 @@ impl Store {
             version: expected_version,
             fence,
         } = expected;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let row = RefreshedRow {
             user_id: user_id.to_string(),
             expected_version,
@@ -216,11 +216,11 @@ impl Store {
                     Expr::value(Option::<DateTime<Utc>>::None),
                 )
                 .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
-            let now = Utc::now();
+            let now = crate::clock::now();
             let update = with_pending_sync(update, row.token_version + 1, now)
                 .filter(user::Column::UserId.eq(user_id))
                 .filter(user::Column::TokenVersion.eq(row.token_version));
-            // The app's event is written by the same transaction (CONTRACT 9).
+            // The app's event is written by the same transaction (docs/contract.md section 9).
             let txn = self.db.begin().await?;
             if update.exec(&txn).await?.rows_affected == 1 {
                 let mut event = AppEvent::new(AppEventType::Disconnected, user_id, now);

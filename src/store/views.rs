@@ -19,7 +19,7 @@ use super::{
 
 /// What a user actor starts from: schedule data only, never token values.
 #[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
-pub struct ActorSeed {
+pub struct ActorStart {
     pub user_id: String,
     pub token_expiry: Option<DateTime<Utc>>,
     pub needs_reconnect: bool,
@@ -34,7 +34,7 @@ pub struct ActorSeed {
     pub last_refresh_at: Option<DateTime<Utc>>,
 }
 
-impl From<user::Model> for ActorSeed {
+impl From<user::Model> for ActorStart {
     fn from(row: user::Model) -> Self {
         Self {
             user_id: row.user_id,
@@ -141,12 +141,12 @@ impl Store {
 
     /// A page of users an actor should run for (connected, or waiting for a reconnect),
     /// ordered by user id, after `after`; only those of `shards` when given.
-    pub async fn actor_seeds(
+    pub async fn actor_starts(
         &self,
         after: Option<&str>,
         limit: u64,
         shards: Option<&[i32]>,
-    ) -> Result<Vec<ActorSeed>, StoreError> {
+    ) -> Result<Vec<ActorStart>, StoreError> {
         // Only the schedule columns: at a million users, decoding the token ciphertexts too
         // would double the load time for data the actors never hold.
         let mut query = user::Entity::find()
@@ -175,16 +175,16 @@ impl Store {
         if let Some(shards) = shards {
             query = query.filter(user::Column::Shard.is_in(shards.iter().copied()));
         }
-        Ok(query.into_model::<ActorSeed>().all(&self.db).await?)
+        Ok(query.into_model::<ActorStart>().all(&self.db).await?)
     }
 
-    /// One user's actor seed, if an actor should run for them.
-    pub async fn actor_seed(&self, user_id: &str) -> Result<Option<ActorSeed>, StoreError> {
+    /// One user's actor start, if an actor should run for them.
+    pub async fn actor_start(&self, user_id: &str) -> Result<Option<ActorStart>, StoreError> {
         Ok(self
             .user(user_id)
             .await?
             .filter(|row| row.google_calendar_connected || row.needs_reconnect)
-            .map(ActorSeed::from))
+            .map(ActorStart::from))
     }
 
     /// The sync state of each of `user_ids` that has a row.

@@ -13,7 +13,7 @@ use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::signing::{Binding, Signer};
+use crate::signing::{Binding, Signer};
 use crate::{
     config::{MicroserviceConfig, without_userinfo},
     google::describe_reqwest_error,
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The body of `POST /api/users/{user_id}/google-calendar/connect`: exactly the seed's four
-/// fields (README: The microservice contract), and when pushes are signed the [`Binding`] too.
+/// fields (docs/microservice.md: The microservice contract), and when pushes are signed the [`Binding`] too.
 #[derive(Serialize)]
 struct ConnectBody<'a> {
     access_token: &'a str,

@@ -15,7 +15,7 @@ use crate::{
     cluster::{NotActing, Ownership},
     history::{Activity, History},
     metrics::Metrics,
-    store::{Store, SyncSnapshot},
+    store::{Store, SyncSnapshot, cluster::Fence},
 };
 
 /// One call to make for one user.
@@ -42,13 +42,69 @@ pub(super) struct Deliverer {
     pub ownership: Arc<Ownership>,
 }
 
+/// How one delivery ended, for its lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// Nothing is left to do for the change: delivered (or superseded, or skipped) and
+    /// recorded, or no row to send, or the user is another node's to push.
+    Done { sent: Option<i64> },
+    /// Try again after the backoff: the call failed, its outcome could not be recorded, or it
+    /// could not start (the row unread, no permit, a lease not known valid).
+    Retry { sent: Option<i64> },
+}
+
+impl Finished {
+    pub fn done(self) -> bool {
+        matches!(self, Self::Done { .. })
+    }
+
+    /// The version the call sent, if it got as far as knowing it.
+    pub fn sent(self) -> Option<i64> {
+        match self {
+            Self::Done { sent } | Self::Retry { sent } => sent,
+        }
+    }
+}
+
+/// What a call does at the microservice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `PUT` the user's tokens.
+    Push,
+    /// `DELETE` the user's tokens.
+    Delete,
+}
+
+impl Op {
+    fn of(snapshot: &SyncSnapshot) -> Self {
+        match snapshot {
+            SyncSnapshot::Connected { .. } => Self::Push,
+            SyncSnapshot::Disconnected { .. } => Self::Delete,
+        }
+    }
+
+    /// Its `op` label in `tokenwarden_syncs_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Push => "connect",
+            Self::Delete => "delete",
+        }
+    }
+
+    fn activity(self) -> Activity {
+        match self {
+            Self::Push => Activity::Push,
+            Self::Delete => Activity::Delete,
+        }
+    }
+}
+
 impl Deliverer {
     /// Brings the microservice up to the user's state: `call.known` when the change carried
-    /// it, else the row as it is now. Answers whether nothing is left to do for the version
-    /// sent, and that version. Only the HTTP call holds a permit; reading and recording wait
-    /// in the store's batches outside it. The call's span (`microservice.sync` or
+    /// it, else the row as it is now. Only the HTTP call holds a permit; reading and recording
+    /// wait in the store's batches outside it. The call's span (`microservice.sync` or
     /// `microservice.delete`) joins `call.cx`.
-    pub async fn deliver(&self, call: Call) -> (bool, Option<i64>) {
+    pub async fn deliver(&self, call: Call) -> Finished {
         let Call {
             user_id,
             known,
@@ -60,15 +116,15 @@ impl Deliverer {
             Some(snapshot) => snapshot,
             None => match self.store.sync_snapshot(user_id).await {
                 Ok(Some(snapshot)) => snapshot,
-                Ok(None) => return (true, None),
+                Ok(None) => return Finished::Done { sent: None },
                 Err(e) => {
                     tracing::warn!(userId = %user_id, error = %e, "cannot read tokens to sync, will retry");
-                    return (false, None);
+                    return Finished::Retry { sent: None };
                 }
             },
         };
         let Ok(permit) = self.permits.acquire().await else {
-            return (false, None);
+            return Finished::Retry { sent: None };
         };
         // Asked after the permit (a wait): a node pushes only inside a lease valid by its own
         // clock. Another node's user is that node's to push; an uncertain lease waits.
@@ -76,12 +132,40 @@ impl Deliverer {
             Ok(acting) => acting,
             Err(why) => {
                 self.metrics.lease_skips.inc();
-                return (why == NotActing::NotHeld, None);
+                return match why {
+                    NotActing::NotHeld => Finished::Done { sent: None },
+                    NotActing::Uncertain => Finished::Retry { sent: None },
+                };
             }
         };
         let fence = acting.fence();
         let version = snapshot.version();
-        let span = match &snapshot {
+        let op = Op::of(&snapshot);
+        let outcome = self.call(user_id, &snapshot, cx, attempt).await;
+        drop(permit);
+        self.remember(user_id, op, &outcome);
+        let recorded = self.record(user_id, op, version, &outcome, fence).await;
+        if recorded && !matches!(outcome, Delivery::Failed { .. }) {
+            Finished::Done {
+                sent: Some(version),
+            }
+        } else {
+            Finished::Retry {
+                sent: Some(version),
+            }
+        }
+    }
+
+    /// The HTTP call itself, in its span.
+    async fn call(
+        &self,
+        user_id: &str,
+        snapshot: &SyncSnapshot,
+        cx: Context,
+        attempt: u32,
+    ) -> Delivery {
+        let version = snapshot.version();
+        let span = match snapshot {
             SyncSnapshot::Connected { .. } => tracing::info_span!(
                 "microservice.sync",
                 otel.kind = "client",
@@ -100,22 +184,31 @@ impl Deliverer {
             ),
         };
         let _ = span.set_parent(cx);
-        let (op, outcome) = match &snapshot {
-            SyncSnapshot::Connected { tokens, .. } => (
-                "connect",
+        match snapshot {
+            SyncSnapshot::Connected { tokens, .. } => {
                 self.client
                     .push(user_id, version, tokens)
                     .instrument(span)
-                    .await,
-            ),
-            SyncSnapshot::Disconnected { .. } => (
-                "delete",
-                self.client.delete(user_id, version).instrument(span).await,
-            ),
-        };
-        drop(permit);
-        self.remember(user_id, op, &outcome);
-        let recorded = match &outcome {
+                    .await
+            }
+            SyncSnapshot::Disconnected { .. } => {
+                self.client.delete(user_id, version).instrument(span).await
+            }
+        }
+    }
+
+    /// Records the call's outcome in the database (fenced) and the metrics; whether the
+    /// record was written.
+    async fn record(
+        &self,
+        user_id: &str,
+        op: Op,
+        version: i64,
+        outcome: &Delivery,
+        fence: Option<Fence>,
+    ) -> bool {
+        let op = op.label();
+        let recorded = match outcome {
             Delivery::Delivered => {
                 self.metrics.sync(op, "ok");
                 self.store.mark_synced(user_id, version, fence).await
@@ -142,17 +235,11 @@ impl Deliverer {
             // upsert and delete are idempotent.
             tracing::warn!(userId = %user_id, error = %e, "cannot record sync outcome");
         }
-        let done = recorded.is_ok() && !matches!(outcome, Delivery::Failed { .. });
-        (done, Some(version))
+        recorded.is_ok()
     }
 
     /// Records a call's outcome in the console's history (a skipped call made none).
-    fn remember(&self, user_id: &str, op: &str, outcome: &Delivery) {
-        let activity = if op == "delete" {
-            Activity::Delete
-        } else {
-            Activity::Push
-        };
+    fn remember(&self, user_id: &str, op: Op, outcome: &Delivery) {
         let (label, error) = match outcome {
             Delivery::Delivered => ("ok", None),
             Delivery::Superseded => ("superseded", None),
@@ -160,6 +247,6 @@ impl Deliverer {
             Delivery::Failed { error, .. } => ("failed", Some(error.as_str())),
         };
         self.history
-            .record(user_id, activity, label, error.is_some(), error);
+            .record(user_id, op.activity(), label, error.is_some(), error);
     }
 }

@@ -1,4 +1,4 @@
-//! Pushes every token change to the microservice (README: The microservice contract).
+//! Pushes every token change to the microservice (docs/microservice.md: The microservice contract).
 //!
 //! The [`SyncDispatcher`] keeps one lane per user with at most one call in flight: a change
 //! that arrives meanwhile only marks the lane dirty, and the next call sends the newest state:
@@ -19,7 +19,6 @@
 mod client;
 mod delivery;
 mod resume;
-mod signing;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -31,6 +30,7 @@ use opentelemetry::Context;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::signing::{Signer, message_id};
 use crate::{
     config::MicroserviceConfig,
     history::History,
@@ -39,13 +39,13 @@ use crate::{
     store::{Store, SyncSnapshot},
 };
 pub use client::{Delivery, MicroserviceClient};
-use delivery::{Call, Deliverer};
+use delivery::{Call, Deliverer, Finished};
 pub use resume::{resume_at_start, resume_unfinished_syncs};
-pub use signing::{Signer, message_id};
 
 /// How long a closed lane's last sent version is kept. A notice is sent right after its
 /// write, so one overtaken by a newer change arrives within moments; a minute covers any
-/// scheduling delay with a wide margin, for ~150k small entries at 2,500 changes a second.
+/// scheduling delay with a wide margin, and the entries are small enough that a minute of
+/// changes at full speed fits in memory comfortably.
 const RECENT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Calls in progress per microservice permit: the others read their row or record their
@@ -61,9 +61,7 @@ enum Command {
     Changed(String, Context, Option<SyncSnapshot>),
     Finished {
         user_id: String,
-        delivered: bool,
-        /// The version the call sent, if it got as far as knowing it.
-        version: Option<i64>,
+        finished: Finished,
     },
     RetryDue {
         user_id: String,
@@ -185,11 +183,7 @@ impl Worker {
             };
             match command {
                 Command::Changed(user_id, cx, state) => self.on_changed(user_id, cx, state),
-                Command::Finished {
-                    user_id,
-                    delivered,
-                    version,
-                } => self.on_finished(user_id, delivered, version),
+                Command::Finished { user_id, finished } => self.on_finished(user_id, finished),
                 Command::RetryDue {
                     user_id,
                     generation,
@@ -239,14 +233,15 @@ impl Worker {
         }
     }
 
-    fn on_finished(&mut self, user_id: String, delivered: bool, version: Option<i64>) {
+    fn on_finished(&mut self, user_id: String, finished: Finished) {
+        let delivered = finished.done();
         self.calls = self.calls.saturating_sub(1);
         self.start_ready();
         let Some(lane) = self.lanes.get_mut(&user_id) else {
             return;
         };
         lane.in_flight = false;
-        if let Some(version) = version {
+        if let Some(version) = finished.sent() {
             lane.sent = lane.sent.max(version);
         }
         if delivered && let Some(since) = lane.in_flight_since.take() {
@@ -356,13 +351,9 @@ impl Worker {
                 cx,
                 attempt,
             };
-            let (delivered, version) = deliverer.deliver(call).await;
+            let finished = deliverer.deliver(call).await;
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Command::Finished {
-                    user_id,
-                    delivered,
-                    version,
-                });
+                let _ = tx.send(Command::Finished { user_id, finished });
             }
         });
     }

@@ -1,4 +1,4 @@
-//! The OAuth state is bound to the browser that started the flow (README: The browser-binding
+//! The OAuth state is bound to the browser that started the flow (docs/api.md: The browser-binding
 //! cookie; RFC 9700 section 4.7): a consent link forwarded to someone else must not attach
 //! their Google account to the sender's user.
 

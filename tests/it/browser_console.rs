@@ -1,6 +1,6 @@
-//! The operator console (CONTRACT 4a) in a real browser: a wrong token refused, sign-in, the
-//! users page finds a connected user, "Refresh now" moves the refresh count, a form posted
-//! from another origin is refused, sign-out ends the session.
+//! The operator console (docs/contract.md section 4a) in a real browser: a wrong token refused,
+//! sign-in, the users page finds a connected user, "Refresh now" moves the refresh count, a form
+//! posted from another origin is refused, sign-out ends the session.
 //!
 //! The forged forms are served from another loopback port: the same site as the console
 //! (ports don't count for cookies), so Chromium sends the `SameSite=Strict` session cookie with

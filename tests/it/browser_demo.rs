@@ -2,8 +2,8 @@
 //! clicking through the consent. The OAuth state is bound to the browser by a cookie the demo
 //! passes through, so this proves the flow works where it matters: in a browser that applies
 //! its own cookie rules. The page lists the events the app received as they arrive, and
-//! "Google revokes this grant" (a security event from the sandbox Google, CONTRACT 10) leaves
-//! the user needing a reconnect.
+//! "Google revokes this grant" (a security event from the sandbox Google, docs/contract.md section
+//! 10) leaves the user needing a reconnect.
 
 use fantoccini::Locator;
 

@@ -325,8 +325,8 @@ fn event_types(state: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// "Google revokes this grant" (CONTRACT 10): the demo's sandbox Google, its RISC stream
-/// registered to the demo's service, sends `tokens-revoked` for the connected account; the
+/// "Google revokes this grant" (docs/contract.md section 10): the demo's sandbox Google, its RISC
+/// stream registered to the demo's service, sends `tokens-revoked` for the connected account; the
 /// receiver answers 202, and the page then shows the user needing a reconnect
 /// (`security_event`), the microservice's copy gone and the app told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
-//! The operator console (CONTRACT 4a), over real HTTP as a browser would use it: the sign-in
-//! form, the session cookie's attributes and checks, the pages reached by their links, the
-//! two actions, the cross-site defences, the action log, and that no page shows a token.
+//! The operator console (docs/contract.md section 4a), over real HTTP as a browser would use it:
+//! the sign-in form, the session cookie's attributes and checks, the pages reached by their links,
+//! the two actions, the cross-site defences, the action log, and that no page shows a token.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
-//! The grant's life on the operator console (CONTRACT 4a, 9): a user whose time-limited grant
-//! ended is listed, and shown on their page, as "needs_reconnect — authorization expired" with
-//! the grant's end; their page lists their events to the app (connected, expiring, needs
-//! reconnect) with how each was delivered; without `APP_EVENTS_URL` it says events are off.
+//! The grant's life on the operator console (docs/contract.md section 4a, 9): a user whose
+//! time-limited grant ended is listed, and shown on their page, as "needs_reconnect — authorization
+//! expired" with the grant's end; their page lists their events to the app (connected, expiring,
+//! needs reconnect) with how each was delivered; without `APP_EVENTS_URL` it says events are off.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! Events to the app survive what the outbox is for (CONTRACT 9: "a crash, a restart or a
-//! node's loss delays it but never loses it"; "at least once and, for one user, in order"),
-//! from real changes through the front door:
+//! Events to the app survive what the outbox is for (docs/contract.md section 9: "a crash, a
+//! restart or a node's loss delays it but never loses it"; "at least once and, for one user, in
+//! order"), from real changes through the front door:
 //!
 //! - the real `tokenwarden serve` binary stores a `connection.connected` the app refuses, is
 //!   SIGKILLed, and restarted on the same database: the event arrives from the new process,

@@ -29,7 +29,7 @@ use tokenwarden_sandbox::bind_loopback;
 
 use crate::support::{JWT_SECRET, TestApp, location};
 
-/// Every `reason` the callback may redirect with (README, "reason codes").
+/// Every `reason` the callback may redirect with (docs/api.md, "reason codes").
 const REASONS: [&str; 13] = [
     "access_denied",
     "invalid_scope",

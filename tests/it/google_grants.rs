@@ -1,5 +1,5 @@
-//! The Google client against the sandbox Google over real HTTP (CONTRACT 9): the end of a
-//! time-limited grant read from the code exchange and from refreshes, and every failure
+//! The Google client against the sandbox Google over real HTTP (docs/contract.md section 9): the
+//! end of a time-limited grant read from the code exchange and from refreshes, and every failure
 //! classified with its reason; then, through the whole service, a refusal that is not the
 //! user's (`invalid_client`) counted by reason and never asking the user to reconnect.
 
@@ -229,8 +229,7 @@ async fn refresh_failures_are_classified_by_reason() {
 }
 
 async fn metrics(t: &TestApp) -> String {
-    let response = t.http.get(format!("{}/metrics", t.url)).send().await;
-    response.unwrap().text().await.unwrap()
+    t.metrics().await
 }
 
 #[tokio::test]

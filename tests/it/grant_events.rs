@@ -1,6 +1,6 @@
-//! Events to the app from real changes (CONTRACT 9): each stored in the write of the change
-//! that causes it and delivered to the reference receiver over loopback. A time-limited grant
-//! tells the app `connected`, then `authorization_expiring` (at once when the grant arrives
+//! Events to the app from real changes (docs/contract.md section 9): each stored in the write of
+//! the change that causes it and delivered to the reference receiver over loopback. A time-limited
+//! grant tells the app `connected`, then `authorization_expiring` (at once when the grant arrives
 //! already inside the warning window), then `needs_reconnect` with `authorization_expired`; a
 //! revoked grant `needs_reconnect` with `revoked`; a disconnect `disconnected`. No event ever
 //! carries a token value.

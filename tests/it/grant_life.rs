@@ -1,8 +1,8 @@
-//! The grant's whole life (CONTRACT 9) through the whole service: a time-limited grant from the
-//! sandbox Google refreshes until its end and not at or after it, then the user needs a
-//! reconnect with reason `authorization_expired` and the microservice gets its DELETE; a refresh
-//! answer that moves the end moves the deadline; a reconnect with ongoing access clears it; a
-//! revoked grant says `revoked`.
+//! The grant's whole life (docs/contract.md section 9) through the whole service: a time-limited
+//! grant from the sandbox Google refreshes until its end and not at or after it, then the user
+//! needs a reconnect with reason `authorization_expired` and the microservice gets its DELETE; a
+//! refresh answer that moves the end moves the deadline; a reconnect with ongoing access clears it;
+//! a revoked grant says `revoked`.
 
 use std::time::Duration;
 

@@ -11,14 +11,7 @@ use crate::support::TestApp;
 const COUNT: &str = "tokenwarden_http_request_duration_seconds_count";
 
 async fn scrape(t: &TestApp) -> String {
-    t.http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    t.metrics().await
 }
 
 /// The label sets of the HTTP duration histogram, one per series.

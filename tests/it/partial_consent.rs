@@ -1,4 +1,4 @@
-//! A consent in which the user unticked a calendar scope (README: Partial consent):
+//! A consent in which the user unticked a calendar scope (docs/api.md: Partial consent):
 //! nothing stored, nothing pushed, `reason=missing_scope`; the partial grant is
 //! revoked only when the user had no connection to lose.
 

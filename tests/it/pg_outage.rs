@@ -1,5 +1,5 @@
-//! PostgreSQL unreachable (CONTRACT section 8): a node stops acting for shards whose leases it
-//! cannot renew, and resumes without a duplicate refresh when the database is back. The node is
+//! PostgreSQL unreachable (docs/contract.md section 8): a node stops acting for shards whose leases
+//! it cannot renew, and resumes without a duplicate refresh when the database is back. The node is
 //! a real `serve` process whose only way to the database is a TCP proxy on loopback that the
 //! test cuts (every connection closed, new ones refused) for longer than the lease TTL.
 

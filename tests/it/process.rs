@@ -54,36 +54,7 @@ impl Served {
         let mut command = tokenwarden(dir);
         command
             .arg("serve")
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env("TOKEN_ENCRYPTION_KEY", key)
-            .env("GOOGLE_CALENDAR_CLIENT_ID", CLIENT_ID)
-            .env("GOOGLE_CALENDAR_CLIENT_SECRET", CLIENT_SECRET)
-            .env("AUTH_JWT_SECRET", JWT_SECRET)
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env(
-                "GOOGLE_CALENDAR_REDIRECT_URI",
-                format!("{url}/api/integrations/google/callback"),
-            )
-            .env("GOOGLE_OAUTH_AUTH_URL", google.auth_url())
-            .env("GOOGLE_OAUTH_TOKEN_URL", google.token_url())
-            .env("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url())
-            .env("GOOGLE_USERINFO_URL", google.userinfo_url())
-            // As in-process test apps: the sandbox is Google's RISC transmitter too.
-            .env(
-                "GOOGLE_RISC_CONFIGURATION_URL",
-                google.risc_configuration_url(),
-            )
-            .env("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url())
-            .env("FRONTEND_URL", "http://frontend.test")
-            .env("REFRESH_JITTER_SECS", "0")
-            .env("REFRESH_RETRY_BASE_MS", "100")
-            .env("REFRESH_RETRY_MAX_MS", "1000")
-            .env("SYNC_RETRY_BASE_MS", "100")
-            .env("SYNC_RETRY_MAX_MS", "1000")
-            .env("GOOGLE_HTTP_TIMEOUT_MS", "2000")
-            .env("GOOGLE_CALENDAR_MICROSERVICE_TIMEOUT_MS", "2000")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .envs(serve_env(port, database_url, key, google, microservice))
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
         for (name, value) in extra {
@@ -133,6 +104,53 @@ impl Served {
     }
 }
 
+/// The environment `serve` runs with in the tests (without PATH): listening on `port` on
+/// loopback, the sandbox servers, short retries and timeouts.
+pub fn serve_env(
+    port: u16,
+    database_url: &str,
+    key: &str,
+    google: &SandboxGoogle,
+    microservice: &ReferenceMicroservice,
+) -> Vec<(&'static str, String)> {
+    let url = format!("http://127.0.0.1:{port}");
+    vec![
+        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("DATABASE_URL", database_url.to_string()),
+        ("TOKEN_ENCRYPTION_KEY", key.to_string()),
+        ("GOOGLE_CALENDAR_CLIENT_ID", CLIENT_ID.to_string()),
+        ("GOOGLE_CALENDAR_CLIENT_SECRET", CLIENT_SECRET.to_string()),
+        ("AUTH_JWT_SECRET", JWT_SECRET.to_string()),
+        ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        (
+            "GOOGLE_CALENDAR_REDIRECT_URI",
+            format!("{url}/api/integrations/google/callback"),
+        ),
+        ("GOOGLE_OAUTH_AUTH_URL", google.auth_url()),
+        ("GOOGLE_OAUTH_TOKEN_URL", google.token_url()),
+        ("GOOGLE_OAUTH_REVOKE_URL", google.revoke_url()),
+        ("GOOGLE_USERINFO_URL", google.userinfo_url()),
+        // As in-process test apps: the sandbox is Google's RISC transmitter too.
+        (
+            "GOOGLE_RISC_CONFIGURATION_URL",
+            google.risc_configuration_url(),
+        ),
+        ("GOOGLE_CALENDAR_MICROSERVICE_URL", microservice.base_url()),
+        ("FRONTEND_URL", "http://frontend.test".to_string()),
+        ("REFRESH_JITTER_SECS", "0".to_string()),
+        ("REFRESH_RETRY_BASE_MS", "100".to_string()),
+        ("REFRESH_RETRY_MAX_MS", "1000".to_string()),
+        ("SYNC_RETRY_BASE_MS", "100".to_string()),
+        ("SYNC_RETRY_MAX_MS", "1000".to_string()),
+        ("GOOGLE_HTTP_TIMEOUT_MS", "2000".to_string()),
+        (
+            "GOOGLE_CALENDAR_MICROSERVICE_TIMEOUT_MS",
+            "2000".to_string(),
+        ),
+        ("RUST_LOG", "info,sqlx=warn".to_string()),
+    ]
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -172,6 +190,15 @@ pub async fn connect_at(http: &Client, url: &str, user: &str) {
         location(&callback),
         "http://frontend.test/dashboard/integrations?google=connected"
     );
+}
+
+/// Whether this process runs as root (PostgreSQL and PgBouncer refuse to: the tests then run
+/// them as `postgres`).
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// A loopback port that was free a moment ago.

@@ -1,8 +1,8 @@
-//! `tokenwarden risc register | status | verify` (CONTRACT 10), the real binary against the
-//! sandbox Google's RISC API with a generated service-account key file: the registration the
-//! sandbox records, the status line, the verification SET reaching a receiver; and the one-line
-//! errors for a missing, malformed or unusable key file and for the API's refusals, none of
-//! which shows the key.
+//! `tokenwarden risc register | status | verify` (docs/contract.md section 10), the real binary
+//! against the sandbox Google's RISC API with a generated service-account key file: the
+//! registration the sandbox records, the status line, the verification SET reaching a receiver; and
+//! the one-line errors for a missing, malformed or unusable key file and for the API's refusals,
+//! none of which shows the key.
 
 use std::{
     path::Path,

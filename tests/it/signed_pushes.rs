@@ -1,8 +1,8 @@
-//! Pushes the microservice can trust (README: Writing a microservice): every push carries the
+//! Pushes the microservice can trust (docs/microservice.md: Writing a microservice): every push carries the
 //! user's `Token-Version`, a late push is refused by version instead of overwriting a newer
 //! one, and with a signing secret every push is signed and verified by the reference
 //! microservice; a signed body names its user and version, so the signature covers them
-//! (CONTRACT 5a) while an unsigned body stays exactly the seed's.
+//! (docs/contract.md section 5a) while an unsigned body stays exactly the seed's.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! SQLite is single-node (CONTRACT section 8): a second `serve` on the same file refuses to
+//! SQLite is single-node (docs/contract.md section 8): a second `serve` on the same file refuses to
 //! start with one line saying the database is held by another process, and the hold is an OS
 //! lock that dies with its process, so a restart right after SIGKILL starts normally.
 

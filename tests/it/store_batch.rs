@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::store::RefreshAnswer;
 use tokenwarden::{
     crypto::TokenCipher,
-    store::{Expected, SeedUser, Store, cluster::Fence},
+    store::{BulkUser, Expected, Store, cluster::Fence},
 };
 
 use crate::{
@@ -27,8 +27,8 @@ async fn seeded_store(db: &TestDatabase) -> Store {
     let store = Store::connect(&db.url, TokenCipher::new(&[7u8; 32]))
         .await
         .expect("store");
-    let users: Vec<SeedUser> = (0..USERS)
-        .map(|i| SeedUser {
+    let users: Vec<BulkUser> = (0..USERS)
+        .map(|i| BulkUser {
             user_id: user(i),
             access_token: format!("old-access-{i}"),
             refresh_token: format!("old-refresh-{i}"),
@@ -36,7 +36,7 @@ async fn seeded_store(db: &TestDatabase) -> Store {
             scope: "calendar".into(),
         })
         .collect();
-    store.seed_users(&users).await.expect("seed");
+    store.insert_users(&users).await.expect("seed");
     store
 }
 

@@ -1,6 +1,6 @@
-//! The user actor's side of the grant's life (CONTRACT 9): taking in a new grant, the moments
-//! of a time-limited grant (its warning, its end) and a grant that ended. The timer fires
-//! [`UserTokenMsg::Deadline`] at the earliest of the warning, the end and the refresh
+//! The user actor's side of the grant's life (docs/contract.md section 9): taking in a new grant,
+//! the moments of a time-limited grant (its warning, its end) and a grant that ended. The timer
+//! fires [`UserTokenMsg::Deadline`] at the earliest of the warning, the end and the refresh
 //! (`Schedule::next_due`); the jobs run outside the mailbox (`actors::deadline`) and come back
 //! as [`UserTokenMsg::DeadlineFinished`].
 
@@ -17,7 +17,7 @@ use crate::{
         schedule::{NextDue, warn_at},
     },
     cluster::NotActing,
-    store::{ActorSeed, ReconnectReason},
+    store::{ActorStart, ReconnectReason},
 };
 
 /// How soon a deadline job that could not run (the database) is tried again.
@@ -26,19 +26,19 @@ const DEADLINE_RETRY: Duration = Duration::from_secs(5);
 impl UserTokenState {
     /// Starts again from the user's row as saved (a new consent, or a change that won over
     /// this actor's work).
-    pub(super) fn new_grant(&mut self, myself: &ActorRef<UserTokenMsg>, seed: &ActorSeed) {
+    pub(super) fn new_grant(&mut self, myself: &ActorRef<UserTokenMsg>, start: &ActorStart) {
         let schedule = &mut self.schedule;
         schedule.failures = 0;
-        schedule.version = seed.version;
-        schedule.token_expiry = seed.token_expiry;
-        schedule.reconnect_reason = seed.reconnect_reason.filter(|_| seed.needs_reconnect);
-        schedule.authorization_expires_at = seed.authorization_expires_at;
+        schedule.version = start.version;
+        schedule.token_expiry = start.token_expiry;
+        schedule.reconnect_reason = start.reconnect_reason.filter(|_| start.needs_reconnect);
+        schedule.authorization_expires_at = start.authorization_expires_at;
         schedule.warn_at = warn_at(
-            seed.authorization_expires_at,
+            start.authorization_expires_at,
             self.ctx.warning,
-            seed.authorization_warned,
+            start.authorization_warned,
         );
-        self.set_status(if seed.needs_reconnect {
+        self.set_status(if start.needs_reconnect {
             ActorStatus::NeedsReconnect
         } else {
             ActorStatus::Active
@@ -93,7 +93,7 @@ impl UserTokenState {
         {
             return;
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let due = match self.schedule.next_due() {
             Some((at, due @ (NextDue::Warn | NextDue::Expire))) if at <= now => due,
             _ => {
@@ -151,8 +151,8 @@ impl UserTokenState {
             // The row moved on (a reconnect, a refresh answer that moved the end): start from
             // it, unless it is the row this actor already had, which only a fence or a clock
             // disagreement refuses; then look again later rather than at once.
-            DeadlineOutcome::Superseded(Some(seed)) if seed.version != self.schedule.version => {
-                self.new_grant(myself, &seed);
+            DeadlineOutcome::Superseded(Some(start)) if start.version != self.schedule.version => {
+                self.new_grant(myself, &start);
             }
             DeadlineOutcome::Superseded(Some(_)) => self.deadline_later(myself, DEADLINE_RETRY),
             DeadlineOutcome::Superseded(None) | DeadlineOutcome::NotHere(NotActing::NotHeld) => {

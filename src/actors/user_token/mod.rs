@@ -140,7 +140,7 @@ impl Actor for UserTokenActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UserTokenMsg::TokensChanged(seed) => state.new_grant(&myself, &seed),
+            UserTokenMsg::TokensChanged(start) => state.new_grant(&myself, &start),
             UserTokenMsg::Deadline => state.deadline(&myself),
             UserTokenMsg::DeadlineFinished(outcome) => state.finish_deadline(&myself, outcome),
             UserTokenMsg::Refresh(reason) => state.start_refresh(&myself, reason),
@@ -235,7 +235,7 @@ impl UserTokenState {
         // does not park at once.
         let idle = self.schedule.is_idle(
             self.status == ActorStatus::NeedsReconnect,
-            Utc::now(),
+            crate::clock::now(),
             self.ctx.refresh.hibernate_after,
         );
         if idle {
@@ -278,7 +278,7 @@ impl UserTokenState {
         let Some((at, due)) = self.schedule.next_due() else {
             return;
         };
-        let delay = delay_until(Utc::now(), at);
+        let delay = delay_until(crate::clock::now(), at);
         self.timer = Some(match due {
             NextDue::Refresh => myself.send_after(delay, move || UserTokenMsg::Refresh(reason)),
             NextDue::Warn | NextDue::Expire => myself.send_after(delay, || UserTokenMsg::Deadline),
@@ -299,7 +299,7 @@ impl UserTokenState {
             .next_refresh_at
             .filter(|_| reason == RefreshReason::Scheduled);
         if let Some(expiry) = self.schedule.token_expiry {
-            let left = (expiry - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+            let left = (expiry - crate::clock::now()).num_milliseconds().max(0) as f64 / 1000.0;
             self.ctx.metrics.remaining_lifetime.observe(left);
         }
         self.cancel_timer();
@@ -342,7 +342,9 @@ impl UserTokenState {
         if let (Some(planned), RefreshOutcome::Refreshed(..)) =
             (self.planned_for_in_flight.take(), &outcome)
         {
-            let late = (Utc::now() - planned).to_std().unwrap_or(Duration::ZERO);
+            let late = (crate::clock::now() - planned)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             self.ctx
                 .metrics
                 .refresh_lateness
@@ -354,7 +356,7 @@ impl UserTokenState {
                 let schedule = &mut self.schedule;
                 schedule.version = change.version;
                 schedule.token_expiry = change.token_expiry;
-                schedule.last_refresh_at = Some(Utc::now());
+                schedule.last_refresh_at = Some(crate::clock::now());
                 schedule.refresh_count += 1;
                 schedule.failures = 0;
                 self.set_status(ActorStatus::Active);
@@ -388,13 +390,14 @@ impl UserTokenState {
                 } else {
                     ActorStatus::Active
                 });
-                let at = Utc::now() + chrono::Duration::from_std(LEASE_RECHECK).unwrap_or_default();
+                let at = crate::clock::now()
+                    + chrono::Duration::from_std(LEASE_RECHECK).unwrap_or_default();
                 self.arm(myself, at, reason);
             }
-            RefreshOutcome::Superseded(seed) => {
-                match seed {
+            RefreshOutcome::Superseded(start) => {
+                match start {
                     // Newer tokens than the ones that failed: start afresh.
-                    Some(seed) => self.new_grant(myself, &seed),
+                    Some(start) => self.new_grant(myself, &start),
                     // Disconnected meanwhile; the supervisor stops us too.
                     None => myself.stop(Some("no longer connected".into())),
                 }
@@ -413,7 +416,7 @@ impl UserTokenState {
             retryInMs = delay.as_millis() as u64,
             "token refresh failed, will retry"
         );
-        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let at = crate::clock::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         self.arm(myself, at, RefreshReason::Retry);
     }
 }

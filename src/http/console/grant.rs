@@ -1,7 +1,7 @@
-//! The grant's life on the users pages (CONTRACT 9): why a user must reconnect, in words; when
-//! a time-limited grant ends; and the user's recent events to the app, delivered or pending,
-//! read from the outbox so any node shows them. Events carry no token value, and neither does
-//! anything here: type, reason, times, attempts and the app's last error only.
+//! The grant's life on the users pages (docs/contract.md section 9): why a user must reconnect, in
+//! words; when a time-limited grant ends; and the user's recent events to the app, delivered or
+//! pending, read from the outbox so any node shows them. Events carry no token value, and neither
+//! does anything here: type, reason, times, attempts and the app's last error only.
 
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn event(delivered: bool) -> StoredAppEvent {
-        let now = Utc::now();
+        let now = crate::clock::now();
         StoredAppEvent {
             id: 1,
             event_id: "msg_x".into(),
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn events_show_their_reason_and_delivery() {
-        let html = events_table(&[event(false), event(true)], Utc::now()).into_string();
+        let html = events_table(&[event(false), event(true)], crate::clock::now()).into_string();
         assert!(html.contains("connection.needs_reconnect"));
         assert!(html.contains("authorization expired"));
         assert!(html.contains("pending") && html.contains("delivered"));

@@ -1,6 +1,7 @@
-//! The operator console (README: The operator console; CONTRACT 4a): server-rendered pages
-//! under `/console` for a person holding `ADMIN_TOKEN`. It shows what the admin API shows
-//! (and a little history) and offers the same two actions, "Refresh now" and "Resync".
+//! The operator console (docs/api.md: The operator console; docs/contract.md section 4a):
+//! server-rendered pages under `/console` for a person holding `ADMIN_TOKEN`. It shows what the
+//! admin API shows (and a little history) and offers the same two actions, "Refresh now" and
+//! "Resync".
 //!
 //! - here: the routes, the handlers, the operator extractor and the action log;
 //! - `session`: the signed session cookie, the CSRF tokens and the origin check;
@@ -38,7 +39,10 @@ use maud::Markup;
 use serde::Deserialize;
 
 use super::{AppState, Error, auth_throttle::client_ip};
-use crate::metrics::StatusLabels;
+use crate::{
+    metrics::StatusLabels,
+    node::{Change, Runs},
+};
 use pages::Frame;
 #[cfg(feature = "test-util")]
 pub use session::forge_cookie;
@@ -146,7 +150,7 @@ impl Operator {
     /// unexpired, and still live in the database (not signed out, not ended by an operator).
     async fn of(app: &AppState, headers: &HeaderMap) -> Result<Option<Self>, Error> {
         let keys = Keys::from_admin_token(&app.config.admin_token);
-        let now = Utc::now();
+        let now = crate::clock::now();
         let Some(session) = keys.session(headers, now) else {
             return Ok(None);
         };
@@ -287,7 +291,7 @@ fn secure_cookie(app: &AppState) -> bool {
 }
 
 async fn overview_page(app: &AppState, csrf: &str) -> Result<Markup, Error> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let statuses = users::STATUSES
         .iter()
         .map(|&status| {
@@ -354,7 +358,7 @@ async fn list_users(
     let (rows, next) = users::page(&app.store, &app.supervisor, query, status, cursor).await?;
     let csrf = operator.csrf();
     let frame = operator.frame("Users", &csrf, None);
-    let content = users::list(&rows, &text, status, next.as_ref(), Utc::now());
+    let content = users::list(&rows, &text, status, next.as_ref(), crate::clock::now());
     Ok(pages::page(&frame, content))
 }
 
@@ -391,7 +395,7 @@ async fn show_user(
         return Ok((StatusCode::NOT_FOUND, pages::page(&frame, content)).into_response());
     };
     let history = app.history.user(&user_id);
-    let now = Utc::now();
+    let now = crate::clock::now();
     let events = grant::events_section(&app.store, &user_id, now).await?;
     let security = security::section(&app.store, &user_id, now).await?;
     let events = maud::html! { (events) (security) };
@@ -416,23 +420,13 @@ async fn refresh_now(
         return stale_form();
     }
     audit("refresh_now", Some(&user_id), &peer);
-    let queued = app.supervisor.refresh_now(&user_id).await || at_owner(&app, &user_id).await;
+    // On a cluster, the user's owner (wherever it runs) is asked, as the admin route does.
+    let queued = match app.node.refresh(&user_id, false).await {
+        Ok(Runs::Here(())) => true,
+        Ok(Runs::Elsewhere(relayed)) => relayed.status == reqwest::StatusCode::ACCEPTED,
+        Ok(Runs::Nobody) | Err(_) => false,
+    };
     back_to(&user_id, if queued { "refresh" } else { "no_actor" })
-}
-
-/// On a cluster, asks the user's owner (wherever it runs) to refresh, as the admin route does.
-async fn at_owner(app: &AppState, user_id: &str) -> bool {
-    let relayed = crate::cluster::forward_admin(
-        &app.cluster,
-        &app.store,
-        &app.config.admin_token,
-        reqwest::Method::POST,
-        user_id,
-        "refresh",
-        false,
-    )
-    .await;
-    matches!(relayed, Ok(Some(r)) if r.status == reqwest::StatusCode::ACCEPTED)
 }
 
 /// `POST /console/users/{user_id}/resync` (`csrf`): pushes the user's current state to the
@@ -451,6 +445,6 @@ async fn resync(
     if !app.store.queue_resync(&user_id).await? {
         return Ok(back_to(&user_id, "no_user"));
     }
-    crate::http::changes::user_changed(&app, &user_id, crate::http::changes::Change::Resync).await;
+    app.node.user_changed(&user_id, Change::Resync).await;
     Ok(back_to(&user_id, "resync"))
 }

@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn relative_times_read_naturally() {
-        let now = Utc::now();
+        let now = crate::clock::now();
         assert_eq!(
             relative(now + chrono::Duration::seconds(65), now),
             "in 1m 05s"

@@ -1,5 +1,5 @@
-//! Google's security events about one user (CONTRACT 10), on the user's page: each recorded
-//! SET's type, when it came and what was done, newest first, read from the database so any
+//! Google's security events about one user (docs/contract.md section 10), on the user's page: each
+//! recorded SET's type, when it came and what was done, newest first, read from the database so any
 //! node shows them. A record carries no token: type, time and outcome only.
 
 use chrono::{DateTime, Utc};

@@ -9,9 +9,9 @@
 //! CSRF token is an HMAC of the session id under a second derived key, so it is worth nothing
 //! without the cookie it belongs to.
 //!
-//! Nothing handed out before sign-in comes from the admin token (CONTRACT 4): the sign-in
-//! form's anti-forgery value is random and kept in a cookie of its own (double submit), so a
-//! page fetched without the token gives nobody a value to test guesses against.
+//! Nothing handed out before sign-in comes from the admin token (docs/contract.md section 4): the
+//! sign-in form's anti-forgery value is random and kept in a cookie of its own (double submit), so
+//! a page fetched without the token gives nobody a value to test guesses against.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -470,7 +470,7 @@ mod tests {
         assert!(check(&[("sec-fetch-site", "same-site")]).is_some());
         assert!(
             check(&[("sec-fetch-site", "none")]).is_some(),
-            "README: only same-origin"
+            "docs/api.md: only same-origin"
         );
         assert!(
             check(&[

@@ -105,8 +105,8 @@ impl serde::Serialize for SyncState {
     }
 }
 
-/// Why a user must reconnect (CONTRACT 9), stored with `needs_reconnect` as the string status
-/// and admin show.
+/// Why a user must reconnect (docs/contract.md section 9), stored with `needs_reconnect` as the
+/// string status and admin show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
 pub enum ReconnectReason {
@@ -116,7 +116,7 @@ pub enum ReconnectReason {
     /// A time-limited grant reached its end.
     #[sea_orm(string_value = "authorization_expired")]
     AuthorizationExpired,
-    /// Google's Cross-Account Protection said so (CONTRACT 10).
+    /// Google's Cross-Account Protection said so (docs/contract.md section 10).
     #[sea_orm(string_value = "security_event")]
     SecurityEvent,
 }

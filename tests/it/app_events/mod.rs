@@ -1,4 +1,4 @@
-//! Events to the app (CONTRACT section 9, README: Events to the app), until the connection
+//! Events to the app (docs/contract.md section 9, docs/app-events.md: Events to the app), until the connection
 //! writes store them: events are recorded through `Store::record_app_event` and delivered by
 //! the real service to the reference receiver, a real HTTP server on loopback.
 //!

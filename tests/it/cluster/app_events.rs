@@ -1,5 +1,5 @@
-//! Events to the app on a cluster (CONTRACT 8 and 9): the shard owner delivers a user's
-//! events, wherever the change was written. A callback on a node that does not own the user
+//! Events to the app on a cluster (docs/contract.md section 8 and 9): the shard owner delivers a
+//! user's events, wherever the change was written. A callback on a node that does not own the user
 //! stores `connection.connected` there; the owner finds it at its next read (it polls every
 //! second) and delivers it. When the owner dies with an event undelivered, the node that takes
 //! the shard over delivers it, under the same `webhook-id`.

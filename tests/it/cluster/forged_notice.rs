@@ -16,15 +16,7 @@ const CHANNEL: &str = "tokenwarden_changes";
 impl Cluster {
     /// `tokenwarden_cluster_notices_dropped_total{reason}` on node `i`.
     async fn notices_dropped(&self, i: usize, reason: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.nodes[i].url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = crate::support::metrics_text(&self.http, &self.nodes[i].url).await;
         let label = format!("reason=\"{reason}\"");
         text.lines()
             .filter(|l| l.starts_with("tokenwarden_cluster_notices_dropped_total{"))

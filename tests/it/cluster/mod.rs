@@ -1,5 +1,5 @@
-//! Several `tokenwarden serve` processes on one PostgreSQL database (issue 9, CONTRACT section
-//! 8), as an operator runs them: real child processes on loopback, the in-process sandbox
+//! Several `tokenwarden serve` processes on one PostgreSQL database (issue 9, docs/contract.md
+//! section 8), as an operator runs them: real child processes on loopback, the in-process sandbox
 //! Google provider and reference microservice, a fresh database per test, and signals sent by
 //! `kill`. [`Cluster`] starts the nodes and reads what they say (`/admin/nodes`,
 //! `/admin/actors`, `/metrics`) and what the database and the microservice hold.
@@ -24,10 +24,12 @@ mod users;
 mod views;
 
 mod app_events;
+mod db_failover;
 mod failover;
 mod forged_notice;
 mod graceful_stop;
 mod node_urls;
+pub mod pg_servers;
 mod risc_race;
 mod rogue_owner;
 mod rolling_restart;
@@ -81,6 +83,15 @@ pub struct Settings {
     pub rotation: bool,
     /// `APP_EVENTS_URL` of every node (events to the app are off when `None`).
     pub app_events_url: Option<String>,
+    /// A database the test runs itself (real PostgreSQL servers behind a proxy) instead of
+    /// a fresh one on `TEST_DATABASE_URL`; the nodes' `DATABASE_URL` and the test's own reads.
+    pub database_url: Option<String>,
+    /// `CLUSTER_LEASE_TTL_SECS` of every node ([`LEASE_TTL`] unless a test needs the
+    /// production default).
+    pub lease_ttl: Duration,
+    /// The nodes reach the database through a pooler on this loopback port
+    /// (`DATABASE_URL`), and directly for what needs a session (`DATABASE_SESSION_URL`).
+    pub pooled_port: Option<u16>,
 }
 
 impl Default for Settings {
@@ -91,6 +102,9 @@ impl Default for Settings {
             refresh_lead_secs: 300,
             rotation: false,
             app_events_url: None,
+            database_url: None,
+            lease_ttl: LEASE_TTL,
+            pooled_port: None,
         }
     }
 }
@@ -154,7 +168,10 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let db = TestDatabase::create(Backend::Postgres).await;
+        let db = match &settings.database_url {
+            Some(url) => TestDatabase::existing(url),
+            None => TestDatabase::create(Backend::Postgres).await,
+        };
         let sql = Database::connect(db.url.as_str()).await.unwrap();
         let key: [u8; 32] = base64::engine::general_purpose::STANDARD
             .decode(ENCRYPTION_KEY)
@@ -229,7 +246,10 @@ impl Cluster {
             ("LISTEN_ADDR", format!("127.0.0.1:{}", node.port)),
             ("NODE_ID", node.id.clone()),
             ("NODE_ADVERTISE_URL", node.url.clone()),
-            ("CLUSTER_LEASE_TTL_SECS", LEASE_TTL.as_secs().to_string()),
+            (
+                "CLUSTER_LEASE_TTL_SECS",
+                self.settings.lease_ttl.as_secs().to_string(),
+            ),
             (
                 "GOOGLE_CALENDAR_REDIRECT_URI",
                 format!("{}/api/integrations/google/callback", first.url),
@@ -243,7 +263,22 @@ impl Cluster {
         if let Some(url) = &self.settings.app_events_url {
             env.push(("APP_EVENTS_URL", url.clone()));
         }
+        if self.settings.pooled_port.is_some() {
+            env.push(("DATABASE_URL", self.node_database_url()));
+            env.push(("DATABASE_SESSION_URL", self.db.url.clone()));
+        }
         env
+    }
+
+    /// The nodes' `DATABASE_URL`: the database's, or the pooler's in front of it.
+    pub fn node_database_url(&self) -> String {
+        let Some(port) = self.settings.pooled_port else {
+            return self.db.url.clone();
+        };
+        let mut url = url::Url::parse(&self.db.url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(port)).unwrap();
+        url.to_string()
     }
 
     /// Starts node `i` again (same id, same port) and waits for `/readyz` 200.

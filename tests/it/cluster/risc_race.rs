@@ -1,7 +1,7 @@
-//! One security event from Google delivered to two nodes at the same moment (CONTRACT 10): a
-//! transmitter retries and a load balancer spreads, so the same SET (same `jti`) can reach two
-//! nodes at once. Both answer `202`; the `jti` is recorded once (the insert that wins acts),
-//! so the grant ends once: one `grant_ended` and one `duplicate` in the two nodes' metrics,
+//! One security event from Google delivered to two nodes at the same moment (docs/contract.md
+//! section 10): a transmitter retries and a load balancer spreads, so the same SET (same `jti`) can
+//! reach two nodes at once. Both answer `202`; the `jti` is recorded once (the insert that wins
+//! acts), so the grant ends once: one `grant_ended` and one `duplicate` in the two nodes' metrics,
 //! one row in `risc_events`, one DELETE at the microservice.
 
 use std::time::{Duration, Instant};
@@ -22,15 +22,7 @@ impl Cluster {
         let label = format!("outcome=\"{outcome}\"");
         let mut sum = 0.0;
         for node in self.nodes.iter().filter(|n| n.served.is_some()) {
-            let text = self
-                .http
-                .get(format!("{}/metrics", node.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = crate::support::metrics_text(&self.http, &node.url).await;
             sum += text
                 .lines()
                 .filter(|l| l.starts_with("tokenwarden_risc_events_total{") && l.contains(&label))

@@ -65,15 +65,8 @@ async fn a_node_stopped_past_its_lease_commits_and_pushes_nothing_for_lost_shard
             "{victim_id} exports {name}"
         );
     }
-    let metrics_text = cluster
-        .http
-        .get(format!("{}/metrics", cluster.nodes[victim].url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_text =
+        crate::support::metrics_text(&cluster.http, &cluster.nodes[victim].url).await;
     assert!(
         metrics_text
             .lines()

@@ -1,5 +1,5 @@
-//! Each event of CONTRACT 10's table from its real subject: the grant ends (tokens cleared,
-//! DELETE at the microservice, `security_event`) within 2 s for `tokens-revoked`,
+//! Each event of docs/contract.md section 10's table from its real subject: the grant ends (tokens
+//! cleared, DELETE at the microservice, `security_event`) within 2 s for `tokens-revoked`,
 //! `account-disabled` and a `token-revoked` naming the current refresh token, by prefix or by
 //! hash in every alphabet; the other events change nothing; a rotated-away token changes
 //! nothing.

@@ -1,6 +1,6 @@
-//! Google's security events (CONTRACT 10) at the receiver, over real HTTP: a Google stand-in
-//! (`Transmitter`, a real server on loopback serving the RISC configuration and a JWKS, with
-//! test keys kept beside this file) signs SETs as Google does; the service must act on the
+//! Google's security events (docs/contract.md section 10) at the receiver, over real HTTP: a Google
+//! stand-in (`Transmitter`, a real server on loopback serving the RISC configuration and a JWKS,
+//! with test keys kept beside this file) signs SETs as Google does; the service must act on the
 //! valid ones within 2 s and refuse the rest with RFC 8935's codes, changing nothing.
 //!
 //! - `actions`: each event type by account and by token, on both backends;

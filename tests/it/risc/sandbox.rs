@@ -1,6 +1,6 @@
-//! The whole loop with the sandbox Google as the transmitter (CONTRACT 10): it signs a SET with
-//! its own key and pushes it to the service's receiver; the grant ends within 2 s. After the
-//! sandbox rotates its key, the next SET (new `kid`) is accepted after one refetch.
+//! The whole loop with the sandbox Google as the transmitter (docs/contract.md section 10): it
+//! signs a SET with its own key and pushes it to the service's receiver; the grant ends within 2 s.
+//! After the sandbox rotates its key, the next SET (new `kid`) is accepted after one refetch.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! The cases of SEED.md's contract and CONTRACT 5a, each on a user of its own, each judged by
-//! the statuses (and, where the seed shows them, the bodies) the microservice answers. The
-//! replay cases are in `replay`.
+//! The cases of SEED.md's contract and docs/contract.md section 5a, each on a user of its own, each
+//! judged by the statuses (and, where the seed shows them, the bodies) the microservice answers.
+//! The replay cases are in `replay`.
 
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
@@ -28,6 +28,96 @@ const SCOPE: &str =
 /// How many versions the concurrent case pushes at once.
 const CONCURRENT_PUSHES: u64 = 20;
 
+/// What a group of cases needs to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// `--token`.
+    Token,
+    /// `--signing-secret`.
+    SigningSecret,
+}
+
+/// Every case, in the order [`run_all`] runs them, grouped by what they expect: the one list
+/// of them, from which the help text and the notes on cases not run are made.
+const CASES: &[(&[&str], &str, Needs)] = &[
+    (&["connect"], "the seed's body and answer", Needs::Nothing),
+    (
+        &[
+            "missing-<field> for each of the four fields",
+            "bad-token_expiry",
+        ],
+        "400",
+        Needs::Nothing,
+    ),
+    (&["delete-known"], "the seed's answer", Needs::Nothing),
+    (&["delete-unknown"], "404", Needs::Nothing),
+    (
+        &["stale-version", "late-after-delete"],
+        "409, and nothing changed",
+        Needs::Nothing,
+    ),
+    (
+        &["bearer-missing", "bearer-wrong"],
+        "401, with --token",
+        Needs::Token,
+    ),
+    (
+        &["signature-missing", "signature-tampered", "signature-old"],
+        "401, with --signing-secret",
+        Needs::SigningSecret,
+    ),
+    (
+        &[
+            "replay-user",
+            "replay-version",
+            "replay-delete-user",
+            "replay-as-delete",
+        ],
+        "401, and nothing changed, with --signing-secret",
+        Needs::SigningSecret,
+    ),
+    (
+        &["concurrent-versions"],
+        "20 at once, the newest wins",
+        Needs::Nothing,
+    ),
+];
+
+/// `a`, `a and b`, `a, b and c`.
+fn listed<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The cases that need `needs`, listed.
+fn needing(needs: Needs) -> String {
+    listed(
+        CASES
+            .iter()
+            .filter(|(_, _, n)| *n == needs)
+            .flat_map(|(names, _, _)| names.iter().copied()),
+    )
+}
+
+/// The long help of `tokenwarden check-microservice`: what it does and every case.
+pub fn help() -> String {
+    let groups: Vec<String> = CASES
+        .iter()
+        .map(|(names, expects, _)| format!("{} ({expects})", listed(names.iter().copied())))
+        .collect();
+    format!(
+        "Run the microservice contract's cases against a microservice and print a pass/fail \
+         table.\n\nCases: {}. Each case uses a user id of its own and deletes it afterwards. \
+         Exit code 0 only when every case passed, 1 when one failed, 2 on unusable flags.",
+        groups.join(", ")
+    )
+}
+
 /// Runs every case that the flags allow, in order.
 pub(crate) async fn run_all(target: &Target) -> Report {
     let mut report = Report::default();
@@ -44,14 +134,16 @@ pub(crate) async fn run_all(target: &Target) -> Report {
         report.push(bearer_refused(target, "bearer-missing", Bearer::Missing).await);
         report.push(bearer_refused(target, "bearer-wrong", Bearer::Wrong).await);
     } else {
-        report.note("bearer-missing and bearer-wrong not run: no --token given");
+        report.note(format!(
+            "{} not run: no --token given",
+            needing(Needs::Token)
+        ));
     }
     if target.keys.is_empty() {
-        report.note(
-            "signature-missing, signature-tampered, signature-old, replay-user, \
-             replay-version, replay-delete-user and replay-as-delete not run: \
-             no --signing-secret given",
-        );
+        report.note(format!(
+            "{} not run: no --signing-secret given",
+            needing(Needs::SigningSecret)
+        ));
     } else {
         report.push(signature_refused(target, "signature-missing", Signing::Missing).await);
         report.push(signature_refused(target, "signature-tampered", Signing::TamperedBody).await);
@@ -250,7 +342,7 @@ async fn connect(target: &Target) -> CaseResult {
 
 /// A connect body without `field` is refused with 400; when signed, a receiver may refuse it
 /// with 401 before reading the fields, as a signed connect body must carry the seed's four
-/// (CONTRACT 5a: a signed body that does not fit its method).
+/// (docs/contract.md section 5a: a signed body that does not fit its method).
 async fn missing_field(target: &Target, field: &'static str) -> CaseResult {
     let case = match field {
         "access_token" => "missing-access_token",

@@ -1,7 +1,8 @@
 //! One push as a case describes it (which user, which version, which credentials to leave out
 //! or spoil), built the way tokenwarden sends it and sent to the microservice under test; or a
 //! push already put on the wire, replayed unchanged elsewhere as an attacker who captured it
-//! would (CONTRACT 5a: a signed body names its user and version, so such a replay is refused).
+//! would (docs/contract.md section 5a: a signed body names its user and version, so such a replay
+//! is refused).
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -9,7 +10,7 @@ use standardwebhooks::{HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHO
 
 use crate::Target;
 
-/// The header carrying the user's change counter (CONTRACT 5a).
+/// The header carrying the user's change counter (docs/contract.md section 5a).
 const TOKEN_VERSION: &str = "Token-Version";
 
 /// What a push does with the bearer token.

@@ -1,6 +1,6 @@
 //! `tokenwarden check-microservice URL`: runs the microservice contract's cases (SEED.md's
-//! bodies and statuses, CONTRACT 5a's versions and signatures) against any microservice and
-//! prints a pass/fail table.
+//! bodies and statuses, docs/contract.md section 5a's versions and signatures) against any
+//! microservice and prints a pass/fail table.
 //!
 //! The contract has no read route, so every case is judged by the answers alone: a stale push
 //! is shown to have changed nothing by what the microservice answers next (the newer version
@@ -27,6 +27,7 @@ use std::{io::Write, time::Duration};
 use anyhow::Context;
 use standardwebhooks::Webhook;
 
+pub use cases::help;
 pub use report::{CaseResult, Report};
 
 /// Longest user id SEED.md's `VARCHAR(50)` key holds.

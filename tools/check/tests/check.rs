@@ -2,7 +2,8 @@
 //! microservices (exactly the cases about what they break fail), through the library's entry
 //! point, as `tokenwarden check-microservice` runs it. The broken ones are real HTTP servers
 //! started here: a double that ignores versions and signatures, and a proxy that verifies
-//! signatures the way microservices did before CONTRACT 5a bound a signed body to its request.
+//! signatures the way microservices did before docs/contract.md section 5a bound a signed body to
+//! its request.
 
 use std::{
     collections::HashSet,
@@ -402,9 +403,9 @@ async fn double_delete(
     .into_response()
 }
 
-/// A microservice as they were before CONTRACT 5a bound a signed body to its request: it
-/// verifies the Standard Webhooks signature over the body (401 otherwise), then applies the
-/// push, here by handing it to `upstream` (a reference microservice without a secret).
+/// A microservice as they were before docs/contract.md section 5a bound a signed body to its
+/// request: it verifies the Standard Webhooks signature over the body (401 otherwise), then applies
+/// the push, here by handing it to `upstream` (a reference microservice without a secret).
 async fn spawn_unbound_verifier(upstream: String) -> String {
     let listener = bind_loopback().await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

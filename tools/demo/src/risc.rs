@@ -1,6 +1,6 @@
-//! The demo's RISC side (CONTRACT 10): the sandbox Google is the transmitter of security
-//! events, registered to the service's receiver as an operator registers it with Google's RISC
-//! API (a service account's key file, a self-signed JWT, `stream:update`), and the page's
+//! The demo's RISC side (docs/contract.md section 10): the sandbox Google is the transmitter of
+//! security events, registered to the service's receiver as an operator registers it with Google's
+//! RISC API (a service account's key file, a self-signed JWT, `stream:update`), and the page's
 //! "Google revokes this grant" makes it send `tokens-revoked` for the connected user's account.
 //! The service then ends the grant (`security_event`), DELETEs the microservice's copy and
 //! tells the app, all of which the page already shows.

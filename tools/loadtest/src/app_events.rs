@@ -1,5 +1,5 @@
-//! Events to the app under load (issue 20, CONTRACT 9): the app's side of `APP_EVENTS_URL`
-//! in this process, and the backlog measurement.
+//! Events to the app under load (issue 20, docs/contract.md section 9): the app's side of
+//! `APP_EVENTS_URL` in this process, and the backlog measurement.
 //!
 //! `--app-events` sets `APP_EVENTS_URL` on every node to [`Receiver`], up from the start: the
 //! refresh path writes no event, so a run with and without it measures what the outbox costs

@@ -13,10 +13,13 @@
 //! a sampler also reads the WAL records themselves every two seconds (before the segments are
 //! recycled) and keeps those that touch this database's blocks: their bytes without full-page
 //! images (what a refresh costs in steady state), and the full-page images' bytes apart. Commit
-//! records name no block and are left out (one per batch, ~34 bytes). The sampler connects to
+//! records name no block and are left out (one per batch). The sampler connects to
 //! the server's `postgres` database: reading the WAL takes a while, and a snapshot held that
 //! long in the run's own database would hold back the pruning of its pages, turning heap-only
-//! updates into full ones (seen: 41 % of `users` updates heap-only with it there).
+//! updates into full ones. Its one
+//! connection holds a temporary physical replication slot, so that a checkpoint (another
+//! database's `CREATE DATABASE`) cannot remove segments not yet read; the slot goes with the
+//! connection.
 
 use std::{
     sync::{Arc, Mutex},
@@ -186,8 +189,8 @@ pub struct WalSampler {
 const OWN_WAL: &str = "SELECT count(r.*)::bigint AS records, \
     COALESCE(sum(record_length - fpi_length), 0)::bigint AS bytes, \
     COALESCE(sum(fpi_length), 0)::bigint AS fpi, max(e.at)::text AS upto \
-    FROM (SELECT pg_current_wal_lsn() AS at) e \
-    LEFT JOIN pg_get_wal_records_info($1::pg_lsn, (SELECT pg_current_wal_lsn())) r \
+    FROM (SELECT pg_current_wal_flush_lsn() AS at) e \
+    LEFT JOIN pg_get_wal_records_info($1::pg_lsn, (SELECT pg_current_wal_flush_lsn())) r \
       ON r.block_ref LIKE '% rel %/' || $2::text || '/%'";
 
 impl WalSampler {
@@ -258,7 +261,7 @@ async fn position(db: &DatabaseConnection) -> anyhow::Result<String> {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT pg_current_wal_lsn()::text AS at",
+            "SELECT pg_current_wal_flush_lsn()::text AS at",
         ))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no WAL position"))?;

@@ -49,7 +49,7 @@ pub use sample::{cpu_secs, parse_metrics, quantile, rss_kib};
 use tokenwarden::{
     config::DEFAULT_SCOPES,
     crypto::TokenCipher,
-    store::{SeedUser, Store},
+    store::{BulkUser, Store},
 };
 use tokenwarden_sandbox::{
     self as sandbox, FaultMode, MicroserviceConfig, ReferenceMicroservice, SandboxGoogle,
@@ -406,10 +406,10 @@ async fn seed(
             let share = (offset + i) as f64 / users as f64;
             first_due + chrono::Duration::milliseconds((share * period * 1000.0) as i64)
         });
-        let rows: Vec<SeedUser> = grants
+        let rows: Vec<BulkUser> = grants
             .iter()
             .enumerate()
-            .map(|(i, g)| SeedUser {
+            .map(|(i, g)| BulkUser {
                 user_id: user_id((offset + i) as u64),
                 access_token: g.access_token.clone(),
                 refresh_token: g.refresh_token.clone(),
@@ -417,7 +417,7 @@ async fn seed(
                 scope: g.scope.clone(),
             })
             .collect();
-        store.seed_users(&rows).await?;
+        store.insert_users(&rows).await?;
         let copies: Vec<(String, StoredTokens)> = rows
             .into_iter()
             .map(|u| {

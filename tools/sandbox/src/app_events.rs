@@ -1,4 +1,4 @@
-//! The reference receiver of events to the app (CONTRACT section 9, README: Events to the
+//! The reference receiver of events to the app (docs/contract.md section 9, docs/app-events.md: Events to the
 //! app): the app's side of `APP_EVENTS_URL`, an HTTP server that checks each event as an app
 //! should, keeps the accepted ones in memory (bounded) and shows them.
 //!

@@ -10,8 +10,9 @@
 //! Beside it: `state` (the grants and tokens, and their bookkeeping), `routes` (the HTTP
 //! endpoints), `controls` (the fault controls and `POST /sandbox/control`), `wire` (Google's
 //! answer shapes and request parsing) and `cli` (the `sandbox-google` subcommand). The RISC
-//! transmitter (CONTRACT 10) is `risc` (configuration, JWKS, stream API), `risc_set` (SETs and
-//! their delivery), `risc_controls` (its controls) and `risc_keys` (RSA keys, key files).
+//! transmitter (docs/contract.md section 10) is `risc` (configuration, JWKS, stream API),
+//! `risc_set` (SETs and their delivery), `risc_controls` (its controls) and `risc_keys` (RSA keys,
+//! key files).
 
 use std::{
     net::SocketAddr,
@@ -80,7 +81,7 @@ pub struct SandboxGoogleConfig {
     /// How long each grant made by a code exchange lasts (`refresh_token_expires_in` in the
     /// answers, `invalid_grant` from its end on); zero is ongoing access.
     pub grant_lifetime: Duration,
-    /// Whether the RISC transmitter's routes are served (CONTRACT 10).
+    /// Whether the RISC transmitter's routes are served (docs/contract.md section 10).
     pub risc: bool,
     /// The `issuer` of the RISC configuration and of every SET; the base URL when unset.
     pub risc_issuer: Option<String>,

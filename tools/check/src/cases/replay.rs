@@ -1,6 +1,7 @@
-//! The replay cases (CONTRACT 5a, issue 19), run only with a signing secret: a validly signed
-//! push captured on the wire and sent again unchanged, for another user, with another
-//! `Token-Version`, or as a DELETE, must be refused with 401, and its victim keep their tokens.
+//! The replay cases (docs/contract.md section 5a, issue 19), run only with a signing secret: a
+//! validly signed push captured on the wire and sent again unchanged, for another user, with
+//! another `Token-Version`, or as a DELETE, must be refused with 401, and its victim keep their
+//! tokens.
 //!
 //! A signature covers the body only; a microservice that checks nothing else takes every
 //! replay (alice's push gave mallory alice's tokens, a huge version pinned alice, a captured

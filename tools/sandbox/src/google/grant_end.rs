@@ -1,5 +1,5 @@
-//! Time-limited grants, as Google's "time-based access" makes them (CONTRACT 9): a user may
-//! consent for a limited time, after which the grant is over.
+//! Time-limited grants, as Google's "time-based access" makes them (docs/contract.md section 9): a
+//! user may consent for a limited time, after which the grant is over.
 //!
 //! While a grant has an end, the code exchange's answer and every refresh answer carry
 //! `refresh_token_expires_in`, the whole seconds left (rounded down, so a client that trusts it

@@ -1,5 +1,5 @@
-//! The sandbox Google as a RISC transmitter (CONTRACT 10), its Google-facing half: the RISC
-//! configuration document, the JWKS of the transmitter's signing key, and the stream
+//! The sandbox Google as a RISC transmitter (docs/contract.md section 10), its Google-facing half:
+//! the RISC configuration document, the JWKS of the transmitter's signing key, and the stream
 //! management API (`/v1beta/stream`, `stream:update`, `stream:verify`) that a receiver's owner
 //! calls with a service account's self-signed JWT, as Google's RISC API asks.
 //!

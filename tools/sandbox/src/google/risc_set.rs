@@ -1,7 +1,7 @@
 //! Security Event Tokens as Google sends them (RFC 8417, pushed as RFC 8935 says): the event
-//! types of CONTRACT 10, their subjects, the claims (`iss`, `aud`, `iat`, a random `jti`,
-//! `events`, no `exp`), the RS256 signature by the transmitter's current key, and the POST to
-//! the receiver with `Content-Type: application/secevent+jwt`, whose answer is recorded.
+//! types of docs/contract.md section 10, their subjects, the claims (`iss`, `aud`, `iat`, a random
+//! `jti`, `events`, no `exp`), the RS256 signature by the transmitter's current key, and the POST
+//! to the receiver with `Content-Type: application/secevent+jwt`, whose answer is recorded.
 //!
 //! Tests of a receiver also need SETs that must be refused, so a SET can be forged on request
 //! (another key under the current `kid`, a key no JWKS names, a retired key, HS256 keyed with
@@ -32,7 +32,8 @@ pub const SET_CONTENT_TYPE: &str = "application/secevent+jwt";
 const OAUTH: &str = "https://schemas.openid.net/secevent/oauth/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 
-/// Every event type the sandbox sends and a stream may request (CONTRACT 10's table).
+/// Every event type the sandbox sends and a stream may request (docs/contract.md section 10's
+/// table).
 pub const SUPPORTED_EVENTS: [&str; 7] = [
     "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked",
     "https://schemas.openid.net/secevent/oauth/event-type/token-revoked",
@@ -250,7 +251,7 @@ pub struct SentSet {
 }
 
 impl SentSet {
-    /// Whether the receiver took the SET (any 2xx; CONTRACT 10 answers 202).
+    /// Whether the receiver took the SET (any 2xx; docs/contract.md section 10 answers 202).
     pub fn accepted(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }

@@ -1,9 +1,9 @@
-//! CONTRACT 5a's binding of a signed push to its request: a Standard Webhooks signature covers
-//! the body only, not the URL, the method or the `Token-Version` header, so a signed body names
-//! its `user_id` and `token_version` and this check refuses one that disagrees with the request.
-//! Without it a push captured on the wire verifies just as well when replayed against another
-//! user's URL (that user gets the victim's tokens), with a huge `Token-Version` (the victim is
-//! pinned and every later real push gets `409`), or as a DELETE of anyone.
+//! docs/contract.md section 5a's binding of a signed push to its request: a Standard Webhooks
+//! signature covers the body only, not the URL, the method or the `Token-Version` header, so a
+//! signed body names its `user_id` and `token_version` and this check refuses one that disagrees
+//! with the request. Without it a push captured on the wire verifies just as well when replayed
+//! against another user's URL (that user gets the victim's tokens), with a huge `Token-Version`
+//! (the victim is pinned and every later real push gets `409`), or as a DELETE of anyone.
 //!
 //! Runs only on pushes whose signature already verified; the reasons it gives name what
 //! disagrees, never a value from the body (which holds tokens).

@@ -1,5 +1,5 @@
-//! What a push carries beyond SEED.md's body (CONTRACT 5a): its `Token-Version`, and its
-//! Standard Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`),
+//! What a push carries beyond SEED.md's body (docs/contract.md section 5a): its `Token-Version`,
+//! and its Standard Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`),
 //! checked with the `standardwebhooks` crate against one secret or, during a rotation, several,
 //! and then bound to its request by `binding`.
 

@@ -1,7 +1,8 @@
-//! Time-limited grants (CONTRACT 9) in the sandbox Google: the `grant_lifetime` setting (flag,
-//! config, control), `refresh_token_expires_in` in the answers, Google's `invalid_grant` from
-//! the end on, the per-grant control `POST /sandbox/grant` that sets, moves and clears an end,
-//! the timing of refresh requests; and the refusal modes that are not the user's doing.
+//! Time-limited grants (docs/contract.md section 9) in the sandbox Google: the `grant_lifetime`
+//! setting (flag, config, control), `refresh_token_expires_in` in the answers, Google's
+//! `invalid_grant` from the end on, the per-grant control `POST /sandbox/grant` that sets, moves
+//! and clears an end, the timing of refresh requests; and the refusal modes that are not the user's
+//! doing.
 
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
 //! The sandbox Google provider and the reference microservice, driven over real HTTP on
 //! loopback the way tokenwarden and the load tests drive them. One test binary; `pushes`
-//! holds the microservice's versioned and signed pushes (CONTRACT 5a) and its stall mode,
-//! `group_commit` many concurrent versioned pushes applied together, `grants` the Google
-//! provider's time-limited grants and refusal modes (CONTRACT 9), `risc` and `risc_events`
-//! the Google provider as a RISC transmitter (CONTRACT 10).
+//! holds the microservice's versioned and signed pushes (docs/contract.md section 5a) and its stall
+//! mode, `group_commit` many concurrent versioned pushes applied together, `grants` the Google
+//! provider's time-limited grants and refusal modes (docs/contract.md section 9), `risc` and
+//! `risc_events` the Google provider as a RISC transmitter (docs/contract.md section 10).
 
 mod grants;
 mod group_commit;
@@ -901,7 +901,7 @@ async fn bearer_token_refuses_wrong_tokens_of_any_length() {
     assert_eq!(attempt(Some("Bearer ms-secret")).await, StatusCode::OK);
 
     // Timing is not observable in a test: check that the comparison is the constant-time one.
-    let source = include_str!("../../src/microservice.rs");
+    let source = include_str!("../../src/microservice/mod.rs");
     let check = &source[source.find("fn authorized(").unwrap()..];
     let check = &check[..check.find("\n    }\n").unwrap()];
     assert!(check.contains("secrets_match("), "{check}");

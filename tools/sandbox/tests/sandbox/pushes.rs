@@ -1,7 +1,7 @@
-//! The reference microservice's side of CONTRACT 5a: `Token-Version` (stale pushes refused
-//! with 409, tombstones, malformed versions, senders that do not version, concurrent pushes)
-//! and the helpers that build and send pushes; the stall mode that makes a timed-out push land
-//! late is in `stalls`, Standard Webhooks signatures and their binding to the request in
+//! The reference microservice's side of docs/contract.md section 5a: `Token-Version` (stale pushes
+//! refused with 409, tombstones, malformed versions, senders that do not version, concurrent
+//! pushes) and the helpers that build and send pushes; the stall mode that makes a timed-out push
+//! land late is in `stalls`, Standard Webhooks signatures and their binding to the request in
 //! `signatures`.
 
 mod signatures;

@@ -1,5 +1,5 @@
-//! The sandbox Google as a RISC transmitter (CONTRACT 10), its Google-facing half: the
-//! configuration document, the JWKS (rotation, fetch counting), the stream management API's
+//! The sandbox Google as a RISC transmitter (docs/contract.md section 10), its Google-facing half:
+//! the configuration document, the JWKS (rotation, fetch counting), the stream management API's
 //! authentication and `stream:verify` delivering a verification SET to a receiver. The test
 //! receiver is a tiny axum server that records what it is sent; SETs are checked with
 //! `jsonwebtoken` against the JWKS the sandbox serves. `risc_events` covers each event.

@@ -1,6 +1,6 @@
-//! The sandbox's RISC control sending each event of CONTRACT 10 as Google would (claims,
-//! subject formats, token identifiers in every base64 flavour), and the forged SETs and raw
-//! bodies a receiver's tests need; each SET is checked with `jsonwebtoken` and the JWKS.
+//! The sandbox's RISC control sending each event of docs/contract.md section 10 as Google would
+//! (claims, subject formats, token identifiers in every base64 flavour), and the forged SETs and
+//! raw bodies a receiver's tests need; each SET is checked with `jsonwebtoken` and the JWKS.
 
 use base64::{
     Engine,

@@ -1,9 +1,9 @@
 //! `tokenwarden-risc-bench`: measures the receiver of Google's security events (issue 21,
-//! CONTRACT 10) on a real `tokenwarden serve` process, the release binary beside this one:
-//! (a) the time from the receiver's `202` to the microservice's DELETE, one `tokens-revoked`
-//! at a time; (b) the receiver under a steady rate of SETs of which a share is forged: the
-//! valid ones still acted on within 2 s, and the service's CPU per SET. A binary of its own
-//! beside the load test (not a flag of it): it shares only the `/proc` reading, and so stays
+//! docs/contract.md section 10) on a real `tokenwarden serve` process, the release binary beside
+//! this one: (a) the time from the receiver's `202` to the microservice's DELETE, one
+//! `tokens-revoked` at a time; (b) the receiver under a steady rate of SETs of which a share is
+//! forged: the valid ones still acted on within 2 s, and the service's CPU per SET. A binary of its
+//! own beside the load test (not a flag of it): it shares only the `/proc` reading, and so stays
 //! out of the load test's files.
 //!
 //! Run: `cargo build --release -p tokenwarden -p tokenwarden-loadtest` then

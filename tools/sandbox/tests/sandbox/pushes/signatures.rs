@@ -1,7 +1,7 @@
-//! Standard Webhooks signatures on the reference microservice (CONTRACT 5a): verified over the
-//! exact body with one secret or, during a rotation, several; and bound to the request, so a
-//! push captured on the wire is refused (`401`) when replayed for another user, with another
-//! version, or as a DELETE, and the victim keeps their tokens.
+//! Standard Webhooks signatures on the reference microservice (docs/contract.md section 5a):
+//! verified over the exact body with one secret or, during a rotation, several; and bound to the
+//! request, so a push captured on the wire is refused (`401`) when replayed for another user, with
+//! another version, or as a DELETE, and the victim keeps their tokens.
 
 use std::{
     io::Write,

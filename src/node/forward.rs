@@ -1,4 +1,4 @@
-//! Admin calls about one user reach its owner wherever they land (CONTRACT section 8): a node
+//! Admin calls about one user reach its owner wherever they land (docs/contract.md section 8): a node
 //! that does not run the user's actor asks the database which live node holds the user's
 //! shard and repeats the call there, at that node's `NODE_ADVERTISE_URL`. The call carries a
 //! credential for that one call (`credential`), never the admin token, and its answer is
@@ -13,10 +13,10 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 
 use super::{
-    ClusterNode,
+    Node, NodeError,
     credential::{Call, ForwardKeys, Refused},
 };
-use crate::{config::without_userinfo, store::Store};
+use crate::telemetry::without_userinfo;
 
 /// Carries a forwarded call's credential (`credential::ForwardKeys::sign`).
 pub const FORWARDED_HEADER: &str = "tokenwarden-forwarded";
@@ -30,75 +30,88 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from another node (an actor's view is well under a kilobyte).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// The admin calls about one user that may be forwarded to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCall {
+    /// `GET /admin/actors/{user_id}`.
+    Actor,
+    /// `POST /admin/actors/{user_id}/refresh`.
+    Refresh,
+}
+
+impl AdminCall {
+    fn method(self) -> Method {
+        match self {
+            Self::Actor => Method::GET,
+            Self::Refresh => Method::POST,
+        }
+    }
+
+    /// The route as the router names it.
+    fn route(self) -> &'static str {
+        match self {
+            Self::Actor => ACTOR_ROUTE,
+            Self::Refresh => ACTOR_REFRESH_ROUTE,
+        }
+    }
+
+    /// The path segments after `/admin/actors/{user_id}`.
+    fn suffix(self) -> &'static [&'static str] {
+        match self {
+            Self::Actor => &[],
+            Self::Refresh => &["refresh"],
+        }
+    }
+}
+
 /// An answer relayed from the owner.
 pub struct Relayed {
     pub status: StatusCode,
     pub body: serde_json::Value,
 }
 
-/// Why a call could not be relayed. Never holds a secret or the URL's userinfo.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// The owner could not be found or reached: try again.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Something answered at the owner's address without proving it holds the cluster's key.
-    #[error("{0}")]
-    Unproven(String),
-}
-
-/// Repeats `method /admin/actors/{user_id}{suffix}` at the user's owner. `Ok(None)` when there
-/// is no other owner to ask (a single node, no live owner, this node, or already forwarded).
-pub async fn forward_admin(
-    node: &ClusterNode,
-    store: &Store,
-    admin_token: &SecretString,
-    method: Method,
+/// Repeats `call` at the user's owner. `Ok(None)` when there is no other owner to ask (a
+/// single node, no live owner, this node, or already forwarded).
+pub(super) async fn forward_admin(
+    node: &Node,
+    call: AdminCall,
     user_id: &str,
-    suffix: &str,
     already_forwarded: bool,
-) -> Result<Option<Relayed>, ForwardError> {
+) -> Result<Option<Relayed>, NodeError> {
     if !node.ownership.is_cluster() || already_forwarded {
         return Ok(None);
     }
     let shard = node.ownership.shard_of(user_id);
-    let owner = store
+    let owner = node
+        .store
         .shard_owner(shard)
         .await
-        .map_err(|e| ForwardError::Unavailable(format!("cannot find the user's node: {e}")))?;
+        .map_err(|e| NodeError::Unavailable(format!("cannot find the user's node: {e}")))?;
     let Some((base, token)) = owner.filter(|(_, token)| *token != node.identity.process_token)
     else {
         return Ok(None);
     };
     // Errors name the URL without its userinfo: it may hold a proxy's password.
     let shown = without_userinfo(&base);
-    let bad_url = || ForwardError::Unavailable(format!("bad advertise URL {shown}"));
+    let bad_url = || NodeError::Unavailable(format!("bad advertise URL {shown}"));
     let mut url = url::Url::parse(&base).map_err(|_| bad_url())?;
     url.path_segments_mut()
         .map_err(|()| bad_url())?
         .pop_if_empty()
-        .extend(["admin", "actors", user_id]);
-    if !suffix.is_empty() {
-        url.path_segments_mut()
-            .map_err(|()| bad_url())?
-            .push(suffix);
-    }
-    let route = if suffix.is_empty() {
-        ACTOR_ROUTE
-    } else {
-        ACTOR_REFRESH_ROUTE
-    };
-    let keys = ForwardKeys::from_admin_token(admin_token);
+        .extend(["admin", "actors", user_id])
+        .extend(call.suffix());
+    let method = call.method();
+    let keys = ForwardKeys::from_admin_token(&node.admin_token);
     let call = Call {
         method: method.as_str(),
-        route,
+        route: call.route(),
         user_id,
     };
     let signed = keys.sign(call, &token, now_ms());
     let unreachable = |e: reqwest::Error| {
         // Without the URL, which reqwest's errors would show with its userinfo.
         let e = e.without_url();
-        ForwardError::Unavailable(format!("the user's node ({token:.8}…) did not answer: {e}"))
+        NodeError::Unavailable(format!("the user's node ({token:.8}…) did not answer: {e}"))
     };
     let mut response = node
         .http
@@ -127,32 +140,31 @@ pub async fn forward_admin(
         return Err(unproven(&shown, &token));
     }
     let body = serde_json::from_slice(&body)
-        .map_err(|e| ForwardError::Unavailable(format!("the user's node answered no JSON: {e}")))?;
+        .map_err(|e| NodeError::Unavailable(format!("the user's node answered no JSON: {e}")))?;
     Ok(Some(Relayed { status, body }))
 }
 
 /// An answer from the owner's address that does not prove the cluster's key: logged for the
 /// operator (the address in the database may have been changed) and not relayed.
-fn unproven(shown_url: &str, token: &str) -> ForwardError {
+fn unproven(shown_url: &str, token: &str) -> NodeError {
     tracing::warn!(
         advertiseUrl = %shown_url,
         owner = %format!("{token:.8}"),
         "a forwarded admin call was answered without the cluster's proof; not relayed"
     );
-    ForwardError::Unproven(format!(
+    NodeError::Unproven(format!(
         "the address the database gives for the user's node ({shown_url}) answered without \
          proving it belongs to this cluster; the answer was not relayed"
     ))
 }
 
 /// Checks the credential of a forwarded `call` arriving at this node.
-pub fn accept_forwarded(
-    node: &ClusterNode,
-    admin_token: &SecretString,
+pub(super) fn accept_forwarded(
+    node: &Node,
     header: &str,
     call: Call<'_>,
 ) -> Result<String, Refused> {
-    ForwardKeys::from_admin_token(admin_token).verify(
+    ForwardKeys::from_admin_token(&node.admin_token).verify(
         header,
         call,
         &node.identity.process_token,
@@ -162,7 +174,12 @@ pub fn accept_forwarded(
 }
 
 /// The proof to send with the answer to a forwarded call of `nonce`.
-pub fn answer_proof(admin_token: &SecretString, nonce: &str, status: u16, body: &[u8]) -> String {
+pub(super) fn answer_proof(
+    admin_token: &SecretString,
+    nonce: &str,
+    status: u16,
+    body: &[u8],
+) -> String {
     ForwardKeys::from_admin_token(admin_token).sign_answer(nonce, status, body)
 }
 

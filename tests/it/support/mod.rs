@@ -2,15 +2,9 @@
 //! sandbox Google provider and a reference microservice (both real HTTP servers), on a fresh
 //! SQLite file or a fresh PostgreSQL database, and offers typed helpers for the calls tests make.
 
-use std::{
-    future::Future,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{future::Future, time::Duration};
 
 use reqwest::{Client, StatusCode, redirect::Policy};
-use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use tokenwarden::{
     app::App,
@@ -29,127 +23,11 @@ pub const CLIENT_SECRET: &str = "test-client-secret";
 /// base64 of 32 bytes of 0x2a.
 pub const ENCRYPTION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
-/// Where a test's data lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+mod database;
+mod logs;
 
-/// Runs `$test(Backend)` once per backend, as two tests named `sqlite` and `postgres`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::support::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if $crate::support::postgres_available().await {
-                    super::$name($crate::support::Backend::Postgres).await
-                }
-            }
-        }
-    };
-}
-
-fn admin_postgres_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// Whether PostgreSQL tests can run. Under `CI=true` an unreachable server is a failure, not
-/// a skip: CI must prove both backends.
-pub async fn postgres_available() -> bool {
-    let url = admin_postgres_url();
-    let reachable = match Database::connect(url.as_str()).await {
-        Ok(db) => db.execute_unprepared("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    };
-    if !reachable {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "PostgreSQL at {url} is unreachable and CI=true: storage tests must run on it"
-        );
-        eprintln!("SKIPPED: PostgreSQL at {url} is unreachable (set TEST_DATABASE_URL)");
-    }
-    reachable
-}
-
-/// A database of the test's own, dropped when this is dropped.
-pub struct TestDatabase {
-    pub url: String,
-    postgres_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDatabase {
-    pub async fn create(backend: Backend) -> Self {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let path = dir.path().join("tokenwarden.db");
-                Self {
-                    url: format!("sqlite://{}?mode=rwc", path.display()),
-                    postgres_name: None,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::Postgres => {
-                let admin = admin_postgres_url();
-                let name = format!("tw_test_{}", uuid_like());
-                let db = Database::connect(admin.as_str()).await.expect("postgres");
-                db.execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create database");
-                let mut url = url::Url::parse(&admin).expect("TEST_DATABASE_URL");
-                url.set_path(&name);
-                Self {
-                    url: url.to_string(),
-                    postgres_name: Some(name),
-                    _dir: None,
-                }
-            }
-        }
-    }
-
-    /// The SQLite file's path, if this is SQLite.
-    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
-        self._dir.as_ref().map(|d| d.path().join("tokenwarden.db"))
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
-            return;
-        };
-        let admin = admin_postgres_url();
-        // Drop may run inside a runtime: do the async cleanup on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok(db) = Database::connect(admin.as_str()).await {
-                    let _ = db
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-fn uuid_like() -> String {
-    use rand::Rng;
-    let n: u64 = rand::thread_rng().r#gen();
-    format!("{}_{n:016x}", std::process::id())
-}
+pub use database::{Backend, TestDatabase, postgres_available};
+pub use logs::{init_log_capture, init_telemetry, log_lines_with, logs};
 
 /// Knobs of a test app.
 #[derive(Clone)]
@@ -160,6 +38,8 @@ pub struct Options {
     pub token_lifetime: Duration,
     pub refresh_lead_secs: u64,
     pub microservice_timeout_ms: u64,
+    /// `GOOGLE_HTTP_TIMEOUT_MS`.
+    pub google_timeout_ms: u64,
     pub microservice_token: Option<String>,
     /// `TOKEN_ENCRYPTION_KEY`: one base64 key, or a rotation's comma-separated list.
     pub encryption_key: String,
@@ -200,6 +80,7 @@ impl Default for Options {
             token_lifetime: Duration::from_secs(3600),
             refresh_lead_secs: 300,
             microservice_timeout_ms: 2000,
+            google_timeout_ms: 2000,
             microservice_token: None,
             encryption_key: ENCRYPTION_KEY.into(),
             hibernate_after_secs: 60,
@@ -317,7 +198,7 @@ impl TestApp {
             refresh_retry_max_ms: Millis(o.refresh_retry_max_ms),
             sync_retry_base_ms: Millis(100),
             sync_retry_max_ms: Millis(1000),
-            google_timeout_ms: Millis(2000),
+            google_timeout_ms: Millis(o.google_timeout_ms),
             http_header_read_timeout_secs: Secs(o.header_read_timeout_secs),
             http_max_connections: o.max_connections,
             frontend_url: url("http://frontend.test".into()),
@@ -459,6 +340,11 @@ impl TestApp {
         )
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        metrics_text(&self.http, &self.url).await
+    }
+
     pub async fn actor(&self, user_id: &str) -> Option<Value> {
         let (status, body) = self
             .admin(reqwest::Method::GET, &format!("/admin/actors/{user_id}"))
@@ -505,6 +391,16 @@ pub fn location(response: &reqwest::Response) -> String {
         .to_string()
 }
 
+/// `GET /metrics` of the service at `base`, as text.
+pub async fn metrics_text(http: &Client, base: &str) -> String {
+    let response = http.get(format!("{base}/metrics")).send().await;
+    response
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
@@ -521,53 +417,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(Captured::default)
-}
-
-/// Sends every log line of this process to a buffer tests can read (nextest runs each test in
-/// its own process, so the buffer holds one test's logs), through the service's own telemetry
-/// setup. A test that needs export or JSON calls [`init_telemetry`] first; the first wins.
-pub fn init_log_capture() {
-    init_telemetry(&tokenwarden::telemetry::TelemetryConfig::default());
-}
-
-/// Installs the service's subscriber with `config`, logging into the capture buffer.
-pub fn init_telemetry(
-    config: &tokenwarden::telemetry::TelemetryConfig,
-) -> tokenwarden::telemetry::Telemetry {
-    let writer = captured().clone();
-    tokenwarden::telemetry::init_with_writer(config, move || writer.clone()).expect("telemetry")
-}
-
-/// Every log line captured so far.
-pub fn logs() -> String {
-    String::from_utf8_lossy(&captured().0.lock().unwrap()).into_owned()
-}
-
-/// Log lines that contain all of `needles`.
-pub fn log_lines_with(needles: &[&str]) -> Vec<String> {
-    logs()
-        .lines()
-        .filter(|line| needles.iter().all(|n| line.contains(n)))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Users whose microservice copy differs from the database (access token, or presence).

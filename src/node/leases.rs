@@ -13,12 +13,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Ownership, safety_margin,
-    sealed::{Notice, Notices},
-};
+use super::sealed::{Notice, Notices};
 use crate::{
     actors::Supervisor,
+    cluster::{Ownership, safety_margin},
     metrics::Metrics,
     store::{LeaseRequest, NodeIdentity, Store},
 };
@@ -47,7 +45,7 @@ impl LeaseLoop {
     /// Renews until `stop`; the caller then releases the leases (after its work has ended).
     pub async fn run(self, stop: CancellationToken) {
         let (period, valid_for) = lease_timing(self.ttl);
-        let shard_count = i64::from(self.ownership.shard_count);
+        let shard_count = i64::from(self.ownership.shard_count());
         let mut claim = 0i64;
         let mut round = 0u64;
         let mut renewed_at_once = false;

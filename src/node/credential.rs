@@ -1,5 +1,5 @@
 //! The credential of an admin call forwarded to a user's owner, and the proof on its answer
-//! (CONTRACT section 4: "the admin token itself never leaves the node").
+//! (docs/contract.md section 4: "the admin token itself never leaves the node").
 //!
 //! The forwarding node learns the owner's address from the database, which more people can
 //! write than should hold the admin token. So the call carries no admin token: it carries an

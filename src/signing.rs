@@ -1,6 +1,7 @@
-//! Standard Webhooks signatures on every push (README: Writing a microservice), made by the
-//! `standardwebhooks` crate, never by hand. Owns the signing keys and the three headers;
-//! must not touch HTTP or the store.
+//! Standard Webhooks signatures on every push and every event to the app (docs/microservice.md: Writing a
+//! microservice), made by the `standardwebhooks` crate, never by hand. Owns the signing keys
+//! and the three headers; a leaf below `config`, which builds signers from the secrets. Must
+//! not touch HTTP or the store.
 //!
 //! During a secret rotation several secrets are configured and each push carries one
 //! signature by each, space-separated, so every receiver can verify with whichever secret it
@@ -8,8 +9,8 @@
 //! change carries the same id, every other change another, so receivers can drop duplicates.
 //!
 //! The signature covers the body only, not the URL, the method or the `Token-Version` header,
-//! so a signed body also names its user and version ([`Binding`], CONTRACT 5a): a push
-//! captured on the wire cannot be replayed for another user, with another version, or as a
+//! so a signed body also names its user and version ([`Binding`], docs/contract.md section 5a): a
+//! push captured on the wire cannot be replayed for another user, with another version, or as a
 //! DELETE, because the receiver refuses a signed body that disagrees with the request.
 
 use http::{HeaderMap, HeaderValue};

@@ -5,7 +5,7 @@
 //! so a notice lost while the listening connection was down is made up for by reloading every
 //! held shard once it is back. Only notices sealed by a node are heard (`sealed`): any role
 //! that can connect to the database can `NOTIFY`. Must not touch: the rows themselves (it
-//! reads seeds through the store), actors' state.
+//! reads the actors' starting rows through the store), actors' state.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,15 +13,8 @@ use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Ownership,
-    sealed::{Notice, Notices},
-};
-use crate::{
-    actors::Supervisor,
-    store::{Store, cluster::CHANGES_CHANNEL},
-    sync::{SyncDispatcher, resume_unfinished_syncs},
-};
+use super::{Node, sealed::Notice};
+use crate::{store::cluster::CHANGES_CHANNEL, sync::resume_unfinished_syncs};
 
 /// Pause before listening again after the connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -29,20 +22,17 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Where notices lead.
 #[derive(Clone)]
 pub struct NoticeTargets {
-    pub store: Store,
-    pub ownership: Arc<Ownership>,
-    pub supervisor: Supervisor,
-    pub sync: SyncDispatcher,
+    /// Its store, ownership, supervisor and sync dispatcher; its `notices` open what is heard
+    /// (anything not sealed by a node is dropped).
+    pub node: Node,
     /// Wakes the lease loop.
     pub wake: Arc<Notify>,
-    /// Opens what is heard; anything not sealed by a node is dropped.
-    pub notices: Arc<Notices>,
 }
 
 /// Listens on the changes channel until `stop`, reconnecting after failures; `listening` is
 /// told once the first `LISTEN` is in place. Every time it is (re)established the held shards
 /// are reloaded: a change whose notice went out while nothing listened is then read from its
-/// row. The node claims its first shards after `listening` (app.rs), so on a normal start
+/// row. The node claims its first shards after `listening` (`join`), so on a normal start
 /// nothing is held yet and the reload is empty.
 pub async fn listen(
     url: String,
@@ -92,18 +82,18 @@ async fn connect(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
 
 /// Reloads every held shard's users and queues their unfinished pushes.
 fn catch_up(targets: &NoticeTargets) {
-    let held = targets.ownership.held_shards();
+    let held = targets.node.ownership.held_shards();
     if !held.is_empty() {
         tracing::info!(
             shards = held.len(),
             "reloading held shards after missed notices"
         );
-        targets.supervisor.shards_gained(held, false);
+        targets.node.supervisor.shards_gained(held, false);
     }
 }
 
 async fn handle(targets: &NoticeTargets, payload: &str) {
-    let Some(notice) = targets.notices.open(payload) else {
+    let Some(notice) = targets.node.notices.open(payload) else {
         return;
     };
     match notice {
@@ -111,9 +101,14 @@ async fn handle(targets: &NoticeTargets, payload: &str) {
         Notice::Resync => {
             let targets = targets.clone();
             tokio::spawn(async move {
-                let held = targets.ownership.held_shards();
-                if let Err(e) =
-                    resume_unfinished_syncs(&targets.store, &targets.sync, false, Some(&held)).await
+                let held = targets.node.ownership.held_shards();
+                if let Err(e) = resume_unfinished_syncs(
+                    &targets.node.store,
+                    &targets.node.sync,
+                    false,
+                    Some(&held),
+                )
+                .await
                 {
                     tracing::error!(error = %e, "resync could not queue every user");
                 }
@@ -125,16 +120,16 @@ async fn handle(targets: &NoticeTargets, payload: &str) {
 
 /// Brings the owner's actor and the microservice up to the user's row.
 async fn user_changed(targets: &NoticeTargets, user_id: &str) {
-    if !targets.ownership.holds(user_id) {
+    if !targets.node.ownership.holds(user_id) {
         return;
     }
-    match targets.store.actor_seed(user_id).await {
-        Ok(Some(seed)) => targets.supervisor.user_connected(seed),
-        Ok(None) => targets.supervisor.user_disconnected(user_id),
+    match targets.node.store.actor_start(user_id).await {
+        Ok(Some(start)) => targets.node.supervisor.user_connected(start),
+        Ok(None) => targets.node.supervisor.user_disconnected(user_id),
         Err(e) => {
             tracing::warn!(userId = %user_id, error = %e, "cannot read a changed user's row");
             return;
         }
     }
-    targets.sync.changed(user_id);
+    targets.node.sync.changed(user_id);
 }
