@@ -135,7 +135,7 @@ impl Store {
         let Some(row) = self.user(user_id).await? else {
             return Ok(None);
         };
-        let ack = self.acks_of(&[row.user_id.clone()]).await?;
+        let ack = self.acks_of(std::slice::from_ref(&row.user_id)).await?;
         Ok(Some(ConnectionStatus::of(row, ack.get(user_id))))
     }
 
