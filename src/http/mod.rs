@@ -124,6 +124,11 @@ async fn limit_body(request: Request, next: Next) -> Response {
     let hint = request.body().size_hint();
     let limit = MAX_BODY_BYTES as u64;
     if declared.is_some_and(|len| len > limit) || hint.lower() > limit {
+        // A client still sending when the answer comes gets a connection reset instead of
+        // the answer: read a declared body of moderate size to its end first, then refuse.
+        if declared.is_some_and(|len| len <= DRAIN_BYTES) {
+            let _ = tokio::time::timeout(DRAIN_DEADLINE, drain(request.into_body())).await;
+        }
         return too_large();
     }
     // hyper ends a body at its declared length: nothing more can arrive.
@@ -140,6 +145,17 @@ async fn limit_body(request: Request, next: Next) -> Response {
 }
 
 /// The whole body, or `PayloadTooLarge` as soon as it passes the limit.
+/// The largest declared body read to its end (and dropped) before it is refused, and how long
+/// that may take.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn drain(body: axum::body::Body) {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+}
+
 async fn read_limited(body: axum::body::Body) -> Result<Vec<u8>, Error> {
     use futures::StreamExt as _;
     let mut stream = body.into_data_stream();
