@@ -14,6 +14,7 @@ mod m20261207_000006_create_console_sessions;
 mod m20261207_000007_create_app_events;
 mod m20261207_000008_add_grant_life;
 mod m20261207_000009_add_risc;
+mod m20261207_000010_add_sync_acks;
 
 /// Shards every user falls into, fixed at the migration that created them (docs/contract.md section
 /// 8): 256 leases per cluster keep a share even for a handful of nodes and cost one small row
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000007_create_app_events::Migration),
             Box::new(m20261207_000008_add_grant_life::Migration),
             Box::new(m20261207_000009_add_risc::Migration),
+            Box::new(m20261207_000010_add_sync_acks::Migration),
         ]
     }
 }

@@ -376,29 +376,52 @@ fn acks_values(params: &mut Params, alias: &str, acks: &[Ack]) -> String {
     )
 }
 
-/// Records the acknowledgements in `alias`; each applies only if the row is still at that
-/// version.
-fn acks_update(alias: &str) -> String {
+/// The acknowledgements in `alias` that apply: the user's row is still at that version and,
+/// on a cluster, the writer still holds its shard (the fence joins `users` for the shard).
+fn acks_that_apply(alias: &str) -> String {
     format!(
-        "UPDATE users SET \
-           sync_state = '{synced}', \
-           sync_last_error = NULL, \
-           sync_attempts = 0, \
-           synced_version = {alias}.ver, \
-           synced_at = {alias}.now, \
-           updated_at = {alias}.now \
-         FROM {alias} \
-         WHERE users.user_id = {alias}.uid AND users.token_version = {alias}.ver AND {fence}",
-        synced = SyncState::Synced,
+        "SELECT {alias}.uid, {alias}.ver, {alias}.now FROM {alias} \
+         JOIN users ON users.user_id = {alias}.uid \
+         WHERE users.token_version = {alias}.ver AND {fence}",
         fence = fenced(alias),
     )
 }
 
-/// Records many acknowledgements (see [`acks_update`]).
+/// Records many acknowledgements in `sync_acks`, a narrow row per user, so that an
+/// acknowledgement never rewrites the wide `users` row that holds the tokens (issue 24).
+/// SQLite: one upsert. PostgreSQL: see [`pg_acks`].
 fn mark_synced_statement(backend: DbBackend, acks: &[Ack]) -> Statement {
     let mut params = Params::new(backend);
+    if backend == DbBackend::Postgres {
+        let values = acks_values(&mut params, "a", acks);
+        return params.statement(format!(
+            "WITH {values}, {} SELECT NULL::text AS user_id WHERE FALSE",
+            pg_acks("a", "")
+        ));
+    }
     let values = acks_values(&mut params, "v", acks);
-    params.statement(format!("WITH {values} {}", acks_update("v")))
+    params.statement(format!(
+        "WITH {values} INSERT INTO sync_acks (user_id, synced_version, synced_at) {} \
+         ON CONFLICT (user_id) DO UPDATE SET synced_version = excluded.synced_version, \
+         synced_at = excluded.synced_at",
+        acks_that_apply("v")
+    ))
+}
+
+/// PostgreSQL's acknowledgements of `alias` (less those `exclude` leaves out), as CTEs: a
+/// plain update of the rows that exist, and an insert of those that do not yet. An upsert
+/// would lock each existing row first, a WAL record of its own per acknowledgement.
+fn pg_acks(alias: &str, exclude: &str) -> String {
+    format!(
+        "ok AS (SELECT DISTINCT ON (uid) * FROM ({} {exclude}) o), \
+         up AS (UPDATE sync_acks SET synced_version = ok.ver, synced_at = ok.now FROM ok \
+           WHERE sync_acks.user_id = ok.uid RETURNING sync_acks.user_id), \
+         ins AS (INSERT INTO sync_acks (user_id, synced_version, synced_at) \
+           SELECT uid, ver, now FROM ok WHERE uid NOT IN (SELECT user_id FROM up) \
+           ON CONFLICT (user_id) DO UPDATE SET synced_version = EXCLUDED.synced_version, \
+           synced_at = EXCLUDED.synced_at)",
+        acks_that_apply(alias)
+    )
 }
 
 /// PostgreSQL: the refreshes and the acknowledgements of one batch in one statement. An
@@ -410,9 +433,8 @@ fn combined_statement(rows: &[&RefreshedRow], acks: &[Ack]) -> Statement {
     let refreshed = refreshed_values(&mut params, rows);
     let acked = acks_values(&mut params, "a", acks);
     params.statement(format!(
-        "WITH {refreshed}, r AS ({}), {acked}, s AS ({} AND a.uid NOT IN (SELECT uid FROM v)) \
-         SELECT user_id FROM r",
+        "WITH {refreshed}, r AS ({}), {acked}, {} SELECT user_id FROM r",
         refreshed_update(),
-        acks_update("a"),
+        pg_acks("a", "AND a.uid NOT IN (SELECT uid FROM v)"),
     ))
 }

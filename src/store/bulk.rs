@@ -8,7 +8,10 @@ use secrecy::ExposeSecret;
 
 use super::{
     Store, StoreError,
-    entity::user::{self, SyncState},
+    entity::{
+        sync_ack,
+        user::{self, SyncState},
+    },
 };
 
 /// One user to seed, as a completed consent would have left it.
@@ -33,7 +36,9 @@ pub struct AuditRow {
 
 impl Store {
     /// Inserts connected users in one statement, marked as already pushed at version 1 (the
-    /// caller seeds the microservice with the same tokens).
+    /// caller seeds the microservice with the same tokens), and their acknowledgements in
+    /// another. `users.sync_state` is `pending`, as a refresh leaves it: the acknowledgement
+    /// lives in `sync_acks` (so a load test starts from the steady state's rows).
     pub async fn insert_users(&self, users: &[BulkUser]) -> Result<(), StoreError> {
         if users.is_empty() {
             return Ok(());
@@ -62,7 +67,7 @@ impl Store {
             refresh_token_prefix_hash: Set(None),
             refresh_token_hash: Set(None),
             token_version: Set(1),
-            sync_state: Set(SyncState::Synced),
+            sync_state: Set(SyncState::Pending),
             sync_attempts: Set(0),
             sync_last_error: Set(None),
             synced_version: Set(1),
@@ -74,6 +79,12 @@ impl Store {
             updated_at: Set(now),
         });
         user::Entity::insert_many(models).exec(&self.db).await?;
+        let acks = users.iter().map(|u| sync_ack::ActiveModel {
+            user_id: Set(u.user_id.clone()),
+            synced_version: Set(1),
+            synced_at: Set(Some(now)),
+        });
+        sync_ack::Entity::insert_many(acks).exec(&self.db).await?;
         Ok(())
     }
 
@@ -90,6 +101,8 @@ impl Store {
             query = query.filter(user::Column::UserId.gt(after));
         }
         let rows = query.all(&self.db).await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let acks = self.acks_of(&ids).await?;
         rows.into_iter()
             .map(|row| {
                 let access_token = match &row.google_access_token {
@@ -101,12 +114,13 @@ impl Store {
                     ),
                     None => None,
                 };
+                let sync = super::SyncInfo::of(&row, acks.get(&row.user_id));
                 Ok(AuditRow {
                     access_token,
                     token_expiry: row.google_token_expiry,
-                    sync_state: row.sync_state,
+                    sync_state: sync.state,
                     token_version: row.token_version,
-                    synced_version: row.synced_version,
+                    synced_version: sync.version,
                     refresh_count: row.refresh_count,
                     user_id: row.user_id,
                 })

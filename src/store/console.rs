@@ -2,6 +2,8 @@
 //! waiting for a reconnect, then the rest), the sync backlog, the refreshes due next, and the
 //! resync of one user. Hands out [`UserListing`] views, never a token column.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -10,7 +12,10 @@ use sea_orm::{
 
 use super::{
     Store, StoreError,
-    entity::user::{self, ReconnectReason, SyncState},
+    entity::{
+        sync_ack,
+        user::{self, ReconnectReason, SyncState},
+    },
     views::SyncInfo,
 };
 
@@ -31,10 +36,10 @@ pub struct UserListing {
     pub sync: SyncInfo,
 }
 
-impl From<user::Model> for UserListing {
-    fn from(row: user::Model) -> Self {
+impl UserListing {
+    fn of(row: user::Model, acks: &HashMap<String, sync_ack::Model>) -> Self {
         Self {
-            sync: SyncInfo::from(&row),
+            sync: SyncInfo::of(&row, acks.get(&row.user_id)),
             user_id: row.user_id,
             google_email: row.google_email,
             connected: row.google_calendar_connected,
@@ -98,12 +103,15 @@ impl Store {
             query = query.filter(user::Column::UserId.gt(after));
         }
         let rows = query.all(&self.db).await?;
-        Ok(rows.into_iter().map(UserListing::from).collect())
+        self.listings(rows).await
     }
 
     /// One user as the console shows them, if the user has a row.
     pub async fn console_user(&self, user_id: &str) -> Result<Option<UserListing>, StoreError> {
-        Ok(self.user(user_id).await?.map(UserListing::from))
+        let Some(row) = self.user(user_id).await? else {
+            return Ok(None);
+        };
+        Ok(self.listings(vec![row]).await?.pop())
     }
 
     /// How many users wait for a push, and since when: one pass over the table (no index
@@ -114,6 +122,7 @@ impl Store {
             .expr(Expr::col(user::Column::UserId).count())
             .expr(Expr::col(user::Column::UpdatedAt).min())
             .filter(user::Column::SyncState.is_in(UNFINISHED.iter().copied()))
+            .filter(super::sync_state::not_acknowledged())
             .into_tuple::<(i64, Option<DateTime<Utc>>)>()
             .one(&self.db)
             .await?
@@ -135,7 +144,7 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().map(UserListing::from).collect())
+        self.listings(rows).await
     }
 
     /// Marks one user's current state for a fresh push (the caller then tells the sync);
@@ -147,7 +156,20 @@ impl Store {
             .filter(user::Column::UserId.eq(user_id))
             .exec(&self.db)
             .await?;
+        self.forget_acks(Some(user_id)).await?;
         Ok(result.rows_affected == 1)
+    }
+}
+
+impl Store {
+    /// The rows as the console lists them, each with its acknowledgement.
+    async fn listings(&self, rows: Vec<user::Model>) -> Result<Vec<UserListing>, StoreError> {
+        let ids: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let acks = self.acks_of(&ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UserListing::of(r, &acks))
+            .collect())
     }
 }
 

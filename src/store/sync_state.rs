@@ -1,19 +1,26 @@
 //! Where each user's push to the microservice stands: the acknowledgement (batched with the
-//! refreshes' writes), a skipped or failed attempt, and the lists of unfinished pushes that a
-//! start, a gained shard or a resync queue again. Every record is conditional on the version it
-//! is about, and fenced by the writer's lease (epoch and process token) on a cluster. Must not
-//! touch: token columns.
+//! refreshes' writes, into the narrow `sync_acks` row), a skipped or failed attempt (on the
+//! `users` row), and the lists of unfinished pushes that a start, a gained shard or a resync
+//! queue again. A user is in sync while its acknowledged version equals its `token_version`;
+//! otherwise `users.sync_state` says what happened last. Every record is conditional on the
+//! version it is about, and fenced by the writer's lease (epoch and process token) on a
+//! cluster. Must not touch: token columns.
+
+use std::collections::HashMap;
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Query, SimpleExpr},
 };
 
 use super::{
     Store, StoreError,
     batch::{self, Write},
     cluster::Fence,
-    entity::user::{self, SyncState},
+    entity::{
+        sync_ack,
+        user::{self, SyncState},
+    },
 };
 
 impl Store {
@@ -115,6 +122,7 @@ impl Store {
             .select_only()
             .column(user::Column::UserId)
             .filter(user::Column::SyncState.is_in(states.iter().copied()))
+            .filter(not_acknowledged())
             .order_by_asc(user::Column::UserId)
             .limit(limit);
         if let Some(after) = after {
@@ -134,8 +142,60 @@ impl Store {
             .filter(user::Column::GoogleCalendarConnected.eq(true))
             .exec(&self.db)
             .await?;
+        self.forget_acks(None).await?;
         Ok(result.rows_affected)
     }
+
+    /// The acknowledgements of `user_ids` that have one.
+    pub(super) async fn acks_of(
+        &self,
+        user_ids: &[String],
+    ) -> Result<HashMap<String, sync_ack::Model>, StoreError> {
+        if user_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let acks = sync_ack::Entity::find()
+            .filter(sync_ack::Column::UserId.is_in(user_ids.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        Ok(acks.into_iter().map(|a| (a.user_id.clone(), a)).collect())
+    }
+
+    /// Forgets that the microservice holds the current version of one user (or of every
+    /// connected user), so that a resync pushes it again; when it was acknowledged stays.
+    pub(super) async fn forget_acks(&self, user_id: Option<&str>) -> Result<(), StoreError> {
+        let mut forget = sync_ack::Entity::update_many()
+            .col_expr(sync_ack::Column::SyncedVersion, Expr::value(0i64));
+        forget = match user_id {
+            Some(user_id) => forget.filter(sync_ack::Column::UserId.eq(user_id)),
+            None => forget.filter(
+                sync_ack::Column::UserId.in_subquery(
+                    Query::select()
+                        .column(user::Column::UserId)
+                        .from(user::Entity)
+                        .and_where(Expr::col(user::Column::GoogleCalendarConnected).eq(true))
+                        .to_owned(),
+                ),
+            ),
+        };
+        forget.exec(&self.db).await?;
+        Ok(())
+    }
+}
+
+/// The condition on `users` that its current version has not been acknowledged.
+pub(super) fn not_acknowledged() -> SimpleExpr {
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from("sync_acks")
+            .and_where(Expr::col(("sync_acks", "user_id")).equals(("users", "user_id")))
+            .and_where(
+                Expr::col(("sync_acks", "synced_version")).equals(("users", "token_version")),
+            )
+            .to_owned(),
+    )
+    .not()
 }
 
 /// Makes a refresh-path write conditional on the writer still holding its shard's lease: the

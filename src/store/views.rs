@@ -11,7 +11,10 @@ use sea_orm::{
 
 use super::{
     Store, StoreError, batch,
-    entity::user::{self, ReconnectReason, SyncState},
+    entity::{
+        sync_ack,
+        user::{self, ReconnectReason, SyncState},
+    },
 };
 
 /// What a user actor starts from: schedule data only, never token values.
@@ -47,22 +50,37 @@ impl From<user::Model> for ActorStart {
     }
 }
 
-/// The sync part of a user's row, as status and admin show it.
+/// Where a user's push stands, as status and admin show it: the `users` row's record merged
+/// with the narrow acknowledgement of `sync_acks`.
 #[derive(Debug, Clone, Default)]
 pub struct SyncInfo {
     pub state: SyncState,
     pub synced_at: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub last_error: Option<String>,
+    /// The version the microservice last acknowledged (0 for none).
+    pub version: i64,
 }
 
-impl From<&user::Model> for SyncInfo {
-    fn from(row: &user::Model) -> Self {
-        Self {
-            state: row.sync_state,
-            synced_at: row.synced_at,
-            attempts: row.sync_attempts,
-            last_error: row.sync_last_error.clone(),
+impl SyncInfo {
+    /// In sync when the microservice acknowledged the row's current version; otherwise the
+    /// outcome `users` recorded last (pending, failed, skipped, or none yet).
+    pub fn of(row: &user::Model, ack: Option<&sync_ack::Model>) -> Self {
+        match ack.filter(|a| a.synced_version == row.token_version && a.synced_version > 0) {
+            Some(ack) => Self {
+                state: SyncState::Synced,
+                synced_at: ack.synced_at,
+                attempts: 0,
+                last_error: None,
+                version: ack.synced_version,
+            },
+            None => Self {
+                state: row.sync_state,
+                synced_at: Ord::max(row.synced_at, ack.and_then(|a| a.synced_at)),
+                attempts: row.sync_attempts,
+                last_error: row.sync_last_error.clone(),
+                version: Ord::max(row.synced_version, ack.map_or(0, |a| a.synced_version)),
+            },
         }
     }
 }
@@ -83,10 +101,10 @@ pub struct ConnectionStatus {
     pub sync: SyncInfo,
 }
 
-impl From<user::Model> for ConnectionStatus {
-    fn from(row: user::Model) -> Self {
+impl ConnectionStatus {
+    fn of(row: user::Model, ack: Option<&sync_ack::Model>) -> Self {
         Self {
-            sync: SyncInfo::from(&row),
+            sync: SyncInfo::of(&row, ack),
             connected: row.google_calendar_connected,
             google_email: row.google_email,
             calendar_id: row.google_calendar_id,
@@ -114,7 +132,11 @@ impl Store {
         &self,
         user_id: &str,
     ) -> Result<Option<ConnectionStatus>, StoreError> {
-        Ok(self.user(user_id).await?.map(ConnectionStatus::from))
+        let Some(row) = self.user(user_id).await? else {
+            return Ok(None);
+        };
+        let ack = self.acks_of(std::slice::from_ref(&row.user_id)).await?;
+        Ok(Some(ConnectionStatus::of(row, ack.get(user_id))))
     }
 
     /// A page of users an actor should run for (connected, or waiting for a reconnect),
@@ -177,9 +199,13 @@ impl Store {
             .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
             .all(&self.db)
             .await?;
+        let acks = self.acks_of(user_ids).await?;
         Ok(rows
             .iter()
-            .map(|row| (row.user_id.clone(), SyncInfo::from(row)))
+            .map(|row| {
+                let info = SyncInfo::of(row, acks.get(&row.user_id));
+                (row.user_id.clone(), info)
+            })
             .collect())
     }
 }

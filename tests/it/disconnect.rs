@@ -86,8 +86,10 @@ async fn microservice_404_on_delete_counts_as_done() {
 
     assert_eq!(t.disconnect("omar").await.0, StatusCode::OK);
     let done = eventually(Duration::from_secs(5), || async {
-        let row = t.app().store.user("omar").await.unwrap().unwrap();
-        row.sync_state == "synced" && row.synced_version == row.token_version
+        let store = &t.app().store;
+        let row = store.user("omar").await.unwrap().unwrap();
+        let sync = store.sync_infos(std::slice::from_ref(&row.user_id)).await.unwrap();
+        sync["omar"].state == "synced" && sync["omar"].version == row.token_version
     })
     .await;
     assert!(done, "404 on DELETE is success");

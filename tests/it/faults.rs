@@ -551,8 +551,9 @@ async fn sigterm_lets_the_push_in_flight_finish() {
         served.output()
     );
     let row = store.user("term-user").await.unwrap().unwrap();
-    assert_eq!(row.sync_state, "synced", "{}", served.output());
-    assert_eq!(row.synced_version, row.token_version);
+    let sync = store.sync_infos(std::slice::from_ref(&row.user_id)).await.unwrap();
+    assert_eq!(sync["term-user"].state, "synced", "{}", served.output());
+    assert_eq!(sync["term-user"].version, row.token_version);
     assert!(
         microservice
             .received()

@@ -316,6 +316,56 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
 }
 on_both_backends!(the_fence_checks_the_owner_with_the_epoch);
 
+/// An acknowledgement writes only its narrow `sync_acks` row (issue 24): the `users` row,
+/// tokens and all, stays as it was; the user reads as in sync and drops out of the unfinished
+/// pushes that a restart resumes; a stale acknowledgement changes nothing; a resync of every
+/// user brings it back.
+async fn an_acknowledgement_leaves_the_users_row_alone(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let store = seeded_store(&db).await;
+    let id = user(0);
+    let access = SecretString::from("acked-access".to_string());
+    let expected = Expected {
+        version: 1,
+        fence: None,
+    };
+    let expiry = Utc::now() + Duration::minutes(60);
+    let saved = store.save_refreshed(&id, expected, answer(&access, expiry));
+    assert!(saved.await.expect("save").is_some());
+    let unfinished = || async {
+        let ids = store.unfinished_syncs(None, 1000, false, None).await;
+        ids.expect("unfinished").contains(&id)
+    };
+    let sync = || async {
+        let infos = store.sync_infos(std::slice::from_ref(&id)).await;
+        let info = infos.expect("sync infos").remove(&id).expect("a row");
+        (info.state.as_str(), info.version)
+    };
+    assert!(unfinished().await, "the refresh's push is unfinished");
+    assert_eq!(sync().await, ("pending", 1));
+
+    let before = store.user(&id).await.unwrap().unwrap();
+    store.mark_synced(&id, 2, None).await.expect("ack");
+    let after = store.user(&id).await.unwrap().unwrap();
+    assert_eq!(
+        after, before,
+        "the acknowledgement left the users row alone"
+    );
+    assert_eq!(sync().await, ("synced", 2));
+    assert!(!unfinished().await, "nothing to resume after a restart");
+    store.mark_synced(&id, 1, None).await.expect("stale ack");
+    assert_eq!(
+        sync().await,
+        ("synced", 2),
+        "a stale acknowledgement is ignored"
+    );
+
+    assert!(store.queue_resync_all().await.expect("resync") >= 1);
+    assert_eq!(sync().await.0, "pending");
+    assert!(unfinished().await, "a resync pushes it again");
+}
+on_both_backends!(an_acknowledgement_leaves_the_users_row_alone);
+
 /// sqlx 0.9.0 leaves Nagle's algorithm on, and a write batch longer than one TCP segment then
 /// waits 40 ms for PostgreSQL's delayed ACK (`src/store/nodelay.rs`). Every connection the
 /// store holds to the server, after it has served concurrent batches, has `TCP_NODELAY` set.

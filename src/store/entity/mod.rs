@@ -4,4 +4,5 @@ pub mod app_event;
 pub mod console_session;
 pub mod oauth_state;
 pub mod risc_event;
+pub mod sync_ack;
 pub mod user;

@@ -32,10 +32,14 @@ pub struct Model {
     pub refresh_token_hash: Option<String>,
     /// Bumped by every token change; guards writes against lost updates.
     pub token_version: i64,
+    /// What happened last to the current version's push, but for its acknowledgement, which
+    /// lives in `sync_acks` (a narrow write; the user is in sync while that row's version
+    /// equals `token_version`): so this stays `pending` after a push is acknowledged.
     pub sync_state: SyncState,
     pub sync_attempts: i32,
     pub sync_last_error: Option<String>,
-    /// The `token_version` the microservice last acknowledged.
+    /// The `token_version` last recorded here as pushed (a skipped push, or rows from before
+    /// `sync_acks`); acknowledgements are in `sync_acks`.
     pub synced_version: i64,
     pub synced_at: Option<DateTimeUtc>,
     pub last_refresh_at: Option<DateTimeUtc>,

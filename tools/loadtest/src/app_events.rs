@@ -255,18 +255,3 @@ pub async fn drain(
     figures.pending_at_end = store.pending_app_events(None).await?;
     Ok(())
 }
-
-/// The PostgreSQL server's WAL position in bytes (`pg_current_wal_lsn()`); WAL is written
-/// for the whole server, so another database's writes show too.
-pub async fn wal_position(store: &Store) -> anyhow::Result<u64> {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let row = store
-        .connection()
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS at",
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no WAL position"))?;
-    Ok(u64::try_from(row.try_get::<i64>("", "at")?)?)
-}

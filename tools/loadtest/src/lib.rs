@@ -15,10 +15,15 @@
 //! - `measure`: the sampled run phase; every node read and the figures summed.
 //! - `sample`: `/metrics` and `/proc` readings, histogram quantiles.
 //! - `report`: the figures, the printed table, the JSON report and the chart.
-//! - `app_events`: the app's side of `APP_EVENTS_URL`, the events backlog, the WAL position.
+//! - `app_events`: the app's side of `APP_EVENTS_URL` and the events backlog.
+//! - `floor`: the machine's floor (CPU of one exchange and one commit), measured first, in
+//!   whose units the report also gives CPU per refresh and per connect.
+//! - `dbcost`: a PostgreSQL run's WAL, row updates and transactions, per refresh.
 
 mod app_events;
 mod connect;
+mod dbcost;
+mod floor;
 mod measure;
 mod nodes;
 mod report;
@@ -36,6 +41,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore;
 
 pub use app_events::AppEventsFigures;
+pub use dbcost::DatabaseCost;
+pub use floor::{Floor, probe as floor_probe};
 pub use report::{NodeFigures, Report, Sample};
 pub use sample::{cpu_secs, parse_metrics, quantile, rss_kib};
 
@@ -141,6 +148,13 @@ pub struct LoadtestArgs {
     /// Longest wait for the backlog's delivery once the receiver is up, in seconds.
     #[arg(long, default_value_t = 900)]
     pub app_events_drain_timeout_secs: u64,
+    /// Exchanges each way and SQLite commits of the machine's floor, measured before the run
+    /// (PostgreSQL commits: a quarter of it); 0 measures no floor.
+    #[arg(long, default_value_t = 20_000)]
+    pub floor_count: u64,
+    /// The binary whose `--floor-probe` measures the floor; default this one.
+    #[arg(long)]
+    pub floor_probe_bin: Option<PathBuf>,
 }
 
 /// Runs the load test and returns its report (also printed and written).
@@ -159,6 +173,18 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
          (a second serve on the same file refuses to start)",
         args.nodes
     );
+    // First, while nothing else of the run is going on.
+    let floor = match args.floor_count {
+        0 => None,
+        count => {
+            let probe = match &args.floor_probe_bin {
+                Some(bin) => bin.clone(),
+                None => std::env::current_exe()?,
+            };
+            let url = postgres.then_some(database_url.as_str());
+            Some(floor::measure(&probe, count, url).await?)
+        }
+    };
     let google = SandboxGoogle::start(
         SandboxGoogleConfig {
             client_id: Some(CLIENT_ID.into()),
@@ -234,6 +260,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         load_secs: started.elapsed().as_secs_f64(),
         rss_after_load_kib: nodes.rss_each().iter().sum(),
         seed_secs,
+        floor,
         ..Report::default()
     };
     // The sampled run starts with the first refreshes, so it measures the steady state.
@@ -249,19 +276,26 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         nodes.jwt_secret.clone(),
         callbacks.clone(),
     ));
-    let wal_at_start = match postgres {
-        true => Some(app_events::wal_position(&store).await?),
+    let db_at_start = match postgres {
+        true => Some(dbcost::read(&store).await?),
+        false => None,
+    };
+    let wal_sampler = match postgres {
+        true => dbcost::WalSampler::start(&store, &database_url).await,
         false => None,
     };
     measure::run_phase(&args, &nodes, &progress, &mut report, &callbacks).await?;
-    if let Some(start) = wal_at_start {
-        let bytes = app_events::wal_position(&store)
-            .await?
-            .saturating_sub(start);
-        report.wal_bytes = Some(bytes);
-        report.wal_bytes_per_refresh =
-            (report.refreshes >= 1.0).then(|| bytes as f64 / report.refreshes);
+    if let Some(start) = db_at_start {
+        let end = dbcost::read(&store).await?;
+        let mut cost = dbcost::DatabaseCost::between(&start, &end, report.refreshes);
+        if let Some(sampler) = wal_sampler {
+            cost.own = Some(sampler.finish(report.refreshes).await);
+        }
+        report.wal_bytes = Some(cost.wal_bytes);
+        report.wal_bytes_per_refresh = cost.wal_bytes_per_refresh;
+        report.database_cost = Some(cost);
     }
+    report.in_floor_units();
     connects.abort();
     if let (true, Some(receiver)) = (backlog, &receiver) {
         progress.stage("the app is back: delivering the events", 0);

@@ -99,6 +99,24 @@ pub struct Report {
     pub wal_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal_bytes_per_refresh: Option<f64>,
+    /// The machine's floor, measured before the run (`floor`); absent with `--floor-count 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<crate::Floor>,
+    /// `cpu_ms_per_refresh` in exchange units of this run's floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_refresh_exchange_units: Option<f64>,
+    /// `cpu_ms_per_connect` in exchange units of this run's floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_connect_exchange_units: Option<f64>,
+    /// `cpu_ms_per_refresh` in commit units of the run's database (SQLite or PostgreSQL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_refresh_commit_units: Option<f64>,
+    /// `cpu_ms_per_connect` in commit units of the run's database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_per_connect_commit_units: Option<f64>,
+    /// PostgreSQL only: WAL, row updates and transactions over the sampled run, per refresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_cost: Option<crate::DatabaseCost>,
     /// `--app-events-backlog` runs only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_events: Option<crate::AppEventsFigures>,
@@ -158,7 +176,64 @@ fn app_event_rows(e: &crate::AppEventsFigures) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The floor's rows of the table.
+fn floor_rows(report: &Report) -> Vec<(&'static str, String)> {
+    let Some(floor) = &report.floor else {
+        return Vec::new();
+    };
+    let units = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    let pg = floor
+        .postgres_commit_us
+        .map_or("-".into(), |us| format!("{us:.1} us"));
+    vec![
+        (
+            "floor: exchange out / in / unit; commit SQLite / PG",
+            format!(
+                "{:.1} / {:.1} / {:.1} us; {:.1} us / {pg}",
+                floor.http_outbound_us,
+                floor.http_inbound_us,
+                floor.exchange_us,
+                floor.sqlite_commit_us
+            ),
+        ),
+        (
+            "CPU per refresh / per connect, exchange units",
+            format!(
+                "{} / {}",
+                units(report.cpu_per_refresh_exchange_units),
+                units(report.cpu_per_connect_exchange_units)
+            ),
+        ),
+        (
+            "CPU per refresh / per connect, commit units (run's db)",
+            format!(
+                "{} / {}",
+                units(report.cpu_per_refresh_commit_units),
+                units(report.cpu_per_connect_commit_units)
+            ),
+        ),
+    ]
+}
+
 impl Report {
+    /// Fills in the CPU figures in floor units, once the run's figures and the floor are in.
+    pub fn in_floor_units(&mut self) {
+        let Some(floor) = &self.floor else { return };
+        let commit_us = match self.database.as_str() {
+            "PostgreSQL" => floor.postgres_commit_us,
+            _ => Some(floor.sqlite_commit_us),
+        };
+        let ratio = |ms: Option<f64>, unit_us: Option<f64>| {
+            ms.zip(unit_us.filter(|u| *u > 0.0))
+                .map(|(ms, us)| ms * 1000.0 / us)
+        };
+        let exchange = Some(floor.exchange_us);
+        self.cpu_per_refresh_exchange_units = ratio(self.cpu_ms_per_refresh, exchange);
+        self.cpu_per_connect_exchange_units = ratio(self.cpu_ms_per_connect, exchange);
+        self.cpu_per_refresh_commit_units = ratio(self.cpu_ms_per_refresh, commit_us);
+        self.cpu_per_connect_commit_units = ratio(self.cpu_ms_per_connect, commit_us);
+    }
+
     /// The table, with this run's figures.
     pub fn table(&self) -> String {
         let rows = [
@@ -245,11 +320,9 @@ impl Report {
             String::new()
         };
         let mut rows = rows.to_vec();
-        if let (Some(bytes), Some(per)) = (self.wal_bytes, self.wal_bytes_per_refresh) {
-            rows.push((
-                "WAL written over the run / per refresh (whole server)",
-                format!("{:.1} MiB / {per:.0} B", bytes as f64 / 1048576.0),
-            ));
+        rows.extend(floor_rows(self));
+        if let Some(cost) = &self.database_cost {
+            rows.extend(cost.rows());
         }
         if let Some(e) = &self.app_events {
             rows.extend(app_event_rows(e));

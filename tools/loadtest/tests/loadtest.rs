@@ -52,6 +52,8 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         app_events: false,
         app_events_backlog: 0,
         app_events_drain_timeout_secs: 60,
+        floor_count: 400,
+        floor_probe_bin: Some(env!("CARGO_BIN_EXE_tokenwarden-loadtest").into()),
     };
     let report = run(args).await.expect("load test runs");
     eprintln!("{}", report.table());
@@ -71,6 +73,15 @@ async fn a_thousand_users_for_thirty_seconds_stay_consistent() {
         "every seeded user refreshed at least once"
     );
     assert!(report.refreshes >= 2000.0, "{} refreshes", report.refreshes);
+    let floor = report.floor.as_ref().expect("the floor was measured");
+    assert!(
+        floor.http_outbound_us > 0.0 && floor.http_inbound_us > 0.0 && floor.sqlite_commit_us > 0.0,
+        "{floor:?}"
+    );
+    assert!(
+        report.cpu_per_refresh_exchange_units.is_none(),
+        "a mixed run has no split"
+    );
     assert!(dir.path().join("report.json").exists() && dir.path().join("chart.svg").exists());
 }
 
@@ -105,6 +116,8 @@ async fn a_backlog_of_events_to_the_app_arrives_whole_and_in_order() {
         app_events: false,
         app_events_backlog: 3,
         app_events_drain_timeout_secs: 60,
+        floor_count: 0,
+        floor_probe_bin: None,
     };
     let report = run(args).await.expect("load test runs");
     eprintln!("{}", report.table());
