@@ -88,7 +88,10 @@ async fn microservice_404_on_delete_counts_as_done() {
     let done = eventually(Duration::from_secs(5), || async {
         let store = &t.app().store;
         let row = store.user("omar").await.unwrap().unwrap();
-        let sync = store.sync_infos(std::slice::from_ref(&row.user_id)).await.unwrap();
+        let sync = store
+            .sync_infos(std::slice::from_ref(&row.user_id))
+            .await
+            .unwrap();
         sync["omar"].state == "synced" && sync["omar"].version == row.token_version
     })
     .await;

@@ -551,7 +551,10 @@ async fn sigterm_lets_the_push_in_flight_finish() {
         served.output()
     );
     let row = store.user("term-user").await.unwrap().unwrap();
-    let sync = store.sync_infos(std::slice::from_ref(&row.user_id)).await.unwrap();
+    let sync = store
+        .sync_infos(std::slice::from_ref(&row.user_id))
+        .await
+        .unwrap();
     assert_eq!(sync["term-user"].state, "synced", "{}", served.output());
     assert_eq!(sync["term-user"].version, row.token_version);
     assert!(
