@@ -317,7 +317,7 @@ fn this_node(config: &Config, store: &Store) -> (NodeIdentity, Arc<Ownership>) {
     let identity = NodeIdentity {
         node_id: config.cluster.node_id.clone(),
         process_token: hex::encode(rand::random::<[u8; 16]>()),
-        advertise_url: config.cluster.advertise_url.clone(),
+        advertise_url: config.cluster.advertise_url.to_string(),
         started_at: chrono::Utc::now(),
     };
     let ownership = Arc::new(if store.is_postgres() {
@@ -359,7 +359,7 @@ fn warn_on_plain_http(config: &Config) {
         config.google.redirect_uri.to_string(),
     )];
     if let Some(url) = &config.microservice.url {
-        urls.push(("GOOGLE_CALENDAR_MICROSERVICE_URL", url.clone()));
+        urls.push(("GOOGLE_CALENDAR_MICROSERVICE_URL", url.to_string()));
     }
     for (var, raw) in urls {
         let Ok(url) = url::Url::parse(&raw) else {

@@ -15,6 +15,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
+use crate::ids::UserId;
+
 /// Events kept per user.
 pub const PER_USER: usize = 20;
 /// Users kept at once: 10,000 users of 20 small events is a few megabytes at most.
@@ -79,9 +81,9 @@ pub struct History {
 
 #[derive(Default)]
 struct Inner {
-    users: HashMap<String, VecDeque<Event>>,
+    users: HashMap<UserId, VecDeque<Event>>,
     /// Users in the order they were first recorded: who leaves first at the cap.
-    order: VecDeque<String>,
+    order: VecDeque<UserId>,
     /// A ring indexed by minute modulo [`MINUTES`]; a slot of an older minute is stale.
     minutes: Vec<Minute>,
 }
@@ -148,10 +150,9 @@ impl History {
         {
             inner.users.remove(&oldest);
         }
-        inner.order.push_back(user_id.to_string());
-        inner
-            .users
-            .insert(user_id.to_string(), VecDeque::from([event]));
+        let user_id = UserId::from(user_id);
+        inner.order.push_back(user_id.clone());
+        inner.users.insert(user_id, VecDeque::from([event]));
     }
 
     /// `user_id`'s recent events, newest first.

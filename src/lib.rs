@@ -22,8 +22,8 @@
 //! 8. [`google`]: the OAuth client that talks to Google (or the sandbox standing in for it).
 //!    [`store`]: sea-orm entities and queries (SQLite or PostgreSQL).
 //! 9. [`config`]: every setting, parsed once at start.
-//! 10. Leaves, importing nothing of the crate but the clock: [`telemetry`]: logging (pretty or JSON) and the
-//!     OTLP export of traces. [`signing`]: the Standard Webhooks signatures of pushes and
+//! 10. Leaves, importing nothing of the crate but the clock and the ids: [`telemetry`]:
+//!     logging (pretty or JSON) and the OTLP export of traces. [`signing`]: the Standard Webhooks signatures of pushes and
 //!     events. [`crypto`]: AES-256-GCM for tokens at rest, constant-time secret comparison.
 //!     [`token_ids`]: the identifiers of a refresh token that Google's security events use.
 //!     [`history`]: each user's recent refreshes and pushes, and per-minute counts, in memory
@@ -31,6 +31,7 @@
 //!     outsiders or outages repeat. [`retry`]: the one backoff policy of every loop that waits
 //!     after a failure.
 //! 11. [`clock`]: the service's wall clock, which every schedule reads and tests can pause.
+//!     [`ids`]: the domain's nouns as types (user id, shard, epoch, token version).
 //!
 //! # Tools (crates of their own under `tools/`; nothing here imports them)
 //! - `tokenwarden-sandbox`: real HTTP stand-ins for Google and the microservice.
@@ -48,6 +49,7 @@ pub mod events;
 pub mod google;
 pub mod history;
 pub mod http;
+pub mod ids;
 pub mod log_limit;
 pub mod metrics;
 pub mod node;

@@ -21,6 +21,8 @@ use standardwebhooks::{
     HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, Webhook,
 };
 
+use crate::ids::TokenVersion;
+
 /// The prefix of a Standard Webhooks secret.
 const SECRET_PREFIX: &str = "whsec_";
 
@@ -41,7 +43,7 @@ pub enum SecretError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Binding<'a> {
     pub user_id: &'a str,
-    pub token_version: i64,
+    pub token_version: TokenVersion,
 }
 
 /// Signs pushes with one or more secrets.
@@ -76,7 +78,13 @@ impl Signer {
     }
 
     /// The three Standard Webhooks headers for `body`, sent at `timestamp` (Unix seconds).
-    pub fn headers(&self, user_id: &str, version: i64, timestamp: i64, body: &[u8]) -> HeaderMap {
+    pub fn headers(
+        &self,
+        user_id: &str,
+        version: TokenVersion,
+        timestamp: i64,
+        body: &[u8],
+    ) -> HeaderMap {
         self.headers_with_id(&message_id(user_id, version), timestamp, body)
     }
 
@@ -104,7 +112,7 @@ impl Signer {
 
 /// `msg_` and the first 128 bits of SHA-256 over the user and the version: stable across the
 /// retries of one change, different for every other change.
-pub fn message_id(user_id: &str, version: i64) -> String {
+pub fn message_id(user_id: &str, version: TokenVersion) -> String {
     let digest = Sha256::digest(format!("{user_id}\n{version}").as_bytes());
     format!("msg_{}", hex::encode(&digest[..16]))
 }
@@ -125,7 +133,7 @@ mod tests {
         let signer = Signer::from_secrets(&format!("{SECRET_A}, {SECRET_B}").into()).unwrap();
         let now = chrono::Utc::now().timestamp();
         let body = br#"{"access_token":"a"}"#;
-        let headers = signer.headers("alice", 7, now, body);
+        let headers = signer.headers("alice", TokenVersion::new(7), now, body);
         assert!(verify(SECRET_A, body, &headers));
         assert!(verify(SECRET_B, body, &headers));
         assert!(!verify(SECRET_A, br#"{"access_token":"b"}"#, &headers));
@@ -145,11 +153,23 @@ mod tests {
 
     #[test]
     fn message_id_is_stable_per_change_and_distinct_across_changes() {
-        assert_eq!(message_id("alice", 3), message_id("alice", 3));
-        assert_ne!(message_id("alice", 3), message_id("alice", 4));
-        assert_ne!(message_id("alice", 3), message_id("bob", 3));
+        assert_eq!(
+            message_id("alice", TokenVersion::new(3)),
+            message_id("alice", TokenVersion::new(3))
+        );
+        assert_ne!(
+            message_id("alice", TokenVersion::new(3)),
+            message_id("alice", TokenVersion::new(4))
+        );
+        assert_ne!(
+            message_id("alice", TokenVersion::new(3)),
+            message_id("bob", TokenVersion::new(3))
+        );
         // A user id cannot forge another user's id by carrying the separator's digits.
-        assert_ne!(message_id("a1", 2), message_id("a", 12));
+        assert_ne!(
+            message_id("a1", TokenVersion::new(2)),
+            message_id("a", TokenVersion::new(12))
+        );
     }
 
     #[test]

@@ -10,12 +10,17 @@ use super::{
 };
 use crate::{
     cluster::Acting,
+    ids::TokenVersion,
     store::{StoreError, SyncSnapshot, TokenChange},
 };
 
 impl ActorContext {
     /// The grant of `user_id` (at `version`) reached its end.
-    pub async fn expire_authorization(&self, user_id: &str, version: i64) -> DeadlineOutcome {
+    pub async fn expire_authorization(
+        &self,
+        user_id: &str,
+        version: TokenVersion,
+    ) -> DeadlineOutcome {
         let acting = match self.ownership.act(user_id) {
             Ok(acting) => acting,
             Err(why) => return DeadlineOutcome::NotHere(why),
@@ -33,7 +38,7 @@ impl ActorContext {
     pub(super) async fn end_at_expiry(
         &self,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         acting: &Acting<'_>,
     ) -> Result<Option<TokenChange>, StoreError> {
         let change = self

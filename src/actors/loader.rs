@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration};
 use ractor::ActorRef;
 
 use super::{context::ActorContext, messages::SupervisorMsg};
-use crate::retry::Backoff;
+use crate::{
+    ids::{Shard, UserId},
+    retry::Backoff,
+};
 
 /// Rows loaded per page at start, so a million users never sit in memory at once as rows.
 const LOAD_PAGE: u64 = 1000;
@@ -23,7 +26,7 @@ const RELOAD_ATTEMPTS: u32 = 10;
 const RELOAD_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 
 /// Loads one user's row off the mailbox, then hands it back to be adopted.
-pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id: String) {
+pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id: UserId) {
     let myself = myself.clone();
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -56,7 +59,7 @@ pub fn reload(myself: &ActorRef<SupervisorMsg>, ctx: &Arc<ActorContext>, user_id
 pub async fn load_all(
     myself: ActorRef<SupervisorMsg>,
     ctx: Arc<ActorContext>,
-    shards: Option<Vec<i32>>,
+    shards: Option<Vec<Shard>>,
     announce: bool,
 ) {
     let started = tokio::time::Instant::now();
@@ -88,9 +91,9 @@ pub async fn load_all(
 async fn load_pages(
     myself: &ActorRef<SupervisorMsg>,
     ctx: &ActorContext,
-    shards: Option<&[i32]>,
+    shards: Option<&[Shard]>,
 ) -> Option<usize> {
-    let mut after: Option<String> = None;
+    let mut after: Option<UserId> = None;
     let mut loaded = 0usize;
     loop {
         let page = LOAD_RETRY

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::schedule::Schedule;
 use crate::{
     cluster::NotActing,
+    ids::{Shard, UserId},
     store::{ActorStart, ReconnectReason, TokenChange},
 };
 
@@ -59,7 +60,7 @@ impl ActorStatus {
 /// What `/admin/actors` shows of one actor (the sync part comes from the database).
 #[derive(Debug, Clone, Serialize)]
 pub struct ActorInfo {
-    pub user_id: String,
+    pub user_id: UserId,
     pub status: ActorStatus,
     pub token_expiry: Option<DateTime<Utc>>,
     pub next_refresh_at: Option<DateTime<Utc>>,
@@ -74,11 +75,11 @@ pub struct ActorInfo {
 /// (which has no schedule to show).
 pub enum ActorView {
     Live(ActorInfo),
-    Restarting { user_id: String, restarts: u32 },
+    Restarting { user_id: UserId, restarts: u32 },
 }
 
 impl ActorView {
-    pub fn user_id(&self) -> &str {
+    pub fn user_id(&self) -> &UserId {
         match self {
             Self::Live(info) => &info.user_id,
             Self::Restarting { user_id, .. } => user_id,
@@ -227,7 +228,7 @@ pub enum SupervisorMsg {
     /// user in (parked if its refresh is far away, else live).
     UserConnected { start: ActorStart },
     /// The user disconnected: stop the actor.
-    UserDisconnected { user_id: String },
+    UserDisconnected { user_id: UserId },
     /// Park a page of users loaded from the database, for the wake schedule to start their
     /// actors; replies when done.
     Adopt(Vec<ActorStart>, RpcReplyPort<()>),
@@ -237,24 +238,24 @@ pub enum SupervisorMsg {
     Loaded,
     /// A cluster renewal gained these shards: load their users (parked). `initial`: the
     /// node's first claim, after which it is ready.
-    ShardsGained { shards: Vec<i32>, initial: bool },
+    ShardsGained { shards: Vec<Shard>, initial: bool },
     /// A cluster renewal lost these shards: drop their users.
-    ShardsLost(Vec<i32>),
+    ShardsLost(Vec<Shard>),
     /// An idle actor offers to park its state and stop.
     Hibernate { actor: ractor::ActorId },
     /// The wake schedule's timer fired.
     WakeDue,
     /// A crashed actor's backoff ran out: reload its row and start it again.
-    Respawn { user_id: String },
+    Respawn { user_id: UserId },
     /// Forward a message to one user's actor; replies whether the actor exists.
     Forward {
-        user_id: String,
+        user_id: UserId,
         message: UserTokenMsg,
         reply: RpcReplyPort<bool>,
     },
     /// One user's registry entry.
     Get {
-        user_id: String,
+        user_id: UserId,
         reply: RpcReplyPort<Option<ActorEntry>>,
     },
     /// A page of actors ordered by user id, after the cursor.

@@ -37,7 +37,10 @@ use messages::{ActorEntry, SupervisorMsg, UserTokenMsg};
 pub use messages::{ActorInfo, ActorStatus, ActorView, RefreshReason};
 use supervisor::{SupervisorArgs, TokenSupervisor};
 
-use crate::store::ActorStart;
+use crate::{
+    ids::{Shard, UserId},
+    store::ActorStart,
+};
 
 /// How long an admin call waits for an actor to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,21 +89,21 @@ impl Supervisor {
     }
 
     /// A lease renewal gained `shards` (see [`SupervisorMsg::ShardsGained`]).
-    pub fn shards_gained(&self, shards: Vec<i32>, initial: bool) {
+    pub fn shards_gained(&self, shards: Vec<Shard>, initial: bool) {
         let _ = self
             .actor
             .send_message(SupervisorMsg::ShardsGained { shards, initial });
     }
 
     /// A lease renewal lost `shards`.
-    pub fn shards_lost(&self, shards: Vec<i32>) {
+    pub fn shards_lost(&self, shards: Vec<Shard>) {
         let _ = self.actor.send_message(SupervisorMsg::ShardsLost(shards));
     }
 
     /// `user_id` disconnected.
     pub fn user_disconnected(&self, user_id: &str) {
         let _ = self.actor.send_message(SupervisorMsg::UserDisconnected {
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
         });
     }
 
@@ -117,7 +120,7 @@ impl Supervisor {
     }
 
     async fn forward(&self, user_id: &str, message: UserTokenMsg) -> bool {
-        let user_id = user_id.to_string();
+        let user_id = UserId::from(user_id);
         matches!(
             self.actor
                 .call(
@@ -160,7 +163,7 @@ impl Supervisor {
 
     /// One user's actor, if it runs (or waits to restart).
     pub async fn get(&self, user_id: &str) -> anyhow::Result<Option<ActorView>> {
-        let user_id = user_id.to_string();
+        let user_id = UserId::from(user_id);
         match self
             .actor
             .call(

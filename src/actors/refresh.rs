@@ -245,7 +245,7 @@ impl ActorContext {
         if let (Some(shard), Some(fence)) = (acting.shard(), acting.fence())
             && matches!(self.store.shard_fence(shard).await, Ok(now) if now.as_ref() != Some(&fence))
         {
-            let epoch = fence.epoch;
+            let (shard, epoch) = (shard.get(), fence.epoch.get());
             self.metrics.fenced_writes.inc();
             tracing::warn!(userId = %user_id, shard, epoch, "refresh refused by the fence: the shard has a new owner");
             return RefreshOutcome::NotHere(NotActing::NotHeld);

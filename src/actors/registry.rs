@@ -18,7 +18,7 @@ use super::{
     restart::RestartPolicy,
     schedule::WakeSchedule,
 };
-use crate::metrics::Metrics;
+use crate::{ids::UserId, metrics::Metrics};
 
 /// One user, as the supervisor holds it.
 pub enum Slot {
@@ -30,8 +30,8 @@ pub enum Slot {
 
 /// Every user this process runs, by user id (ordered, for the admin API's pages).
 pub struct Registry {
-    slots: BTreeMap<Arc<str>, Slot>,
-    users_by_actor: HashMap<ActorId, Arc<str>>,
+    slots: BTreeMap<UserId, Slot>,
+    users_by_actor: HashMap<ActorId, UserId>,
     /// Invariant: each entry belongs to a parked slot. A parked slot has an entry unless it has
     /// no plan, or a wake tick took it and its actor could not start.
     wakes: WakeSchedule,
@@ -66,24 +66,24 @@ impl Registry {
     }
 
     /// The user of a live actor.
-    pub fn user_of(&self, actor: &ActorId) -> Option<Arc<str>> {
+    pub fn user_of(&self, actor: &ActorId) -> Option<UserId> {
         self.users_by_actor.get(actor).cloned()
     }
 
     /// Every user whose id passes `keep`.
-    pub fn users_matching(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+    pub fn users_matching(&self, keep: impl Fn(&str) -> bool) -> Vec<UserId> {
         self.slots.keys().filter(|u| keep(u)).cloned().collect()
     }
 
     /// The key for `user_id`, shared with its slot if it has one.
-    pub fn key(&self, user_id: &str) -> Arc<str> {
+    pub fn key(&self, user_id: &str) -> UserId {
         self.slots
             .get_key_value(user_id)
-            .map_or_else(|| Arc::from(user_id), |(key, _)| key.clone())
+            .map_or_else(|| UserId::from(user_id), |(key, _)| key.clone())
     }
 
     /// Puts the user in `slot`, answering the slot it replaces.
-    pub fn put(&mut self, user_id: Arc<str>, slot: Slot) -> Option<Slot> {
+    pub fn put(&mut self, user_id: UserId, slot: Slot) -> Option<Slot> {
         let old = self.remove(&user_id);
         match &slot {
             Slot::Live(actor) => {
@@ -130,7 +130,7 @@ impl Registry {
         &mut self,
         now: DateTime<Utc>,
         refreshing: usize,
-    ) -> (Vec<(Arc<str>, Parked)>, bool) {
+    ) -> (Vec<(UserId, Parked)>, bool) {
         let due = self.wakes.take_due(now, refreshing);
         let users = due
             .users
@@ -148,7 +148,7 @@ impl Registry {
         self.wakes.arm()
     }
 
-    fn entry_of(&self, user_id: &Arc<str>, slot: &Slot, restarts: &RestartPolicy) -> ActorEntry {
+    fn entry_of(&self, user_id: &UserId, slot: &Slot, restarts: &RestartPolicy) -> ActorEntry {
         match slot {
             Slot::Live(actor) => ActorEntry::Live(actor.clone()),
             Slot::Parked(parked) => ActorEntry::Known(ActorView::Live(parked.schedule.info(
@@ -157,7 +157,7 @@ impl Registry {
                 restarts.total(user_id),
             ))),
             Slot::Restarting => ActorEntry::Known(ActorView::Restarting {
-                user_id: user_id.to_string(),
+                user_id: user_id.into(),
                 restarts: restarts.total(user_id),
             }),
         }
@@ -172,7 +172,7 @@ impl Registry {
     /// Up to `limit` entries ordered by user id after `after`, and the total count.
     pub fn page(&self, after: Option<String>, limit: usize, restarts: &RestartPolicy) -> ActorPage {
         use std::ops::Bound::{Excluded, Unbounded};
-        let lower = after.map_or(Unbounded, |a| Excluded(Arc::<str>::from(a)));
+        let lower = after.map_or(Unbounded, |a| Excluded(UserId::from(a)));
         let entries = self
             .slots
             .range((lower, Unbounded))
@@ -229,9 +229,9 @@ mod tests {
     #[test]
     fn slots_keep_the_wake_schedule_and_the_gauges_in_step() {
         let (mut r, metrics) = registry();
-        r.put(Arc::from("ann"), parked(10, false));
-        r.put(Arc::from("bob"), parked(20, false));
-        r.put(Arc::from("cat"), parked(0, true));
+        r.put(UserId::from("ann"), parked(10, false));
+        r.put(UserId::from("bob"), parked(20, false));
+        r.put(UserId::from("cat"), parked(0, true));
         assert_eq!((r.len(), r.parked()), (3, 3));
         assert_eq!(metrics.actors.get(), 3);
         assert_eq!(status_gauge(&metrics, "hibernating"), 2);
@@ -265,11 +265,11 @@ mod tests {
     fn views_answer_parked_and_restarting_users_without_an_actor() {
         let (mut r, _) = registry();
         let mut restarts = RestartPolicy::default();
-        let bob: Arc<str> = Arc::from("bob");
+        let bob: UserId = UserId::from("bob");
         restarts.failed(&bob, tokio::time::Instant::now());
-        r.put(Arc::from("cat"), parked(0, true));
+        r.put(UserId::from("cat"), parked(0, true));
         r.put(bob.clone(), Slot::Restarting);
-        r.put(Arc::from("ann"), parked(10, false));
+        r.put(UserId::from("ann"), parked(10, false));
         let page = r.page(None, 2, &restarts);
         assert_eq!(page.total, 3);
         let views: Vec<_> = page

@@ -3,11 +3,11 @@
 //! it had in all (shown by the admin API). Plain data on tokio's clock: `now` is an argument,
 //! so tests drive it with a paused clock. Must not touch: the registry, actors, the store.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::retry::Backoff;
+use crate::{ids::UserId, retry::Backoff};
 
 /// A failure this long after the previous one starts the backoff over.
 pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -27,12 +27,12 @@ struct Record {
 /// Crash records of the users that ever crashed (most never do, so most have none).
 #[derive(Debug, Default)]
 pub struct RestartPolicy {
-    records: HashMap<Arc<str>, Record>,
+    records: HashMap<UserId, Record>,
 }
 
 impl RestartPolicy {
     /// Records a crash of `user_id` at `now`; answers how long to wait before restarting it.
-    pub fn failed(&mut self, user_id: &Arc<str>, now: Instant) -> Duration {
+    pub fn failed(&mut self, user_id: &UserId, now: Instant) -> Duration {
         let record = self.records.entry(user_id.clone()).or_default();
         record.streak = match record.last {
             Some(last) if now.duration_since(last) < CRASH_WINDOW => record.streak + 1,
@@ -63,7 +63,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_crash_streak_doubles_the_delay_up_to_the_cap() {
         let mut policy = RestartPolicy::default();
-        let zoe: Arc<str> = Arc::from("zoe");
+        let zoe: UserId = UserId::from("zoe");
         let mut delays = Vec::new();
         for _ in 0..12 {
             delays.push(policy.failed(&zoe, Instant::now()).as_millis() as u64);
@@ -82,7 +82,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_streak_starts_over_after_a_quiet_window_but_the_total_stays() {
         let mut policy = RestartPolicy::default();
-        let zoe: Arc<str> = Arc::from("zoe");
+        let zoe: UserId = UserId::from("zoe");
         assert_eq!(policy.failed(&zoe, Instant::now()), 100 * MS);
         tokio::time::advance(CRASH_WINDOW - MS).await;
         assert_eq!(
@@ -98,7 +98,7 @@ mod tests {
         );
         assert_eq!(policy.total("zoe"), 3);
         // Another user's crashes are counted apart.
-        let ann: Arc<str> = Arc::from("ann");
+        let ann: UserId = UserId::from("ann");
         assert_eq!(policy.failed(&ann, Instant::now()), 100 * MS);
         policy.forget("zoe");
         assert_eq!(policy.total("zoe"), 0);

@@ -7,12 +7,15 @@
 //! expiry is a wall-clock time) become tokio delays in one place, [`delay_until`].
 //! Must not touch: actors, the store, metrics.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 
 use super::messages::{ActorInfo, ActorStatus};
-use crate::store::{ActorStart, ReconnectReason};
+use crate::{
+    ids::{TokenVersion, UserId},
+    store::{ActorStart, ReconnectReason},
+};
 
 /// A retrying user parks when its retry is further away than this (or than
 /// `ACTOR_HIBERNATE_AFTER_SECS`, if shorter).
@@ -50,7 +53,7 @@ pub struct Schedule {
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub refresh_count: i64,
     /// The row's change counter the actor last saw.
-    pub version: i64,
+    pub version: TokenVersion,
     /// Failed refreshes in a row: a user parked while it waits to retry resumes its backoff
     /// where it was when woken.
     pub failures: u32,
@@ -153,7 +156,7 @@ impl Schedule {
     /// What `/admin/actors` shows of a user with this schedule.
     pub fn info(&self, user_id: &str, status: ActorStatus, restarts: u32) -> ActorInfo {
         ActorInfo {
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
             status,
             token_expiry: self.token_expiry,
             next_refresh_at: self.next_refresh_at,
@@ -182,7 +185,7 @@ pub fn wake_ahead(hibernate_after: Duration) -> Duration {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Due {
     /// The users to wake, most overdue first.
-    pub users: Vec<Arc<str>>,
+    pub users: Vec<UserId>,
     /// More were due than the budget allowed; they wait for the next tick.
     pub backlog: bool,
 }
@@ -192,7 +195,7 @@ pub struct Due {
 pub struct WakeSchedule {
     /// Parked users by wake time (ms since the epoch): a sorted set, so the earliest is cheap
     /// and users due together wake in a stable order.
-    queue: BTreeSet<(i64, Arc<str>)>,
+    queue: BTreeSet<(i64, UserId)>,
     /// See [`wake_ahead`].
     ahead: chrono::Duration,
     /// See [`wake_high_water`].
@@ -229,14 +232,14 @@ impl WakeSchedule {
     }
 
     /// Schedules a parked user planning its refresh at `next_refresh_at`.
-    pub fn insert(&mut self, user_id: &Arc<str>, next_refresh_at: Option<DateTime<Utc>>) {
+    pub fn insert(&mut self, user_id: &UserId, next_refresh_at: Option<DateTime<Utc>>) {
         if let Some(at) = self.wake_at(next_refresh_at) {
             self.queue.insert((at, user_id.clone()));
         }
     }
 
     /// Unschedules a user, given the plan it was inserted with (a no-op if it is not there).
-    pub fn remove(&mut self, user_id: &Arc<str>, next_refresh_at: Option<DateTime<Utc>>) {
+    pub fn remove(&mut self, user_id: &UserId, next_refresh_at: Option<DateTime<Utc>>) {
         if let Some(at) = self.wake_at(next_refresh_at) {
             self.queue.remove(&(at, user_id.clone()));
         }
@@ -331,8 +334,8 @@ mod tests {
         DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap()
     }
 
-    fn user(name: &str) -> Arc<str> {
-        Arc::from(name)
+    fn user(name: &str) -> UserId {
+        UserId::from(name)
     }
 
     /// A schedule waking users 1 s ahead of their refresh, with a budget of 256.

@@ -32,7 +32,10 @@ use super::{
     schedule::{WakeSchedule, delay_until},
     user_token::{UserTokenActor, UserTokenArgs, planned_refresh},
 };
-use crate::store::ActorStart;
+use crate::{
+    ids::{Shard, UserId},
+    store::ActorStart,
+};
 
 /// How long the supervisor waits for an actor to confirm that it parks.
 const CONFIRM_PARK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -230,7 +233,7 @@ impl SupervisorState {
     async fn spawn(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        user_id: Arc<str>,
+        user_id: UserId,
         parked: Parked,
     ) -> Option<ActorRef<UserTokenMsg>> {
         let args = UserTokenArgs {
@@ -319,7 +322,7 @@ impl SupervisorState {
     }
 
     /// Drops every user of `shards` (their leases went to other nodes).
-    fn drop_shards(&mut self, shards: &[i32]) {
+    fn drop_shards(&mut self, shards: &[Shard]) {
         let ownership = &self.ctx.ownership;
         let users = self
             .registry
@@ -360,7 +363,6 @@ impl SupervisorState {
             restartInMs = delay.as_millis() as u64,
             "user actor failed, restarting"
         );
-        let user_id = user_id.to_string();
         myself.send_after(delay, move || SupervisorMsg::Respawn { user_id });
     }
 

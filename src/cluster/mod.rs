@@ -20,12 +20,15 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::store::cluster::Fence;
+use crate::{
+    ids::{Epoch, Shard},
+    store::cluster::Fence,
+};
 
 /// One held lease as this process sees it.
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    epoch: i64,
+    epoch: Epoch,
     /// Last renewal sent + TTL - margin: after this the lease may have lapsed.
     valid_until: Instant,
     /// Being handed over: no new work starts, work in flight may still commit.
@@ -59,7 +62,7 @@ pub struct Ownership {
 pub struct Acting<'a> {
     ownership: &'a Ownership,
     shard: Option<usize>,
-    epoch: Option<i64>,
+    epoch: Option<Epoch>,
 }
 
 impl Acting<'_> {
@@ -73,8 +76,8 @@ impl Acting<'_> {
     }
 
     /// The user's shard; `None` on a single node.
-    pub fn shard(&self) -> Option<i32> {
-        self.shard.map(|s| s as i32)
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard.map(Shard::from_index)
     }
 
     /// Whether the lease is still valid by this process's clock, for an answer that came back
@@ -83,9 +86,9 @@ impl Acting<'_> {
         let Some(shard) = self.shard else {
             return true;
         };
-        self.ownership.held(shard).is_some_and(|held| {
-            held.epoch == self.epoch.unwrap_or(-1) && held.valid_until > Instant::now()
-        })
+        self.ownership
+            .held(shard)
+            .is_some_and(|held| Some(held.epoch) == self.epoch && held.valid_until > Instant::now())
     }
 }
 
@@ -135,8 +138,8 @@ impl Ownership {
     }
 
     /// The shard of `user_id`.
-    pub fn shard_of(&self, user_id: &str) -> i32 {
-        migration::shard_of(user_id, self.shard_count) as i32
+    pub fn shard_of(&self, user_id: &str) -> Shard {
+        Shard::new(migration::shard_of(user_id, self.shard_count) as i32)
     }
 
     fn held(&self, shard: usize) -> Option<Held> {
@@ -149,7 +152,7 @@ impl Ownership {
     pub fn holds(&self, user_id: &str) -> bool {
         match &self.shards {
             None => true,
-            Some(_) => self.held(self.shard_of(user_id) as usize).is_some(),
+            Some(_) => self.held(self.shard_of(user_id).index()).is_some(),
         }
     }
 
@@ -163,7 +166,7 @@ impl Ownership {
                 epoch: None,
             });
         }
-        let shard = self.shard_of(user_id) as usize;
+        let shard = self.shard_of(user_id).index();
         let held = self.held(shard).ok_or(NotActing::NotHeld)?;
         if held.draining || held.valid_until <= Instant::now() {
             return Err(NotActing::Uncertain);
@@ -177,24 +180,24 @@ impl Ownership {
     }
 
     /// Whether `shard` is held and not being handed over.
-    pub fn act_shard_open(&self, shard: i32) -> bool {
-        self.held(shard as usize).is_some_and(|h| !h.draining)
+    pub fn act_shard_open(&self, shard: Shard) -> bool {
+        self.held(shard.index()).is_some_and(|h| !h.draining)
     }
 
     /// Every held shard, ascending.
-    pub fn held_shards(&self) -> Vec<i32> {
+    pub fn held_shards(&self) -> Vec<Shard> {
         let Some(shards) = &self.shards else {
             return Vec::new();
         };
         let shards = shards.read().unwrap_or_else(|e| e.into_inner());
         (0..shards.len())
             .filter(|&i| shards[i].is_some())
-            .map(|i| i as i32)
+            .map(Shard::from_index)
             .collect()
     }
 
     /// Held shards being handed over whose work has ended: ready to release.
-    pub fn drained(&self) -> Vec<i32> {
+    pub fn drained(&self) -> Vec<Shard> {
         let Some(shards) = &self.shards else {
             return Vec::new();
         };
@@ -204,20 +207,20 @@ impl Ownership {
                 shards[i].is_some_and(|h| h.draining)
                     && self.in_flight[i].load(Ordering::Acquire) == 0
             })
-            .map(|i| i as i32)
+            .map(Shard::from_index)
             .collect()
     }
 
     /// Records a renewal's answer: `held` is every shard held now, valid until `valid_until`.
     /// Answers the shards gained and lost since the last one.
-    pub fn apply(&self, held: &[(i32, i64)], valid_until: Instant) -> (Vec<i32>, Vec<i32>) {
+    pub fn apply(&self, held: &[(Shard, Epoch)], valid_until: Instant) -> (Vec<Shard>, Vec<Shard>) {
         let Some(shards) = &self.shards else {
             return (Vec::new(), Vec::new());
         };
         let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
         let mut now_held = vec![None; shards.len()];
         for &(shard, epoch) in held {
-            if let Some(slot) = now_held.get_mut(shard as usize) {
+            if let Some(slot) = now_held.get_mut(shard.index()) {
                 *slot = Some(epoch);
             }
         }
@@ -225,7 +228,7 @@ impl Ownership {
         for (i, slot) in shards.iter_mut().enumerate() {
             match (&slot, now_held[i]) {
                 (None, Some(epoch)) => {
-                    gained.push(i as i32);
+                    gained.push(Shard::from_index(i));
                     *slot = Some(Held {
                         epoch,
                         valid_until,
@@ -236,8 +239,8 @@ impl Ownership {
                     // A new epoch means the shard was lost and claimed back in between: its
                     // users must come up again from the database.
                     if old.epoch != epoch {
-                        lost.push(i as i32);
-                        gained.push(i as i32);
+                        lost.push(Shard::from_index(i));
+                        gained.push(Shard::from_index(i));
                     }
                     *slot = Some(Held {
                         epoch,
@@ -246,7 +249,7 @@ impl Ownership {
                     });
                 }
                 (Some(_), None) => {
-                    lost.push(i as i32);
+                    lost.push(Shard::from_index(i));
                     *slot = None;
                 }
                 (None, None) => {}
@@ -256,18 +259,18 @@ impl Ownership {
     }
 
     /// Marks `shards` as being handed over: no new work starts for them.
-    pub fn drain(&self, drain: &[i32]) {
+    pub fn drain(&self, drain: &[Shard]) {
         let Some(shards) = &self.shards else { return };
         let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
         for &shard in drain {
-            if let Some(Some(held)) = shards.get_mut(shard as usize) {
+            if let Some(Some(held)) = shards.get_mut(shard.index()) {
                 held.draining = true;
             }
         }
     }
 
     /// Forgets every lease (they were released); answers the shards that were held.
-    pub fn clear(&self) -> Vec<i32> {
+    pub fn clear(&self) -> Vec<Shard> {
         let held = self.held_shards();
         if let Some(shards) = &self.shards {
             let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
@@ -287,36 +290,44 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    fn s(shard: i32) -> Shard {
+        Shard::new(shard)
+    }
+
+    fn held(shard: i32, epoch: i64) -> [(Shard, Epoch); 1] {
+        [(Shard::new(shard), Epoch::new(epoch))]
+    }
+
     #[tokio::test(start_paused = true)]
     async fn work_runs_only_inside_a_valid_lease() {
         let o = Ownership::cluster("n1".into(), "t1", 4);
         let user = (0..100)
             .map(|i| format!("u{i}"))
-            .find(|u| o.shard_of(u) == 2)
+            .find(|u| o.shard_of(u) == s(2))
             .unwrap();
         assert_eq!(o.act(&user).err(), Some(NotActing::NotHeld));
         let until = Instant::now() + Duration::from_secs(3);
-        let (gained, lost) = o.apply(&[(2, 7)], until);
-        assert_eq!((gained, lost), (vec![2], vec![]));
+        let (gained, lost) = o.apply(&held(2, 7), until);
+        assert_eq!((gained, lost), (vec![s(2)], vec![]));
         let acting = o.act(&user).unwrap();
         let fence = acting.fence().unwrap();
-        assert_eq!((fence.epoch, &*fence.owner_token), (7, "t1"));
+        assert_eq!((fence.epoch, &*fence.owner_token), (Epoch::new(7), "t1"));
         assert!(acting.still_valid());
         // Paused past the lease: nothing new starts, and the answer in flight is dropped.
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(!acting.still_valid());
         assert_eq!(o.act(&user).err(), Some(NotActing::Uncertain));
         // Draining waits for the work in flight.
-        o.apply(&[(2, 7)], Instant::now() + Duration::from_secs(3));
-        o.drain(&[2]);
+        o.apply(&held(2, 7), Instant::now() + Duration::from_secs(3));
+        o.drain(&[s(2)]);
         assert_eq!(o.act(&user).err(), Some(NotActing::Uncertain));
         assert!(o.drained().is_empty(), "work in flight holds the shard");
         drop(acting);
-        assert_eq!(o.drained(), vec![2]);
+        assert_eq!(o.drained(), vec![s(2)]);
         // Claimed back at a new epoch: lost and gained again, so its users reload.
-        let (gained, lost) = o.apply(&[(2, 9)], Instant::now() + Duration::from_secs(3));
-        assert_eq!((gained, lost), (vec![2], vec![2]));
-        assert_eq!(o.clear(), vec![2]);
+        let (gained, lost) = o.apply(&held(2, 9), Instant::now() + Duration::from_secs(3));
+        assert_eq!((gained, lost), (vec![s(2)], vec![s(2)]));
+        assert_eq!(o.clear(), vec![s(2)]);
         assert!(!o.holds(&user));
     }
 

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 use super::{ConfigError, Millis, malformed, parse_url, without_userinfo};
 use crate::signing::Signer;
@@ -12,8 +13,8 @@ use crate::signing::Signer;
 /// Where and how events go to the app. Its `Debug` shows the URL without credentials.
 #[derive(Clone)]
 pub struct AppEventsConfig {
-    /// The URL every event is POSTed to, as given (trimmed).
-    pub url: String,
+    /// The URL every event is POSTed to.
+    pub url: Url,
     /// Signs every attempt when `APP_EVENTS_SIGNING_SECRET` is set.
     pub signer: Option<Arc<Signer>>,
     /// Bounds one attempt.
@@ -23,7 +24,7 @@ pub struct AppEventsConfig {
 impl std::fmt::Debug for AppEventsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppEventsConfig")
-            .field("url", &without_userinfo(&self.url))
+            .field("url", &without_userinfo(self.url.as_str()))
             .field("signer", &self.signer)
             .field("timeout", &self.timeout)
             .finish()
@@ -46,9 +47,8 @@ pub(super) fn app_events(
     let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
         return Ok(None);
     };
-    parse_url("APP_EVENTS_URL", &url)?;
     Ok(Some(AppEventsConfig {
-        url: url.trim().to_string(),
+        url: parse_url("APP_EVENTS_URL", &url)?,
         signer,
         timeout: timeout.into(),
     }))

@@ -24,7 +24,7 @@ pub use crate::telemetry::{LogFormat, without_userinfo};
 
 pub use app_events::AppEventsConfig;
 pub use args::{ServeArgs, TelemetryArgs};
-pub use values::{Millis, Secs};
+pub use values::{BaseUrl, Millis, Secs};
 
 /// The calendar scopes asked for when `GOOGLE_CALENDAR_SCOPES` is unset.
 pub const DEFAULT_SCOPES: &str =
@@ -93,8 +93,8 @@ pub struct HttpServerConfig {
 /// Where and how tokens are pushed. Its `Debug` shows the URL without credentials.
 #[derive(Clone)]
 pub struct MicroserviceConfig {
-    /// Base URL without trailing slash; `None` means sync is skipped with the seed's warning.
-    pub url: Option<String>,
+    /// `None` means sync is skipped with the seed's warning.
+    pub url: Option<BaseUrl>,
     pub token: Option<SecretString>,
     /// Signs every push when `GOOGLE_CALENDAR_MICROSERVICE_SIGNING_SECRET` is set.
     pub signer: Option<Arc<Signer>>,
@@ -107,7 +107,7 @@ pub struct MicroserviceConfig {
 impl std::fmt::Debug for MicroserviceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MicroserviceConfig")
-            .field("url", &self.url.as_deref().map(without_userinfo))
+            .field("url", &self.url)
             .field("token", &self.token)
             .field("signer", &self.signer)
             .field("timeout", &self.timeout)
@@ -134,8 +134,7 @@ pub struct RefreshConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: String,
-    /// Without trailing slash.
-    pub advertise_url: String,
+    pub advertise_url: BaseUrl,
     pub lease_ttl: Duration,
 }
 
@@ -152,8 +151,7 @@ pub struct Config {
     pub risc: RiscConfig,
     pub microservice: MicroserviceConfig,
     pub refresh: RefreshConfig,
-    /// Without trailing slash.
-    pub frontend_url: String,
+    pub frontend_url: BaseUrl,
     /// Whether a callback must present the cookie its connect set (`OAUTH_BROWSER_BINDING`).
     pub browser_binding: bool,
     pub jwt_secret: SecretString,
@@ -227,10 +225,7 @@ impl ServeArgs {
             timeout: self.google_timeout_ms.into(),
         };
         let microservice_url = match self.microservice_url.filter(|u| !u.trim().is_empty()) {
-            Some(u) => {
-                parse_url("GOOGLE_CALENDAR_MICROSERVICE_URL", &u)?;
-                Some(u.trim().trim_end_matches('/').to_string())
-            }
+            Some(u) => Some(base_url("GOOGLE_CALENDAR_MICROSERVICE_URL", &u)?),
             None => None,
         };
         let microservice =
@@ -271,11 +266,8 @@ impl ServeArgs {
                 None => default_node_id(),
             },
             advertise_url: match self.node_advertise_url.filter(|u| !u.trim().is_empty()) {
-                Some(u) => {
-                    parse_url("NODE_ADVERTISE_URL", u.trim())?;
-                    u.trim().trim_end_matches('/').to_string()
-                }
-                None => format!("http://{}", self.listen_addr),
+                Some(u) => base_url("NODE_ADVERTISE_URL", &u)?,
+                None => base_url("LISTEN_ADDR", &format!("http://{}", self.listen_addr))?,
             },
             lease_ttl: self.cluster_lease_ttl_secs.into(),
         };
@@ -295,7 +287,7 @@ impl ServeArgs {
             },
             microservice,
             refresh,
-            frontend_url: self.frontend_url.as_str().trim_end_matches('/').to_string(),
+            frontend_url: BaseUrl::from(self.frontend_url),
             browser_binding: self.oauth_browser_binding,
             jwt_secret: required_secret("AUTH_JWT_SECRET", self.auth_jwt_secret)?,
             admin_token: admin_token(self.admin_token)?,
@@ -391,6 +383,10 @@ fn malformed(var: &'static str, reason: impl ToString) -> ConfigError {
 
 fn parse_url(var: &'static str, value: &str) -> Result<Url, ConfigError> {
     values::http_url(value).map_err(|reason| malformed(var, reason))
+}
+
+fn base_url(var: &'static str, value: &str) -> Result<BaseUrl, ConfigError> {
+    BaseUrl::parse(value).map_err(|reason| malformed(var, reason))
 }
 
 /// Decodes `TOKEN_ENCRYPTION_KEY`: one base64 key, or a comma-separated list whose first key

@@ -51,7 +51,7 @@ fn parse_flag(flag: &str, value: &str) -> Result<ServeArgs, String> {
 fn complete_settings_parse_and_trailing_slashes_go() {
     let config = complete().into_config().expect("valid");
     assert_eq!(
-        config.microservice.url.as_deref(),
+        config.microservice.url.as_ref().map(BaseUrl::as_str),
         Some("http://127.0.0.1:4000")
     );
     assert_eq!(config.frontend_url, "http://localhost:5173");
@@ -282,7 +282,10 @@ fn app_events_parse_and_never_show_their_secrets() {
     args.app_events_signing_secret = Some(format!("{secret},{secret}").into());
     let config = args.into_config().expect("valid");
     let events = config.app_events.clone().expect("on");
-    assert_eq!(events.url, "https://u:hunter2@app.test/hooks/tokenwarden");
+    assert_eq!(
+        events.url.as_str(),
+        "https://u:hunter2@app.test/hooks/tokenwarden"
+    );
     assert_eq!(events.timeout, Duration::from_secs(10));
     assert!(events.signer.is_some());
     let shown = format!("{config:?}");

@@ -149,3 +149,62 @@ pub fn log_format(value: &str) -> Result<LogFormat, String> {
 pub fn otlp_protocol(value: &str) -> Result<OtlpProtocol, String> {
     OtlpProtocol::parse(value).ok_or_else(|| "expected grpc, http/protobuf or http/json".into())
 }
+
+/// An `http` or `https` URL that paths are appended to (the microservice, the frontend, a
+/// node's advertised address): parsed once, then shown and joined without a trailing slash,
+/// so `http://host/` and `http://host` name the same base.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BaseUrl(Url);
+
+impl BaseUrl {
+    /// Parses `value` (trimmed); the reason never echoes the value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        http_url(value).map(Self)
+    }
+
+    /// The base as text, without a trailing slash (userinfo included: this is what calls use).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+
+    /// The parsed URL.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    /// `path` (which starts with `/`) under this base.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{path}", self.as_str())
+    }
+
+    /// The base as logs and pages may show it: without `user:password@`.
+    pub fn shown(&self) -> String {
+        crate::telemetry::without_userinfo(self.as_str())
+    }
+}
+
+impl std::fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Shows the base without userinfo: a `Debug` of the configuration never leaks a password.
+impl std::fmt::Debug for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+/// A URL clap has already checked (`FRONTEND_URL`).
+impl From<Url> for BaseUrl {
+    fn from(url: Url) -> Self {
+        Self(url)
+    }
+}
+
+impl PartialEq<&str> for BaseUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}

@@ -46,7 +46,7 @@ pub(super) enum Attempt {
 /// POSTs events to `APP_EVENTS_URL`.
 pub(super) struct AppClient {
     http: reqwest::Client,
-    url: String,
+    url: url::Url,
     signer: Option<Arc<Signer>>,
 }
 
@@ -78,7 +78,7 @@ impl AppClient {
         };
         let mut request = self
             .http
-            .post(&self.url)
+            .post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json");
         request = match &self.signer {
             // The signature covers exactly the bytes sent, under the event's own id.
@@ -147,7 +147,7 @@ mod tests {
             id: 7,
             event_id: "msg_1".into(),
             user_id: "alice".into(),
-            shard: 0,
+            shard: crate::ids::Shard::new(0),
             event_type: "connection.needs_reconnect".into(),
             occurred_at: at,
             google_email: Some("alice@example.com".into()),

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     cluster::Ownership,
+    ids::Shard,
     metrics::Metrics,
     store::{APP_EVENT_MAX_AGE, AppEventType, Store, StoredAppEvent},
 };
@@ -117,14 +118,14 @@ impl Deliverer {
 
     /// The shards whose events are this node's: all on a single node, its held ones on a
     /// cluster.
-    fn scope(&self) -> Option<Vec<i32>> {
+    fn scope(&self) -> Option<Vec<Shard>> {
         self.ownership
             .is_cluster()
             .then(|| self.ownership.held_shards())
     }
 
     /// How long until the soonest pending event is due, at most [`POLL`].
-    async fn until_next_due(&self, shards: Option<&[i32]>) -> Duration {
+    async fn until_next_due(&self, shards: Option<&[Shard]>) -> Duration {
         match self.store.next_app_event_due(shards).await {
             Ok(Some(due)) => (due - crate::clock::now())
                 .to_std()
@@ -217,7 +218,7 @@ impl Deliverer {
 
     /// Drops this node's events older than [`APP_EVENT_MAX_AGE`], each logged and counted;
     /// answers whether the sweep was full (more may be left).
-    async fn sweep(&self, shards: Option<&[i32]>) -> bool {
+    async fn sweep(&self, shards: Option<&[Shard]>) -> bool {
         let dropped = match self
             .store
             .expire_app_events(crate::clock::now(), shards, SWEEP_LIMIT)

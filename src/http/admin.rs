@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::{AppState, Error, auth::AdminAuth, rfc3339};
 use crate::{
     actors::ActorView,
+    ids::UserId,
     node::{
         ACTOR_REFRESH_ROUTE, ACTOR_ROUTE, ANSWER_PROOF_HEADER, Call, FORWARDED_HEADER, NodeError,
         Refused, Runs,
@@ -70,7 +71,7 @@ async fn list_actors(
     let limit = parse_limit(params.limit.as_deref())?;
     let cursor = params.cursor.filter(|c| !c.is_empty());
     let (views, total) = app.supervisor.list(cursor, limit).await?;
-    let ids: Vec<String> = views.iter().map(|v| v.user_id().to_string()).collect();
+    let ids: Vec<UserId> = views.iter().map(|v| v.user_id().clone()).collect();
     let syncs = app.store.sync_infos(&ids).await?;
     let next_cursor = (views.len() == limit)
         .then(|| ids.last().cloned())
@@ -166,7 +167,7 @@ impl Caller {
 async fn get_actor(
     State(app): State<AppState>,
     caller: Caller,
-    Path(user_id): Path<String>,
+    Path(user_id): Path<UserId>,
 ) -> Response {
     let result = async {
         let view = match app.node.actor(&user_id, caller.forwarded()).await {
@@ -271,7 +272,7 @@ fn no_actor(user_id: &str) -> Error {
     Error::NotFound("actor_not_found", format!("no actor for user {user_id}"))
 }
 
-fn actor_json(view: &ActorView, syncs: &HashMap<String, SyncInfo>, node: &str) -> Value {
+fn actor_json(view: &ActorView, syncs: &HashMap<UserId, SyncInfo>, node: &str) -> Value {
     let user_id = view.user_id();
     // An actor whose row is gone (it is about to stop) has no sync state: empty fields.
     let sync = syncs.get(user_id);

@@ -11,12 +11,12 @@ use super::{
     AppState, Error,
     auth_throttle::{client_ip, retry_after_secs},
 };
-use crate::crypto::secrets_match;
+use crate::{crypto::secrets_match, ids::UserId};
 
 /// A caller authenticated by the main app's JWT.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// A caller holding the admin token.
@@ -50,7 +50,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// Checks an HS256 JWT: signature, `exp` present and in the future (no leeway), and a valid
 /// `sub`. `alg: none` and every other algorithm are refused.
-pub fn verify_jwt(token: &str, secret: &[u8]) -> Result<String, Error> {
+pub fn verify_jwt(token: &str, secret: &[u8]) -> Result<UserId, Error> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -60,7 +60,7 @@ pub fn verify_jwt(token: &str, secret: &[u8]) -> Result<String, Error> {
     if !valid_user_id(&data.claims.sub) {
         return Err(Error::Unauthorized("token subject is not a valid user id"));
     }
-    Ok(data.claims.sub)
+    Ok(UserId::from(data.claims.sub))
 }
 
 impl FromRequestParts<AppState> for AuthUser {

@@ -33,6 +33,7 @@ use super::{
 use crate::{
     config::GoogleConfig,
     google::TokenSet,
+    ids::UserId,
     node::Change,
     store::{NewTokens, StoreError, StoredTokens, SyncInfo, SyncState},
 };
@@ -124,7 +125,7 @@ async fn callback(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let base = format!("{}/dashboard/integrations", app.config.frontend_url);
+    let base = app.config.frontend_url.join("/dashboard/integrations");
     let client = client_key(peer.map(|Extension(ConnectInfo(addr))| addr.ip()), &headers);
     if let Some(client) = client
         && limiter.check(&client).is_err()
@@ -239,7 +240,7 @@ async fn complete_consent(
     headers: &HeaderMap,
     state: Option<&str>,
     params: &HashMap<String, String>,
-) -> Result<String, ConsentFailure> {
+) -> Result<UserId, ConsentFailure> {
     let taken = match state {
         Some(state) => app.store.take_oauth_state(state).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read OAuth state");

@@ -86,7 +86,7 @@ pub struct AppState {
 /// The whole front door.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .merge(integrations::router(&state.config.frontend_url))
+        .merge(integrations::router(state.config.frontend_url.as_str()))
         .merge(admin::router())
         .merge(console::router(state.clone()))
         .merge(risc::router())

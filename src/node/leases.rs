@@ -17,6 +17,7 @@ use super::sealed::{Notice, Notices};
 use crate::{
     actors::Supervisor,
     cluster::{Ownership, safety_margin},
+    ids::Shard,
     metrics::Metrics,
     store::{LeaseRequest, NodeIdentity, Store},
 };
@@ -116,7 +117,7 @@ impl LeaseLoop {
     /// Drains the shards held beyond `share` and answers how many more to claim.
     fn rebalance(&self, share: i64) -> i64 {
         let held = self.ownership.held_shards();
-        let active: Vec<i32> = held
+        let active: Vec<Shard> = held
             .iter()
             .copied()
             .filter(|&s| self.ownership.act_shard_open(s))
@@ -124,7 +125,7 @@ impl LeaseLoop {
         let extra = active.len() as i64 - share;
         if extra > 0 {
             // The highest-numbered ones: any choice works, a stable one moves fewer users.
-            let drain: Vec<i32> = active.iter().rev().take(extra as usize).copied().collect();
+            let drain: Vec<Shard> = active.iter().rev().take(extra as usize).copied().collect();
             self.ownership.drain(&drain);
             return 0;
         }

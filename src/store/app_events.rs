@@ -25,6 +25,7 @@ use super::{
     Store, StoreError,
     entity::app_event::{self, Column as C},
 };
+use crate::{ids::Shard, ids::UserId};
 
 /// How long an event is kept: an undelivered one is dropped at this age (counted and logged
 /// by the deliverer), a delivered one is forgotten this long after its delivery.
@@ -78,7 +79,7 @@ pub use super::entity::user::ReconnectReason;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppEvent {
     pub event_type: AppEventType,
-    pub user_id: String,
+    pub user_id: UserId,
     pub occurred_at: DateTime<Utc>,
     /// The account's address, where known.
     pub google_email: Option<String>,
@@ -93,7 +94,7 @@ impl AppEvent {
     pub fn new(event_type: AppEventType, user_id: &str, occurred_at: DateTime<Utc>) -> Self {
         Self {
             event_type,
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
             occurred_at,
             google_email: None,
             reason: None,
@@ -227,10 +228,10 @@ impl Store {
     pub async fn due_app_events(
         &self,
         now: DateTime<Utc>,
-        shards: Option<&[i32]>,
+        shards: Option<&[Shard]>,
         limit: u64,
     ) -> Result<Vec<StoredAppEvent>, StoreError> {
-        if shards.is_some_and(<[i32]>::is_empty) {
+        if shards.is_some_and(<[Shard]>::is_empty) {
             return Ok(Vec::new());
         }
         Ok(heads(shards)
@@ -246,9 +247,9 @@ impl Store {
     /// `None`) is due; `None` when nothing is pending.
     pub async fn next_app_event_due(
         &self,
-        shards: Option<&[i32]>,
+        shards: Option<&[Shard]>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        if shards.is_some_and(<[i32]>::is_empty) {
+        if shards.is_some_and(<[Shard]>::is_empty) {
             return Ok(None);
         }
         Ok(heads(shards)
@@ -307,10 +308,10 @@ impl Store {
     pub async fn expire_app_events(
         &self,
         now: DateTime<Utc>,
-        shards: Option<&[i32]>,
+        shards: Option<&[Shard]>,
         limit: u64,
     ) -> Result<Vec<StoredAppEvent>, StoreError> {
-        if shards.is_some_and(<[i32]>::is_empty) {
+        if shards.is_some_and(<[Shard]>::is_empty) {
             return Ok(Vec::new());
         }
         let cutoff = now - APP_EVENT_MAX_AGE;
@@ -337,8 +338,8 @@ impl Store {
     }
 
     /// How many events of `shards` (all when `None`) are not delivered yet.
-    pub async fn pending_app_events(&self, shards: Option<&[i32]>) -> Result<u64, StoreError> {
-        if shards.is_some_and(<[i32]>::is_empty) {
+    pub async fn pending_app_events(&self, shards: Option<&[Shard]>) -> Result<u64, StoreError> {
+        if shards.is_some_and(<[Shard]>::is_empty) {
             return Ok(0);
         }
         Ok(in_shards(app_event::Entity::find(), shards)
@@ -367,7 +368,7 @@ impl Store {
 pub(super) async fn insert<C: ConnectionTrait>(
     conn: &C,
     event: &AppEvent,
-    shard: i32,
+    shard: Shard,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let row = app_event::ActiveModel {
@@ -398,7 +399,7 @@ fn new_event_id() -> String {
 }
 
 /// Undelivered events that are the first undelivered event of their user, of `shards`.
-fn heads(shards: Option<&[i32]>) -> Select<app_event::Entity> {
+fn heads(shards: Option<&[Shard]>) -> Select<app_event::Entity> {
     let earlier = Query::select()
         .expr(Expr::val(1))
         .from_as("app_events", "earlier")
@@ -413,7 +414,7 @@ fn heads(shards: Option<&[i32]>) -> Select<app_event::Entity> {
 
 fn in_shards(
     query: Select<app_event::Entity>,
-    shards: Option<&[i32]>,
+    shards: Option<&[Shard]>,
 ) -> Select<app_event::Entity> {
     match shards {
         Some(shards) => query.filter(C::Shard.is_in(shards.iter().copied())),

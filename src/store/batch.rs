@@ -8,7 +8,6 @@
 //! on each other's lock (its busy handler sleeps in whole milliseconds). This module owns the
 //! batch SQL; the meaning of each write stays in `users`.
 
-use crate::token_ids::RefreshTokenIds;
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -22,6 +21,11 @@ use sea_orm::{
     Statement, TransactionTrait, Value,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{
+    ids::{TokenVersion, UserId},
+    token_ids::RefreshTokenIds,
+};
 
 use super::{
     StoreError,
@@ -111,7 +115,7 @@ pub(super) fn lost() -> StoreError {
 /// Reads the rows of `user_ids` in one query; one answer per id, in order.
 pub(super) async fn read_rows(
     db: &DatabaseConnection,
-    user_ids: Vec<String>,
+    user_ids: Vec<UserId>,
 ) -> Vec<Result<Option<user::Model>, StoreError>> {
     let found = user::Entity::find()
         .filter(user::Column::UserId.is_in(user_ids.iter().cloned()))
@@ -119,7 +123,7 @@ pub(super) async fn read_rows(
         .await;
     match found {
         Ok(rows) => {
-            let by_id: HashMap<String, user::Model> =
+            let by_id: HashMap<UserId, user::Model> =
                 rows.into_iter().map(|r| (r.user_id.clone(), r)).collect();
             // `get`, not `remove`: the same user may be asked for twice in one batch.
             user_ids
@@ -133,8 +137,8 @@ pub(super) async fn read_rows(
 
 /// A refresh's answer, sealed, to be saved if the row is still at `expected_version`.
 pub(super) struct RefreshedRow {
-    pub user_id: String,
-    pub expected_version: i64,
+    pub user_id: UserId,
+    pub expected_version: TokenVersion,
     pub access: String,
     pub rotated_refresh: Option<String>,
     pub expires_at: DateTime<Utc>,
@@ -153,8 +157,8 @@ pub(super) enum Write {
     Refreshed(RefreshedRow),
     /// The microservice acknowledged `version`.
     Synced {
-        user_id: String,
-        version: i64,
+        user_id: UserId,
+        version: TokenVersion,
         now: DateTime<Utc>,
         fence: Option<Fence>,
     },
@@ -192,7 +196,7 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
             Write::Refreshed(_) => None,
         })
         .collect();
-    let mut saved: HashSet<String> = HashSet::new();
+    let mut saved: HashSet<UserId> = HashSet::new();
     if backend == DbBackend::Postgres {
         // One statement, so one round trip and one commit, and no transaction held open
         // while the client is busy (a server waiting for the client inside the batch's
@@ -228,7 +232,7 @@ async fn try_write_rows(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec
 
 /// One answer per write: whether a refresh was saved. Stale acknowledgements change nothing,
 /// by design; there is nothing to report for them.
-fn answers(writes: &[Write], saved: &HashSet<String>) -> Vec<bool> {
+fn answers(writes: &[Write], saved: &HashSet<UserId>) -> Vec<bool> {
     writes
         .iter()
         .map(|w| match w {
@@ -335,7 +339,7 @@ fn save_refreshed_statement(backend: DbBackend, rows: &[&RefreshedRow]) -> State
 }
 
 /// An acknowledgement: user, version, when, and the writer's fence.
-type Ack<'a> = (&'a str, i64, DateTime<Utc>, Option<&'a Fence>);
+type Ack<'a> = (&'a str, TokenVersion, DateTime<Utc>, Option<&'a Fence>);
 
 /// The owner's process token of a fence, as a bound value.
 fn owner_of(fence: Option<&Fence>) -> Option<String> {

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use secrecy::ExposeSecret;
 
+use crate::ids::{TokenVersion, UserId};
+
 use super::{
     Store, StoreError,
     entity::{
@@ -16,7 +18,7 @@ use super::{
 
 /// One user to seed, as a completed consent would have left it.
 pub struct BulkUser {
-    pub user_id: String,
+    pub user_id: UserId,
     pub access_token: String,
     pub refresh_token: String,
     pub expires_at: DateTime<Utc>,
@@ -25,12 +27,12 @@ pub struct BulkUser {
 
 /// One user's state, decrypted, for audits.
 pub struct AuditRow {
-    pub user_id: String,
+    pub user_id: UserId,
     pub access_token: Option<String>,
     pub token_expiry: Option<DateTime<Utc>>,
     pub sync_state: SyncState,
-    pub token_version: i64,
-    pub synced_version: i64,
+    pub token_version: TokenVersion,
+    pub synced_version: TokenVersion,
     pub refresh_count: i64,
 }
 
@@ -66,11 +68,11 @@ impl Store {
             google_sub: Set(None),
             refresh_token_prefix_hash: Set(None),
             refresh_token_hash: Set(None),
-            token_version: Set(1),
+            token_version: Set(TokenVersion::new(1)),
             sync_state: Set(SyncState::Pending),
             sync_attempts: Set(0),
             sync_last_error: Set(None),
-            synced_version: Set(1),
+            synced_version: Set(TokenVersion::new(1)),
             synced_at: Set(Some(now)),
             last_refresh_at: Set(None),
             refresh_count: Set(0),
@@ -81,7 +83,7 @@ impl Store {
         user::Entity::insert_many(models).exec(&self.db).await?;
         let acks = users.iter().map(|u| sync_ack::ActiveModel {
             user_id: Set(u.user_id.clone()),
-            synced_version: Set(1),
+            synced_version: Set(TokenVersion::new(1)),
             synced_at: Set(Some(now)),
         });
         sync_ack::Entity::insert_many(acks).exec(&self.db).await?;
@@ -101,7 +103,7 @@ impl Store {
             query = query.filter(user::Column::UserId.gt(after));
         }
         let rows = query.all(&self.db).await?;
-        let ids: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let ids: Vec<UserId> = rows.iter().map(|r| r.user_id.clone()).collect();
         let acks = self.acks_of(&ids).await?;
         rows.into_iter()
             .map(|row| {

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
 
 use super::{Store, StoreError};
+use crate::ids::{Epoch, Shard};
 
 /// The channel every node listens on for change notices.
 pub const CHANGES_CHANNEL: &str = "tokenwarden_changes";
@@ -31,7 +32,7 @@ pub struct NodeIdentity {
 /// claim that first took it (`docs/cluster.md`, "Fencing a write"), the token never is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
-    pub epoch: i64,
+    pub epoch: Epoch,
     pub owner_token: Arc<str>,
 }
 
@@ -41,7 +42,7 @@ pub struct LeaseRequest {
     /// Free or lapsed shards to claim, at most.
     pub claim: i64,
     /// Held shards to give up.
-    pub release: Vec<i32>,
+    pub release: Vec<Shard>,
     /// Actors this node runs (shown by `/admin/nodes`).
     pub actors: i64,
 }
@@ -50,7 +51,7 @@ pub struct LeaseRequest {
 #[derive(Debug, Clone, Default)]
 pub struct LeaseGrant {
     /// Every shard held after the renewal, with its epoch.
-    pub held: Vec<(i32, i64)>,
+    pub held: Vec<(Shard, Epoch)>,
     /// Live nodes other than this one, and how many of them sort before it: the node's rank
     /// decides its share.
     pub other_nodes: i64,
@@ -70,8 +71,8 @@ pub struct NodeRow {
 
 #[derive(FromQueryResult)]
 struct GrantRow {
-    shard: Option<i32>,
-    epoch: Option<i64>,
+    shard: Option<Shard>,
+    epoch: Option<Epoch>,
     other_nodes: i64,
     rank: i64,
 }
@@ -125,8 +126,8 @@ impl Store {
     }
 
     /// The shard of `user_id`.
-    pub fn shard_of(&self, user_id: &str) -> i32 {
-        migration::shard_of(user_id, self.shard_count) as i32
+    pub fn shard_of(&self, user_id: &str) -> Shard {
+        Shard::new(migration::shard_of(user_id, self.shard_count) as i32)
     }
 
     /// Whether the database is PostgreSQL (the only backend that runs as a cluster).
@@ -146,7 +147,12 @@ impl Store {
             node.process_token.clone().into(),
             ttl_secs.into(),
             request.claim.max(0).into(),
-            request.release.clone().into(),
+            request
+                .release
+                .iter()
+                .map(|s| s.get())
+                .collect::<Vec<i32>>()
+                .into(),
             node.advertise_url.clone().into(),
             node.started_at.into(),
             request.actors.into(),
@@ -200,7 +206,7 @@ impl Store {
     }
 
     /// Where the live owner of `shard` is reached, and its process token.
-    pub async fn shard_owner(&self, shard: i32) -> Result<Option<(String, String)>, StoreError> {
+    pub async fn shard_owner(&self, shard: Shard) -> Result<Option<(String, String)>, StoreError> {
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT n.advertise_url, n.process_token FROM shard_leases l \
@@ -220,7 +226,7 @@ impl Store {
 
     /// The lease of `shard` now (`None` when no process holds it): a write refused under
     /// another fence was fenced.
-    pub async fn shard_fence(&self, shard: i32) -> Result<Option<Fence>, StoreError> {
+    pub async fn shard_fence(&self, shard: Shard) -> Result<Option<Fence>, StoreError> {
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT epoch, owner_token FROM shard_leases WHERE shard = $1",

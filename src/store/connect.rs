@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::token_ids::RefreshTokenIds;
+use crate::{ids::TokenVersion, token_ids::RefreshTokenIds};
 
 use super::{
     ActorStart, AppEvent, AppEventType, Store, StoreError,
@@ -116,7 +116,7 @@ impl Store {
             &access_context(user_id),
         );
         user::ActiveModel {
-            user_id: Set(user_id.to_string()),
+            user_id: Set(user_id.into()),
             google_access_token: Set(Some(access)),
             google_refresh_token: Set(Some(refresh)),
             google_token_expiry: Set(Some(tokens.expires_at)),
@@ -131,11 +131,11 @@ impl Store {
             google_sub: Set(tokens.google_sub.clone()),
             refresh_token_prefix_hash: Set(Some(ids.prefix_hash)),
             refresh_token_hash: Set(Some(ids.hash)),
-            token_version: Set(1),
+            token_version: Set(TokenVersion::new(1)),
             sync_state: Set(SyncState::Pending),
             sync_attempts: Set(0),
             sync_last_error: Set(None),
-            synced_version: Set(0),
+            synced_version: Set(TokenVersion::NONE),
             synced_at: Set(None),
             last_refresh_at: Set(None),
             refresh_count: Set(0),
@@ -166,7 +166,7 @@ impl Store {
         else {
             return Err(StoreError::NoRefreshToken);
         };
-        let version = row.token_version + 1;
+        let version = row.token_version.next();
         let mut update = user::Entity::update_many()
             .col_expr(user::Column::GoogleAccessToken, Expr::value(access))
             .col_expr(user::Column::GoogleRefreshToken, Expr::value(refresh))
@@ -203,7 +203,7 @@ impl Store {
         self.commit_with_event(txn, &event, saved.updated_at)
             .await?;
         Ok(Some(ActorStart {
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
             token_expiry: Some(tokens.expires_at),
             needs_reconnect: false,
             reconnect_reason: None,

@@ -18,11 +18,12 @@ use super::{
     },
     views::SyncInfo,
 };
+use crate::ids::UserId;
 
 /// One user as the console lists them: no token values, no ciphertext.
 #[derive(Debug, Clone)]
 pub struct UserListing {
-    pub user_id: String,
+    pub user_id: UserId,
     pub google_email: Option<String>,
     pub connected: bool,
     pub needs_reconnect: bool,
@@ -37,7 +38,7 @@ pub struct UserListing {
 }
 
 impl UserListing {
-    fn of(row: user::Model, acks: &HashMap<String, sync_ack::Model>) -> Self {
+    fn of(row: user::Model, acks: &HashMap<UserId, sync_ack::Model>) -> Self {
         Self {
             sync: SyncInfo::of(&row, acks.get(&row.user_id)),
             user_id: row.user_id,
@@ -164,7 +165,7 @@ impl Store {
 impl Store {
     /// The rows as the console lists them, each with its acknowledgement.
     async fn listings(&self, rows: Vec<user::Model>) -> Result<Vec<UserListing>, StoreError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect();
+        let ids: Vec<UserId> = rows.iter().map(|r| r.user_id.clone()).collect();
         let acks = self.acks_of(&ids).await?;
         Ok(rows
             .into_iter()

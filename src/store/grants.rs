@@ -14,6 +14,7 @@ use super::{
     sync_state::fenced,
     users::{cleared, with_pending_sync},
 };
+use crate::ids::TokenVersion;
 
 impl Store {
     /// The grant is gone for `reason`: clear the tokens, flag the user for reconnection with
@@ -23,7 +24,7 @@ impl Store {
     pub async fn mark_needs_reconnect(
         &self,
         user_id: &str,
-        expected_version: i64,
+        expected_version: TokenVersion,
         fence: Option<Fence>,
         reason: ReconnectReason,
     ) -> Result<Option<TokenChange>, StoreError> {
@@ -38,7 +39,7 @@ impl Store {
     pub async fn expire_authorization(
         &self,
         user_id: &str,
-        expected_version: i64,
+        expected_version: TokenVersion,
         fence: Option<Fence>,
         now: DateTime<Utc>,
     ) -> Result<Option<TokenChange>, StoreError> {
@@ -50,12 +51,12 @@ impl Store {
     async fn end_grant(
         &self,
         user_id: &str,
-        expected_version: i64,
+        expected_version: TokenVersion,
         fence: Option<Fence>,
         reason: ReconnectReason,
         ended_by: Option<DateTime<Utc>>,
     ) -> Result<Option<TokenChange>, StoreError> {
-        let version = expected_version + 1;
+        let version = expected_version.next();
         let now = crate::clock::now();
         let update = cleared(user::Entity::update_many())
             .col_expr(user::Column::NeedsReconnect, Expr::value(true))

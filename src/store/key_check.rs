@@ -19,7 +19,7 @@ use super::{
     entity::user,
     users::{access_context, refresh_context},
 };
-use crate::crypto::CryptoError;
+use crate::{crypto::CryptoError, ids::UserId};
 
 /// Rows checked from the start of the table.
 const SAMPLE_FIRST: u64 = 100;
@@ -39,7 +39,7 @@ const AUDIT_PAGE: u64 = 1000;
 const NAMED_USERS: usize = 5;
 
 /// A user id and its sealed token columns (access, refresh).
-type SealedRow = (String, Option<String>, Option<String>);
+type SealedRow = (UserId, Option<String>, Option<String>);
 
 /// What a check of stored tokens found. Names users, never a value or a key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl Store {
                 audit.add(&row.0, self.open_row(row).is_ok());
             }
             match page.last() {
-                Some(last) if page.len() as u64 == AUDIT_PAGE => after = Some(last.0.clone()),
+                Some(last) if page.len() as u64 == AUDIT_PAGE => after = Some(last.0.to_string()),
                 _ => return Ok(audit),
             }
             tokio::time::sleep(pause).await;

@@ -33,7 +33,10 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
-use crate::crypto::{CryptoError, TokenCipher};
+use crate::{
+    crypto::{CryptoError, TokenCipher},
+    ids::UserId,
+};
 
 pub use app_events::{APP_EVENT_MAX_AGE, AppEvent, AppEventType, AppEvents, StoredAppEvent};
 #[cfg(feature = "test-util")]
@@ -89,7 +92,7 @@ pub struct Store {
     /// Shards fixed at the first migration (docs/contract.md section 8).
     shard_count: u32,
     /// Row reads by user id, batched (see `batch`).
-    reads: batch::Batcher<String, Result<Option<entity::user::Model>, StoreError>>,
+    reads: batch::Batcher<UserId, Result<Option<entity::user::Model>, StoreError>>,
     /// The hot writes of a refresh, batched into one transaction at a time.
     writes: batch::Batcher<batch::Write, Result<bool, StoreError>>,
     /// Whether events to the app are stored, and their deliverer's wake-up call.

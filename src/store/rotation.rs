@@ -16,6 +16,7 @@ use super::{
     states::verifier_context,
     users::{access_context, refresh_context},
 };
+use crate::ids::UserId;
 
 /// Rows read per page.
 const PAGE: u64 = 1000;
@@ -45,7 +46,7 @@ pub enum RotationError {
          ({cause}); list the key that wrote it after the new one"
     )]
     UserUndecryptable {
-        user_id: String,
+        user_id: UserId,
         column: &'static str,
         cause: crate::crypto::CryptoError,
     },
@@ -55,7 +56,7 @@ pub enum RotationError {
     )]
     StateUndecryptable { cause: crate::crypto::CryptoError },
     #[error("user {0} kept changing during the rotation; run rotate-key again")]
-    Contended(String),
+    Contended(UserId),
 }
 
 impl From<StoreError> for RotationError {
@@ -77,7 +78,7 @@ impl Store {
     }
 
     async fn rotate_users(&self, report: &mut RotationReport) -> Result<(), RotationError> {
-        let mut after: Option<String> = None;
+        let mut after: Option<UserId> = None;
         loop {
             let mut query = user::Entity::find()
                 .filter(
@@ -167,7 +168,7 @@ impl Store {
         };
         let plain = self.cipher.decrypt(stored, context).map_err(|cause| {
             RotationError::UserUndecryptable {
-                user_id: user_id.to_string(),
+                user_id: user_id.into(),
                 column,
                 cause,
             }

@@ -6,10 +6,11 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Store, StoreError, entity::oauth_state};
+use crate::ids::UserId;
 
 /// A state record that was just consumed.
 pub struct TakenState {
-    pub user_id: String,
+    pub user_id: UserId,
     pub pkce_verifier: SecretString,
     /// Hash of the browser-binding cookie the round-trip must present; `None` if made
     /// while binding was off.
@@ -34,7 +35,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let model = oauth_state::ActiveModel {
             state: Set(state.to_string()),
-            user_id: Set(user_id.to_string()),
+            user_id: Set(user_id.into()),
             pkce_verifier: Set(self
                 .cipher
                 .encrypt(pkce_verifier.expose_secret(), &verifier_context(state))),

@@ -22,6 +22,7 @@ use super::{
         user::{self, SyncState},
     },
 };
+use crate::ids::{Shard, TokenVersion, UserId};
 
 impl Store {
     /// Records the microservice's acknowledgement of `version` (ignored if already stale).
@@ -29,11 +30,11 @@ impl Store {
     pub async fn mark_synced(
         &self,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let ack = Write::Synced {
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
             version,
             now: crate::clock::now(),
             fence,
@@ -49,7 +50,7 @@ impl Store {
     pub async fn mark_sync_skipped(
         &self,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         self.set_sync_outcome(user_id, version, SyncState::Skipped, None, fence)
@@ -60,7 +61,7 @@ impl Store {
     pub async fn mark_sync_failed(
         &self,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         error: &str,
         fence: Option<Fence>,
     ) -> Result<(), StoreError> {
@@ -72,7 +73,7 @@ impl Store {
     async fn set_sync_outcome(
         &self,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         state: SyncState,
         error: Option<&str>,
         fence: Option<Fence>,
@@ -111,8 +112,8 @@ impl Store {
         after: Option<&str>,
         limit: u64,
         include_skipped: bool,
-        shards: Option<&[i32]>,
-    ) -> Result<Vec<String>, StoreError> {
+        shards: Option<&[Shard]>,
+    ) -> Result<Vec<UserId>, StoreError> {
         let states: &[SyncState] = if include_skipped {
             &[SyncState::Pending, SyncState::Failed, SyncState::Skipped]
         } else {
@@ -131,7 +132,7 @@ impl Store {
         if let Some(shards) = shards {
             query = query.filter(user::Column::Shard.is_in(shards.iter().copied()));
         }
-        Ok(query.into_tuple::<String>().all(&self.db).await?)
+        Ok(query.into_tuple::<UserId>().all(&self.db).await?)
     }
 
     /// Marks every connected user's tokens for a fresh push; returns how many.
@@ -149,8 +150,8 @@ impl Store {
     /// The acknowledgements of `user_ids` that have one.
     pub(super) async fn acks_of(
         &self,
-        user_ids: &[String],
-    ) -> Result<HashMap<String, sync_ack::Model>, StoreError> {
+        user_ids: &[UserId],
+    ) -> Result<HashMap<UserId, sync_ack::Model>, StoreError> {
         if user_ids.is_empty() {
             return Ok(HashMap::new());
         }

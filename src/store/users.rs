@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::token_ids::RefreshTokenIds;
+use crate::{ids::TokenVersion, token_ids::RefreshTokenIds};
 
 use super::{
     AppEvent, AppEventType, Store, StoreError,
@@ -42,7 +42,7 @@ pub struct StoredTokens {
 /// The result of a token write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenChange {
-    pub version: i64,
+    pub version: TokenVersion,
     pub token_expiry: Option<DateTime<Utc>>,
 }
 
@@ -50,7 +50,7 @@ pub struct TokenChange {
 /// of the row's shard (the fence; `None` on a single node).
 #[derive(Debug, Clone)]
 pub struct Expected {
-    pub version: i64,
+    pub version: TokenVersion,
     pub fence: Option<Fence>,
 }
 
@@ -72,7 +72,7 @@ pub struct RefreshAnswer<'a> {
 /// What a refresh needs.
 pub struct RefreshCredentials {
     pub refresh_token: SecretString,
-    pub version: i64,
+    pub version: TokenVersion,
     /// When the grant ends, if it is time-limited: no refresh may be asked at or after it.
     pub authorization_expires_at: Option<DateTime<Utc>>,
     /// Whether the refresh token's identifiers are stored (rows from before they were kept
@@ -82,12 +82,17 @@ pub struct RefreshCredentials {
 
 /// What the microservice should hold for a user at `version`.
 pub enum SyncSnapshot {
-    Connected { version: i64, tokens: StoredTokens },
-    Disconnected { version: i64 },
+    Connected {
+        version: TokenVersion,
+        tokens: StoredTokens,
+    },
+    Disconnected {
+        version: TokenVersion,
+    },
 }
 
 impl SyncSnapshot {
-    pub fn version(&self) -> i64 {
+    pub fn version(&self) -> TokenVersion {
         match self {
             Self::Connected { version, .. } | Self::Disconnected { version } => *version,
         }
@@ -153,7 +158,7 @@ impl Store {
         } = expected;
         let now = crate::clock::now();
         let row = RefreshedRow {
-            user_id: user_id.to_string(),
+            user_id: user_id.into(),
             expected_version,
             access: self
                 .cipher
@@ -175,7 +180,7 @@ impl Store {
             .await
             .unwrap_or_else(|| Err(batch::lost()))?;
         Ok(saved.then_some(TokenChange {
-            version: expected_version + 1,
+            version: expected_version.next(),
             token_expiry: Some(expires_at),
         }))
     }
@@ -217,7 +222,7 @@ impl Store {
                 )
                 .col_expr(user::Column::AuthorizationWarned, Expr::value(false));
             let now = crate::clock::now();
-            let update = with_pending_sync(update, row.token_version + 1, now)
+            let update = with_pending_sync(update, row.token_version.next(), now)
                 .filter(user::Column::UserId.eq(user_id))
                 .filter(user::Column::TokenVersion.eq(row.token_version));
             // The app's event is written by the same transaction (docs/contract.md section 9).
@@ -271,7 +276,7 @@ impl Store {
 /// Adds the columns every token change sets: the new version and a fresh pending sync.
 pub(super) fn with_pending_sync(
     update: sea_orm::UpdateMany<user::Entity>,
-    version: i64,
+    version: TokenVersion,
     now: DateTime<Utc>,
 ) -> sea_orm::UpdateMany<user::Entity> {
     update

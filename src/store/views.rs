@@ -16,11 +16,12 @@ use super::{
         user::{self, ReconnectReason, SyncState},
     },
 };
+use crate::ids::{Shard, TokenVersion, UserId};
 
 /// What a user actor starts from: schedule data only, never token values.
 #[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct ActorStart {
-    pub user_id: String,
+    pub user_id: UserId,
     pub token_expiry: Option<DateTime<Utc>>,
     pub needs_reconnect: bool,
     /// Why, when `needs_reconnect`.
@@ -29,7 +30,7 @@ pub struct ActorStart {
     pub authorization_expires_at: Option<DateTime<Utc>>,
     /// Whether the app was already warned of that end.
     pub authorization_warned: bool,
-    pub version: i64,
+    pub version: TokenVersion,
     pub refresh_count: i64,
     pub last_refresh_at: Option<DateTime<Utc>>,
 }
@@ -59,14 +60,16 @@ pub struct SyncInfo {
     pub attempts: i32,
     pub last_error: Option<String>,
     /// The version the microservice last acknowledged (0 for none).
-    pub version: i64,
+    pub version: TokenVersion,
 }
 
 impl SyncInfo {
     /// In sync when the microservice acknowledged the row's current version; otherwise the
     /// outcome `users` recorded last (pending, failed, skipped, or none yet).
     pub fn of(row: &user::Model, ack: Option<&sync_ack::Model>) -> Self {
-        match ack.filter(|a| a.synced_version == row.token_version && a.synced_version > 0) {
+        match ack.filter(|a| {
+            a.synced_version == row.token_version && a.synced_version > TokenVersion::NONE
+        }) {
             Some(ack) => Self {
                 state: SyncState::Synced,
                 synced_at: ack.synced_at,
@@ -79,7 +82,10 @@ impl SyncInfo {
                 synced_at: Ord::max(row.synced_at, ack.and_then(|a| a.synced_at)),
                 attempts: row.sync_attempts,
                 last_error: row.sync_last_error.clone(),
-                version: Ord::max(row.synced_version, ack.map_or(0, |a| a.synced_version)),
+                version: Ord::max(
+                    row.synced_version,
+                    ack.map_or(TokenVersion::NONE, |a| a.synced_version),
+                ),
             },
         }
     }
@@ -122,7 +128,7 @@ impl Store {
     /// tools. The service's other rooms take the views below.
     pub async fn user(&self, user_id: &str) -> Result<Option<user::Model>, StoreError> {
         self.reads
-            .call(user_id.to_string())
+            .call(user_id.into())
             .await
             .unwrap_or_else(|| Err(batch::lost()))
     }
@@ -145,7 +151,7 @@ impl Store {
         &self,
         after: Option<&str>,
         limit: u64,
-        shards: Option<&[i32]>,
+        shards: Option<&[Shard]>,
     ) -> Result<Vec<ActorStart>, StoreError> {
         // Only the schedule columns: at a million users, decoding the token ciphertexts too
         // would double the load time for data the actors never hold.
@@ -190,8 +196,8 @@ impl Store {
     /// The sync state of each of `user_ids` that has a row.
     pub async fn sync_infos(
         &self,
-        user_ids: &[String],
-    ) -> Result<std::collections::HashMap<String, SyncInfo>, StoreError> {
+        user_ids: &[UserId],
+    ) -> Result<std::collections::HashMap<UserId, SyncInfo>, StoreError> {
         if user_ids.is_empty() {
             return Ok(Default::default());
         }

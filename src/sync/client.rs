@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::signing::{Binding, Signer};
 use crate::{
-    config::{MicroserviceConfig, without_userinfo},
+    config::{BaseUrl, MicroserviceConfig},
     google::describe_reqwest_error,
+    ids::TokenVersion,
     store::StoredTokens,
 };
 
@@ -53,7 +54,7 @@ pub enum Delivery {
 #[derive(Clone)]
 pub struct MicroserviceClient {
     http: reqwest::Client,
-    base_url: Option<String>,
+    base_url: Option<BaseUrl>,
     /// `base_url` without userinfo: the `microserviceUrl` of the log lines, which must not
     /// carry a password written into the URL.
     shown_url: Option<String>,
@@ -69,7 +70,7 @@ impl MicroserviceClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             base_url: config.url.clone(),
-            shown_url: config.url.as_deref().map(without_userinfo),
+            shown_url: config.url.as_ref().map(BaseUrl::shown),
             token: config.token.clone(),
             signer: config.signer.clone(),
         })
@@ -79,8 +80,8 @@ impl MicroserviceClient {
         self.shown_url.as_deref().unwrap_or_default()
     }
 
-    fn endpoint(&self, base: &str, segments: &[&str]) -> String {
-        let mut url = base.to_string();
+    fn endpoint(&self, base: &BaseUrl, segments: &[&str]) -> String {
+        let mut url = base.as_str().to_string();
         for segment in segments {
             url.push('/');
             url.push_str(&urlencode(segment));
@@ -90,7 +91,7 @@ impl MicroserviceClient {
 
     /// The user and version a signed body carries; `None` when pushes are not signed, so the
     /// bodies stay exactly the seed's.
-    fn binding<'a>(&self, user_id: &'a str, version: i64) -> Option<Binding<'a>> {
+    fn binding<'a>(&self, user_id: &'a str, version: TokenVersion) -> Option<Binding<'a>> {
         self.signer.as_ref().map(|_| Binding {
             user_id,
             token_version: version,
@@ -103,7 +104,7 @@ impl MicroserviceClient {
         &self,
         request: reqwest::RequestBuilder,
         user_id: &str,
-        version: i64,
+        version: TokenVersion,
         body: &[u8],
     ) -> reqwest::RequestBuilder {
         let mut request = request
@@ -120,7 +121,12 @@ impl MicroserviceClient {
     }
 
     /// POSTs the tokens of the user's change `version`.
-    pub async fn push(&self, user_id: &str, version: i64, tokens: &StoredTokens) -> Delivery {
+    pub async fn push(
+        &self,
+        user_id: &str,
+        version: TokenVersion,
+        tokens: &StoredTokens,
+    ) -> Delivery {
         let Some(base) = &self.base_url else {
             tracing::warn!(
                 userId = %user_id,
@@ -175,7 +181,7 @@ impl MicroserviceClient {
             Delivery::Superseded => {
                 tracing::info!(
                     userId = %user_id,
-                    tokenVersion = version,
+                    tokenVersion = version.get(),
                     "microservice already holds a newer change; nothing to sync"
                 );
                 Delivery::Superseded
@@ -197,7 +203,7 @@ impl MicroserviceClient {
 
     /// DELETEs the user's tokens at change `version`; a 404 means they are already gone,
     /// which is what we want.
-    pub async fn delete(&self, user_id: &str, version: i64) -> Delivery {
+    pub async fn delete(&self, user_id: &str, version: TokenVersion) -> Delivery {
         let Some(base) = &self.base_url else {
             tracing::warn!(
                 userId = %user_id,
@@ -240,7 +246,7 @@ impl MicroserviceClient {
             Delivery::Superseded => {
                 tracing::info!(
                     userId = %user_id,
-                    tokenVersion = version,
+                    tokenVersion = version.get(),
                     "microservice already holds a newer change; nothing to delete"
                 );
                 Delivery::Superseded
@@ -327,7 +333,7 @@ mod tests {
         );
         let binding = Binding {
             user_id: "alice",
-            token_version: 7,
+            token_version: TokenVersion::new(7),
         };
         assert_eq!(
             body(Some(binding)),

@@ -14,13 +14,14 @@ use super::client::{Delivery, MicroserviceClient};
 use crate::{
     cluster::{NotActing, Ownership},
     history::{Activity, History},
+    ids::{TokenVersion, UserId},
     metrics::Metrics,
     store::{Store, SyncSnapshot, cluster::Fence},
 };
 
 /// One call to make for one user.
 pub(super) struct Call {
-    pub user_id: String,
+    pub user_id: UserId,
     /// The state to send, when the change that asked for the call carried it.
     pub known: Option<SyncSnapshot>,
     /// The trace of the change that caused the call.
@@ -47,10 +48,10 @@ pub(super) struct Deliverer {
 pub(super) enum Finished {
     /// Nothing is left to do for the change: delivered (or superseded, or skipped) and
     /// recorded, or no row to send, or the user is another node's to push.
-    Done { sent: Option<i64> },
+    Done { sent: Option<TokenVersion> },
     /// Try again after the backoff: the call failed, its outcome could not be recorded, or it
     /// could not start (the row unread, no permit, a lease not known valid).
-    Retry { sent: Option<i64> },
+    Retry { sent: Option<TokenVersion> },
 }
 
 impl Finished {
@@ -59,7 +60,7 @@ impl Finished {
     }
 
     /// The version the call sent, if it got as far as knowing it.
-    pub fn sent(self) -> Option<i64> {
+    pub fn sent(self) -> Option<TokenVersion> {
         match self {
             Self::Done { sent } | Self::Retry { sent } => sent,
         }
@@ -171,7 +172,7 @@ impl Deliverer {
                 otel.kind = "client",
                 user.id = %user_id,
                 sync.attempt = attempt,
-                sync.version = version,
+                sync.version = version.get(),
                 http.response.status_code = tracing::field::Empty,
             ),
             SyncSnapshot::Disconnected { .. } => tracing::info_span!(
@@ -179,7 +180,7 @@ impl Deliverer {
                 otel.kind = "client",
                 user.id = %user_id,
                 sync.attempt = attempt,
-                sync.version = version,
+                sync.version = version.get(),
                 http.response.status_code = tracing::field::Empty,
             ),
         };
@@ -203,7 +204,7 @@ impl Deliverer {
         &self,
         user_id: &str,
         op: Op,
-        version: i64,
+        version: TokenVersion,
         outcome: &Delivery,
         fence: Option<Fence>,
     ) -> bool {

@@ -34,6 +34,8 @@ pub use crate::signing::{Signer, message_id};
 use crate::{
     config::MicroserviceConfig,
     history::History,
+    ids::TokenVersion,
+    ids::UserId,
     metrics::Metrics,
     retry::Backoff,
     store::{Store, SyncSnapshot},
@@ -58,13 +60,13 @@ const CALLS_PER_PERMIT: usize = 2;
 enum Command {
     /// The user changed, to the state given if known; the context is the trace of whatever
     /// changed it.
-    Changed(String, Context, Option<SyncSnapshot>),
+    Changed(UserId, Context, Option<SyncSnapshot>),
     Finished {
-        user_id: String,
+        user_id: UserId,
         finished: Finished,
     },
     RetryDue {
-        user_id: String,
+        user_id: UserId,
         generation: u64,
     },
 }
@@ -88,7 +90,7 @@ struct Lane {
     /// A change came without its state: the next call reads the row.
     must_read: bool,
     /// The highest version a call has sent; a carried state not above it is stale.
-    sent: i64,
+    sent: TokenVersion,
     /// Waiting in the ready queue for a call slot.
     queued: bool,
 }
@@ -146,19 +148,17 @@ impl SyncDispatcher {
         // The worker only stops when every handle is gone, so a send cannot fail while we
         // hold one; ignoring the result is safe.
         let cx = crate::telemetry::current_context();
-        let _ = self
-            .tx
-            .send(Command::Changed(user_id.to_string(), cx, state));
+        let _ = self.tx.send(Command::Changed(user_id.into(), cx, state));
     }
 }
 
 struct Worker {
-    lanes: HashMap<String, Lane>,
+    lanes: HashMap<UserId, Lane>,
     /// The version last sent for users whose lane closed within [`RECENT_WINDOW`], and when
     /// it closed: a notice that lost the race against a newer change and arrives after the
     /// lane closed must still not push its older state.
-    recent: HashMap<String, (i64, Instant)>,
-    recent_order: VecDeque<(Instant, String)>,
+    recent: HashMap<UserId, (TokenVersion, Instant)>,
+    recent_order: VecDeque<(Instant, UserId)>,
     deliverer: Deliverer,
     /// Delays between the attempts of a failing lane.
     backoff: Backoff,
@@ -166,7 +166,7 @@ struct Worker {
     calls: usize,
     max_calls: usize,
     /// Lanes with work waiting for a call slot, oldest first.
-    ready: VecDeque<String>,
+    ready: VecDeque<UserId>,
     /// Weak, so that the worker stops once every `SyncDispatcher` handle is dropped.
     tx: mpsc::WeakUnboundedSender<Command>,
 }
@@ -196,9 +196,12 @@ impl Worker {
         self.deliverer.permits.close();
     }
 
-    fn on_changed(&mut self, user_id: String, cx: Context, state: Option<SyncSnapshot>) {
+    fn on_changed(&mut self, user_id: UserId, cx: Context, state: Option<SyncSnapshot>) {
         self.forget_old_lanes();
-        let sent = self.recent.get(&user_id).map_or(0, |(version, _)| *version);
+        let sent = self
+            .recent
+            .get(&user_id)
+            .map_or(TokenVersion::NONE, |(version, _)| *version);
         let lane = self.lanes.entry(user_id.clone()).or_insert_with(|| Lane {
             sent,
             ..Lane::default()
@@ -233,7 +236,7 @@ impl Worker {
         }
     }
 
-    fn on_finished(&mut self, user_id: String, finished: Finished) {
+    fn on_finished(&mut self, user_id: UserId, finished: Finished) {
         let delivered = finished.done();
         self.calls = self.calls.saturating_sub(1);
         self.start_ready();
@@ -290,7 +293,7 @@ impl Worker {
         }
     }
 
-    fn on_retry_due(&mut self, user_id: String, generation: u64) {
+    fn on_retry_due(&mut self, user_id: UserId, generation: u64) {
         let due = self
             .lanes
             .get(&user_id)
@@ -317,7 +320,7 @@ impl Worker {
     }
 
     /// Starts a call for the lane now, or queues it while every call slot is taken.
-    fn start(&mut self, user_id: String) {
+    fn start(&mut self, user_id: UserId) {
         let lane = self.lanes.entry(user_id.clone()).or_default();
         if self.calls >= self.max_calls {
             if !lane.queued {

@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use super::SyncDispatcher;
-use crate::{retry::Backoff, store::Store};
+use crate::{
+    ids::{Shard, UserId},
+    retry::Backoff,
+    store::Store,
+};
 
 /// Rows read per page when resuming syncs.
 const RESUME_PAGE: u64 = 1000;
@@ -21,9 +25,9 @@ pub async fn resume_unfinished_syncs(
     store: &Store,
     sync: &SyncDispatcher,
     include_skipped: bool,
-    shards: Option<&[i32]>,
+    shards: Option<&[Shard]>,
 ) -> anyhow::Result<usize> {
-    let mut after: Option<String> = None;
+    let mut after: Option<UserId> = None;
     let mut queued = 0;
     loop {
         let page = store

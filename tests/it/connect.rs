@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
+use tokenwarden::ids::TokenVersion;
 use url::Url;
 
 use crate::{
@@ -270,12 +271,12 @@ async fn reconnects_update_the_row_in_place(backend: Backend) {
         .save_connection("erin", &consent(0, Some("erin@example.com")))
         .await
         .expect("first connect");
-    assert_eq!(first.version, 1);
+    assert_eq!(first.version, TokenVersion::new(1));
     assert!(
         store
             .mark_needs_reconnect(
                 "erin",
-                1,
+                TokenVersion::new(1),
                 None,
                 tokenwarden::store::ReconnectReason::Revoked
             )
@@ -290,13 +291,13 @@ async fn reconnects_update_the_row_in_place(backend: Backend) {
     let mut versions: Vec<i64> = futures::future::join_all(racing)
         .await
         .into_iter()
-        .map(|seed| seed.expect("reconnect").version)
+        .map(|seed| seed.expect("reconnect").version.get())
         .collect();
     versions.sort_unstable();
     // The revocation made version 2; each consent then got a version of its own.
     assert_eq!(versions, (3..=8).collect::<Vec<i64>>());
     let row = store.user("erin").await.expect("read").expect("row");
-    assert_eq!(row.token_version, 8);
+    assert_eq!(row.token_version, TokenVersion::new(8));
     assert!(row.google_calendar_connected && !row.needs_reconnect);
     assert_eq!(row.google_email.as_deref(), Some("erin@example.com"));
     let credentials = store
@@ -304,7 +305,7 @@ async fn reconnects_update_the_row_in_place(backend: Backend) {
         .await
         .expect("read")
         .expect("connected");
-    assert_eq!(credentials.version, 8);
+    assert_eq!(credentials.version, TokenVersion::new(8));
     assert!(
         credentials
             .refresh_token

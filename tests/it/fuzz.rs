@@ -233,7 +233,7 @@ proptest! {
         let mutated = mutate(&original, &mutations);
         let result = verify_jwt(&mutated, JWT_SECRET.as_bytes());
         if mutated == original {
-            prop_assert_eq!(result.ok(), Some("alice".to_string()));
+            prop_assert_eq!(result.ok(), Some("alice".into()));
         } else {
             prop_assert!(result.is_err(), "accepted a changed token: {}", mutated);
         }

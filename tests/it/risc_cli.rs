@@ -274,14 +274,17 @@ async fn verify_reaches_the_services_receiver_and_is_recorded() {
     })
     .await;
     assert!(logged, "the verification is logged with its state");
-    let metrics = t.app().metrics.render();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("tokenwarden_risc_events_total")
+    // Counted after the outcome is recorded, which follows the log line.
+    let counted = || {
+        t.app().metrics.render().lines().any(|l| {
+            l.starts_with("tokenwarden_risc_events_total")
                 && l.contains("type=\"verification\"")
-                && l.contains("outcome=\"no_user\"")),
-        "{metrics}"
-    );
+                && l.contains("outcome=\"no_user\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let counted =
+        crate::support::eventually(std::time::Duration::from_secs(2), || async { counted() }).await;
+    assert!(counted, "{}", t.app().metrics.render());
     t.shutdown().await;
 }

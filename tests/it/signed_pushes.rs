@@ -214,7 +214,13 @@ async fn signed_pushes_are_verified_and_carry_one_id_per_change() {
         assert!(push.webhook_timestamp.is_some());
         assert_eq!(
             push.webhook_id.as_deref(),
-            Some(tokenwarden::sync::message_id("sam", version(push)).as_str())
+            Some(
+                tokenwarden::sync::message_id(
+                    "sam",
+                    tokenwarden::ids::TokenVersion::new(version(push))
+                )
+                .as_str()
+            )
         );
     }
     assert_ne!(pushes[0].webhook_id, pushes[1].webhook_id);

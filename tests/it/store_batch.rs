@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::store::RefreshAnswer;
 use tokenwarden::{
     crypto::TokenCipher,
+    ids::{Epoch, TokenVersion, UserId},
     store::{BulkUser, Expected, Store, cluster::Fence},
 };
 
@@ -19,8 +20,12 @@ use crate::{
 
 const USERS: usize = 40;
 
-fn user(i: usize) -> String {
-    format!("batch-user-{i:03}")
+fn user(i: usize) -> UserId {
+    UserId::from(format!("batch-user-{i:03}"))
+}
+
+fn v(version: i64) -> TokenVersion {
+    TokenVersion::new(version)
 }
 
 async fn seeded_store(db: &TestDatabase) -> Store {
@@ -49,7 +54,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
     let saves = (0..USERS).map(|i| {
         let store = store.clone();
         async move {
-            let expected = if i % 2 == 0 { 1 } else { 7 };
+            let expected = v(if i % 2 == 0 { 1 } else { 7 });
             let access = SecretString::from(format!("new-access-{i}"));
             let rotated = (i % 4 == 0).then(|| SecretString::from(format!("new-refresh-{i}")));
             let scope = (i % 4 == 2).then_some("calendar openid");
@@ -77,7 +82,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
         let change = answer.expect("save");
         if i % 2 == 0 {
             let change = change.unwrap_or_else(|| panic!("user {i} at its version was not saved"));
-            assert_eq!(change.version, 2);
+            assert_eq!(change.version, v(2));
             assert_eq!(change.token_expiry, Some(expiry));
         } else {
             assert!(change.is_none(), "user {i} with a stale version was saved");
@@ -98,7 +103,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                 row.access_token.as_deref(),
                 Some(&*format!("new-access-{i}"))
             );
-            assert_eq!((row.token_version, row.refresh_count), (2, 1));
+            assert_eq!((row.token_version, row.refresh_count), (v(2), 1));
             assert_eq!(row.sync_state, "pending");
             let expected_refresh = if i % 4 == 0 {
                 "new-refresh"
@@ -118,7 +123,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
                 row.access_token.as_deref(),
                 Some(&*format!("old-access-{i}"))
             );
-            assert_eq!((row.token_version, row.refresh_count), (1, 0));
+            assert_eq!((row.token_version, row.refresh_count), (v(1), 0));
             assert_eq!(row.sync_state, "synced");
             assert_eq!(refresh, format!("old-refresh-{i}"));
         }
@@ -127,7 +132,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
     let acks = (0..USERS).map(|i| {
         let store = store.clone();
         async move {
-            let version = if i % 2 == 0 { 2 } else { 5 };
+            let version = v(if i % 2 == 0 { 2 } else { 5 });
             store.mark_synced(&user(i), version, None).await
         }
     });
@@ -142,7 +147,7 @@ async fn concurrent_saves_keep_the_version_check(backend: Backend) {
         .enumerate()
     {
         assert_eq!(row.sync_state, "synced", "user {i}");
-        let acknowledged = if i % 2 == 0 { 2 } else { 1 };
+        let acknowledged = v(if i % 2 == 0 { 2 } else { 1 });
         assert_eq!(row.synced_version, acknowledged, "user {i}");
     }
     // A user the database has never seen reads as absent, beside ones it has.
@@ -164,7 +169,10 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
         let store = store.clone();
         async move {
             let access = SecretString::from(format!("mixed-access-{i}"));
-            let expected = Expected { version: 1, fence };
+            let expected = Expected {
+                version: v(1),
+                fence,
+            };
             store
                 .save_refreshed(&user(i), expected, answer(&access, expiry))
                 .await
@@ -174,11 +182,11 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
     };
     let ack = |i: usize, fence: Option<Fence>| {
         let store = store.clone();
-        async move { store.mark_synced(&user(i), 1, fence).await.expect("ack") }
+        async move { store.mark_synced(&user(i), v(1), fence).await.expect("ack") }
     };
     let stale = || {
         Some(Fence {
-            epoch: 999,
+            epoch: Epoch::new(999),
             owner_token: "no-such-process".into(),
         })
     };
@@ -205,16 +213,16 @@ async fn mixed_batches_keep_every_condition(backend: Backend) {
     for (i, row) in rows.iter().enumerate().take(28) {
         match i {
             0..10 => {
-                assert_eq!(row.token_version, 2, "user {i} refreshed");
+                assert_eq!(row.token_version, v(2), "user {i} refreshed");
                 assert_eq!(
                     row.sync_state, "pending",
                     "user {i}: its new version is unsent"
                 );
-                assert_eq!(row.synced_version, 1, "user {i}");
+                assert_eq!(row.synced_version, v(1), "user {i}");
             }
             10..20 => assert_eq!(row.sync_state, "synced", "user {i} acknowledged"),
             _ => {
-                assert_eq!(row.token_version, 1, "user {i} untouched by the fence");
+                assert_eq!(row.token_version, v(1), "user {i} untouched by the fence");
                 assert_eq!(
                     row.access_token.as_deref(),
                     Some(&*format!("old-access-{i}"))
@@ -233,7 +241,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     let db = TestDatabase::create(backend).await;
     let store = seeded_store(&db).await;
     let sql = Database::connect(db.url.as_str()).await.expect("connect");
-    let users: Vec<String> = (0..4).map(user).collect();
+    let users: Vec<UserId> = (0..4).map(user).collect();
     for id in &users {
         // The row as the new primary has it: this epoch, claimed by another process.
         sql.execute_unprepared(&format!(
@@ -246,7 +254,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     }
     let fence = |owner: &str| {
         Some(Fence {
-            epoch: 5,
+            epoch: Epoch::new(5),
             owner_token: owner.into(),
         })
     };
@@ -254,7 +262,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     let access = SecretString::from("fenced-access".to_string());
     let save = |id: &str, owner: &str| {
         let expected = Expected {
-            version: 1,
+            version: v(1),
             fence: fence(owner),
         };
         let (store, id, access) = (store.clone(), id.to_string(), access.clone());
@@ -269,13 +277,18 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
         let (store, id, fence) = (store.clone(), id.to_string(), fence(owner));
         async move {
             store
-                .mark_needs_reconnect(&id, 1, fence, tokenwarden::store::ReconnectReason::Revoked)
+                .mark_needs_reconnect(
+                    &id,
+                    v(1),
+                    fence,
+                    tokenwarden::store::ReconnectReason::Revoked,
+                )
                 .await
                 .expect("revoke")
         }
     };
     // Every write sets `updated_at`, so whole rows show whether anything was written.
-    let rows = |store: Store, users: Vec<String>| async move {
+    let rows = |store: Store, users: Vec<UserId>| async move {
         let mut rows = Vec::new();
         for id in &users {
             rows.push(store.user(id).await.expect("read").expect("row"));
@@ -287,15 +300,15 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     assert!(save(&users[0], "this-process").await.is_none());
     assert!(revoke(&users[1], "this-process").await.is_none());
     store
-        .mark_sync_failed(&users[2], 1, "refused", fence("this-process"))
+        .mark_sync_failed(&users[2], v(1), "refused", fence("this-process"))
         .await
         .expect("failed");
     store
-        .mark_synced(&users[3], 1, fence("this-process"))
+        .mark_synced(&users[3], v(1), fence("this-process"))
         .await
         .expect("ack");
     store
-        .mark_sync_skipped(&users[3], 1, fence("this-process"))
+        .mark_sync_skipped(&users[3], v(1), fence("this-process"))
         .await
         .expect("skipped");
     assert_eq!(
@@ -308,7 +321,7 @@ async fn the_fence_checks_the_owner_with_the_epoch(backend: Backend) {
     assert!(save(&users[0], "other-process").await.is_some());
     assert!(revoke(&users[1], "other-process").await.is_some());
     store
-        .mark_sync_failed(&users[2], 1, "failed", fence("other-process"))
+        .mark_sync_failed(&users[2], v(1), "failed", fence("other-process"))
         .await
         .expect("failed");
     let attempts = store.user(&users[2]).await.unwrap().unwrap().sync_attempts;
@@ -326,7 +339,7 @@ async fn an_acknowledgement_leaves_the_users_row_alone(backend: Backend) {
     let id = user(0);
     let access = SecretString::from("acked-access".to_string());
     let expected = Expected {
-        version: 1,
+        version: v(1),
         fence: None,
     };
     let expiry = Utc::now() + Duration::minutes(60);
@@ -342,21 +355,21 @@ async fn an_acknowledgement_leaves_the_users_row_alone(backend: Backend) {
         (info.state.as_str(), info.version)
     };
     assert!(unfinished().await, "the refresh's push is unfinished");
-    assert_eq!(sync().await, ("pending", 1));
+    assert_eq!(sync().await, ("pending", v(1)));
 
     let before = store.user(&id).await.unwrap().unwrap();
-    store.mark_synced(&id, 2, None).await.expect("ack");
+    store.mark_synced(&id, v(2), None).await.expect("ack");
     let after = store.user(&id).await.unwrap().unwrap();
     assert_eq!(
         after, before,
         "the acknowledgement left the users row alone"
     );
-    assert_eq!(sync().await, ("synced", 2));
+    assert_eq!(sync().await, ("synced", v(2)));
     assert!(!unfinished().await, "nothing to resume after a restart");
-    store.mark_synced(&id, 1, None).await.expect("stale ack");
+    store.mark_synced(&id, v(1), None).await.expect("stale ack");
     assert_eq!(
         sync().await,
-        ("synced", 2),
+        ("synced", v(2)),
         "a stale acknowledgement is ignored"
     );
 

@@ -20,7 +20,9 @@ use super::{
     messages::{ActorStatus, Parked, RefreshOutcome, RefreshReason, SupervisorMsg, UserTokenMsg},
     schedule::{NextDue, Schedule, delay_until},
 };
-use crate::{cluster::NotActing, config::RefreshConfig, history::Activity, retry::Backoff};
+use crate::{
+    cluster::NotActing, config::RefreshConfig, history::Activity, ids::UserId, retry::Backoff,
+};
 
 /// How soon a refresh that waited for its lease looks again.
 pub(super) const LEASE_RECHECK: Duration = Duration::from_secs(1);
@@ -51,7 +53,7 @@ pub struct UserTokenActor;
 
 /// What the actor starts from.
 pub struct UserTokenArgs {
-    pub user_id: Arc<str>,
+    pub user_id: UserId,
     /// Where the user stands: its planned refresh (kept, so waking does not move it; with
     /// failures, that is its retry) and whether it waits for a reconnect.
     pub parked: Parked,
@@ -61,7 +63,7 @@ pub struct UserTokenArgs {
 
 /// Private state of one user's actor.
 pub struct UserTokenState {
-    user_id: String,
+    user_id: UserId,
     status: ActorStatus,
     /// `next_refresh_at` is the refresh the timer is armed for (kept while one runs).
     schedule: Schedule,
@@ -100,7 +102,7 @@ impl Actor for UserTokenActor {
             } else {
                 ActorStatus::Active
             },
-            user_id: args.user_id.to_string(),
+            user_id: args.user_id.clone(),
             schedule,
             timer: None,
             restarts: args.restarts,

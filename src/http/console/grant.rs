@@ -114,7 +114,7 @@ mod tests {
             id: 1,
             event_id: "msg_x".into(),
             user_id: "alice".into(),
-            shard: 0,
+            shard: crate::ids::Shard::new(0),
             event_type: "connection.needs_reconnect".into(),
             occurred_at: now,
             google_email: None,

@@ -233,9 +233,7 @@ async fn refuse_other_hosts(
 ) -> Response {
     let allowed: Vec<String> = [
         Some(&app.config.google.redirect_uri),
-        url::Url::parse(&app.config.cluster.advertise_url)
-            .ok()
-            .as_ref(),
+        Some(app.config.cluster.advertise_url.url()),
     ]
     .into_iter()
     .flatten()

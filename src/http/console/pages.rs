@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use sha2::{Digest, Sha256};
 
-use crate::{history::Minute, http::rfc3339};
+use crate::{history::Minute, http::rfc3339, ids::UserId};
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}\
 header{display:flex;gap:1.5em;align-items:center;padding:.6em 1.5em;background:#1f3a5f;color:#fff}\
@@ -157,7 +157,7 @@ pub struct Overview {
     /// Users with a push queued or in flight in this process.
     pub in_flight: i64,
     /// The refreshes due next: user id and when.
-    pub next_due: Vec<(String, Option<DateTime<Utc>>)>,
+    pub next_due: Vec<(UserId, Option<DateTime<Utc>>)>,
 }
 
 /// The overview's content.

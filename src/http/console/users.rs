@@ -184,7 +184,7 @@ pub async fn page(
             futures::future::join_all(batch.iter().map(|l| supervisor.get(&l.user_id))).await;
         scanned += batch.len();
         for (listing, view) in batch.into_iter().zip(views) {
-            after = Some(listing.user_id.clone());
+            after = Some(listing.user_id.to_string());
             let row = Row {
                 listing,
                 actor: view.ok().flatten(),

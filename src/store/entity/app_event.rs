@@ -4,6 +4,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{Shard, UserId};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "app_events")]
 pub struct Model {
@@ -12,9 +14,9 @@ pub struct Model {
     pub id: i64,
     /// The `webhook-id` of every attempt.
     pub event_id: String,
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's shard (`migration::shard_of`): the owner of its lease delivers it.
-    pub shard: i32,
+    pub shard: Shard,
     /// `connection.connected`, ...
     pub event_type: String,
     pub occurred_at: DateTimeUtc,

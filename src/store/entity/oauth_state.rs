@@ -2,12 +2,14 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::ids::UserId;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "oauth_states")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub state: String,
-    pub user_id: String,
+    pub user_id: UserId,
     /// Ciphertext of the PKCE verifier.
     pub pkce_verifier: String,
     /// SHA-256 (hex) of the browser-binding cookie's value; `None` when binding is off.

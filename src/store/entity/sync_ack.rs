@@ -3,14 +3,16 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{TokenVersion, UserId};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "sync_acks")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's `token_version` the microservice acknowledged; the user is in sync while it
     /// equals that version.
-    pub synced_version: i64,
+    pub synced_version: TokenVersion,
     pub synced_at: Option<DateTimeUtc>,
 }
 

@@ -2,11 +2,13 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::ids::{Shard, TokenVersion, UserId};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub user_id: String,
+    pub user_id: UserId,
     /// Ciphertext (see `crypto`), never the token.
     pub google_access_token: Option<String>,
     /// Ciphertext (see `crypto`), never the token.
@@ -31,7 +33,7 @@ pub struct Model {
     /// refresh token, as Google's `hash_base64_sha512_sha512` names it.
     pub refresh_token_hash: Option<String>,
     /// Bumped by every token change; guards writes against lost updates.
-    pub token_version: i64,
+    pub token_version: TokenVersion,
     /// What happened last to the current version's push, but for its acknowledgement, which
     /// lives in `sync_acks` (a narrow write; the user is in sync while that row's version
     /// equals `token_version`): so this stays `pending` after a push is acknowledged.
@@ -40,12 +42,12 @@ pub struct Model {
     pub sync_last_error: Option<String>,
     /// The `token_version` last recorded here as pushed (a skipped push, or rows from before
     /// `sync_acks`); acknowledgements are in `sync_acks`.
-    pub synced_version: i64,
+    pub synced_version: TokenVersion,
     pub synced_at: Option<DateTimeUtc>,
     pub last_refresh_at: Option<DateTimeUtc>,
     pub refresh_count: i64,
     /// The user's shard (`migration::shard_of`): which node's lease covers it.
-    pub shard: i32,
+    pub shard: Shard,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

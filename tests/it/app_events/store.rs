@@ -34,7 +34,7 @@ async fn put(store: &Store, event: &AppEvent, now: DateTime<Utc>) {
 fn ids(events: &[tokenwarden::store::StoredAppEvent]) -> Vec<(String, String)> {
     events
         .iter()
-        .map(|e| (e.user_id.clone(), e.event_type.clone()))
+        .map(|e| (e.user_id.to_string(), e.event_type.clone()))
         .collect()
 }
 

@@ -410,7 +410,7 @@ async fn seed(
             .iter()
             .enumerate()
             .map(|(i, g)| BulkUser {
-                user_id: user_id((offset + i) as u64),
+                user_id: user_id((offset + i) as u64).into(),
                 access_token: g.access_token.clone(),
                 refresh_token: g.refresh_token.clone(),
                 expires_at: g.expires_at,
@@ -428,7 +428,7 @@ async fn seed(
                     scope: u.scope,
                     updated_at: String::new(),
                 };
-                (u.user_id, tokens)
+                (u.user_id.to_string(), tokens)
             })
             .collect();
         microservice.seed(&copies).await?;
@@ -451,7 +451,7 @@ async fn audit(
     loop {
         let page = store.audit_page(after.as_deref(), 5000).await?;
         let Some(last) = page.last() else { break };
-        after = Some(last.user_id.clone());
+        after = Some(last.user_id.to_string());
         for row in &page {
             if row.token_expiry.is_some_and(|e| e <= stopped_at) {
                 report.expired_at_end += 1;
@@ -461,7 +461,7 @@ async fn audit(
             if row.refresh_count == 0 && was_due && row.user_id.starts_with("lt-0") {
                 report.never_refreshed += 1;
             }
-            if row.access_token.as_ref() != copies.get(&row.user_id) {
+            if row.access_token.as_ref() != copies.get(row.user_id.as_str()) {
                 report.stale_at_microservice += 1;
                 if row.synced_version < row.token_version {
                     report.stale_still_pending += 1;
