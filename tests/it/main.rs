@@ -26,6 +26,7 @@ mod grant_events;
 mod grant_life;
 mod layers;
 mod metrics_labels;
+mod migrations;
 mod nodelay;
 mod oauth_states;
 mod partial_consent;
