@@ -150,33 +150,53 @@ impl TryFromU64 for UserId {
     }
 }
 
-/// Which slice of the users a lease covers (`migration::shard_of`; 0 up to the shard count
-/// fixed at the first migration).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    DeriveValueType,
-)]
-#[serde(transparent)]
-pub struct Shard(i32);
+/// A number of the domain: a type of its own around the integer, built with `new`, read with
+/// `get`, shown as the number.
+macro_rules! number {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            Default,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            Serialize,
+            Deserialize,
+            DeriveValueType,
+        )]
+        #[serde(transparent)]
+        pub struct $name($inner);
+
+        impl $name {
+            pub const fn new(value: $inner) -> Self {
+                Self(value)
+            }
+
+            pub const fn get(self) -> $inner {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+number! {
+    /// Which slice of the users a lease covers (`migration::shard_of`; 0 up to the shard
+    /// count fixed at the first migration).
+    Shard(i32)
+}
 
 impl Shard {
-    pub const fn new(shard: i32) -> Self {
-        Self(shard)
-    }
-
-    pub const fn get(self) -> i32 {
-        self.0
-    }
-
     /// The shard as an index into per-shard tables (shards are never negative).
     pub fn index(self) -> usize {
         <usize as TryFrom<i32>>::try_from(self.0).unwrap_or(usize::MAX)
@@ -188,85 +208,24 @@ impl Shard {
     }
 }
 
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+number! {
+    /// How many times a shard's lease has been claimed: every claim bumps it, and a write of
+    /// the refresh path names the epoch it acts under (the fence).
+    Epoch(i64)
 }
 
-/// How many times a shard's lease has been claimed: every claim bumps it, and a write of the
-/// refresh path names the epoch it acts under (the fence).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    DeriveValueType,
-)]
-#[serde(transparent)]
-pub struct Epoch(i64);
-
-impl Epoch {
-    pub const fn new(epoch: i64) -> Self {
-        Self(epoch)
-    }
-
-    pub const fn get(self) -> i64 {
-        self.0
-    }
+number! {
+    /// A user's `token_version`: bumped by every token change, so a push names the state it
+    /// carries, an acknowledgement the state it acknowledges, and a write the state it read.
+    TokenVersion(i64)
 }
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A user's `token_version`: bumped by every token change, so a push names the state it
-/// carries, an acknowledgement the state it acknowledges, and a write the state it read.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    DeriveValueType,
-)]
-#[serde(transparent)]
-pub struct TokenVersion(i64);
 
 impl TokenVersion {
     /// Before the first token change: nothing was ever pushed or acknowledged.
     pub const NONE: Self = Self(0);
 
-    pub const fn new(version: i64) -> Self {
-        Self(version)
-    }
-
-    pub const fn get(self) -> i64 {
-        self.0
-    }
-
     /// The version the next token change writes.
     pub const fn next(self) -> Self {
         Self(self.0 + 1)
-    }
-}
-
-impl fmt::Display for TokenVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
     }
 }

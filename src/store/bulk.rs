@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     ids::{TokenVersion, UserId},
@@ -12,7 +12,7 @@ use crate::{
 };
 
 use super::{
-    Store, StoreError,
+    NewTokens, Store, StoreError,
     entity::{
         sync_ack,
         user::{self, SyncState},
@@ -50,42 +50,25 @@ impl Store {
         }
         let now = crate::clock::now();
         let models = users.iter().map(|u| {
-            // As a consent leaves them, so a load test's first refreshes do not write them.
+            let tokens = NewTokens {
+                access_token: SecretString::from(u.access_token.clone()),
+                refresh_token: None,
+                expires_at: u.expires_at,
+                scope: u.scope.clone(),
+                email: None,
+                authorization_expires_at: None,
+                google_sub: None,
+            };
+            // Sealed and identified as a consent leaves it, so a load test's first refreshes
+            // do not write the (indexed) identifiers.
+            let refresh = self
+                .cipher
+                .encrypt(&u.refresh_token, &super::users::refresh_context(&u.user_id));
             let ids = RefreshTokenIds::of(&u.refresh_token);
-            user::ActiveModel {
-                user_id: Set(u.user_id.clone()),
-                google_access_token: Set(Some(
-                    self.cipher
-                        .encrypt(&u.access_token, &super::users::access_context(&u.user_id)),
-                )),
-                google_refresh_token: Set(Some(
-                    self.cipher
-                        .encrypt(&u.refresh_token, &super::users::refresh_context(&u.user_id)),
-                )),
-                google_token_expiry: Set(Some(u.expires_at)),
-                google_calendar_connected: Set(true),
-                google_calendar_id: Set("primary".into()),
-                google_email: Set(None),
-                google_scope: Set(Some(u.scope.clone())),
-                needs_reconnect: Set(false),
-                reconnect_reason: Set(None),
-                authorization_expires_at: Set(None),
-                authorization_warned: Set(false),
-                google_sub: Set(None),
-                refresh_token_prefix_hash: Set(Some(ids.prefix_hash)),
-                refresh_token_hash: Set(Some(ids.hash)),
-                token_version: Set(TokenVersion::new(1)),
-                sync_state: Set(SyncState::Pending),
-                sync_attempts: Set(0),
-                sync_last_error: Set(None),
-                synced_version: Set(TokenVersion::new(1)),
-                synced_at: Set(Some(now)),
-                last_refresh_at: Set(None),
-                refresh_count: Set(0),
-                shard: Set(self.shard_of(&u.user_id)),
-                created_at: Set(now),
-                updated_at: Set(now),
-            }
+            let mut row = self.new_connection_row(&u.user_id, &tokens, (refresh, ids), now);
+            row.synced_version = Set(TokenVersion::new(1));
+            row.synced_at = Set(Some(now));
+            row
         });
         user::Entity::insert_many(models).exec(&self.db).await?;
         let acks = users.iter().map(|u| sync_ack::ActiveModel {

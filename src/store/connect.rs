@@ -103,8 +103,8 @@ impl Store {
         Ok(ActorStart::from(saved))
     }
 
-    /// The row of a first connection; `refresh` is the sealed refresh token.
-    fn new_connection_row(
+    /// The row of a first connection, its push pending; `refresh` is the sealed refresh token.
+    pub(super) fn new_connection_row(
         &self,
         user_id: &str,
         tokens: &NewTokens,
