@@ -354,17 +354,11 @@ async fn purge_states(store: Store, shutdown: CancellationToken) {
 
 /// Tokens travel in these requests: plain HTTP is only acceptable on loopback.
 fn warn_on_plain_http(config: &Config) {
-    let mut urls = vec![(
-        "GOOGLE_CALENDAR_REDIRECT_URI",
-        config.google.redirect_uri.to_string(),
-    )];
+    let mut urls = vec![("GOOGLE_CALENDAR_REDIRECT_URI", &config.google.redirect_uri)];
     if let Some(url) = &config.microservice.url {
-        urls.push(("GOOGLE_CALENDAR_MICROSERVICE_URL", url.to_string()));
+        urls.push(("GOOGLE_CALENDAR_MICROSERVICE_URL", url.url()));
     }
-    for (var, raw) in urls {
-        let Ok(url) = url::Url::parse(&raw) else {
-            continue;
-        };
+    for (var, url) in urls {
         let loopback = match url.host() {
             Some(url::Host::Domain(d)) => d == "localhost",
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

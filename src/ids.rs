@@ -60,18 +60,6 @@ impl From<&str> for UserId {
     }
 }
 
-impl From<&UserId> for UserId {
-    fn from(id: &UserId) -> Self {
-        id.clone()
-    }
-}
-
-impl PartialEq<str> for UserId {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
-    }
-}
-
 impl PartialEq<String> for UserId {
     fn eq(&self, other: &String) -> bool {
         *self.0 == **other
@@ -102,12 +90,6 @@ impl fmt::Display for UserId {
 
 impl From<UserId> for Value {
     fn from(id: UserId) -> Self {
-        Value::from(id.as_str())
-    }
-}
-
-impl From<&UserId> for Value {
-    fn from(id: &UserId) -> Self {
         Value::from(id.as_str())
     }
 }

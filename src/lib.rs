@@ -23,8 +23,8 @@
 //!    [`store`]: sea-orm entities and queries (SQLite or PostgreSQL).
 //! 9. [`config`]: every setting, parsed once at start.
 //! 10. Leaves, importing nothing of the crate but the clock and the ids: [`telemetry`]:
-//!     logging (pretty or JSON) and the OTLP export of traces. [`signing`]: the Standard Webhooks signatures of pushes and
-//!     events. [`crypto`]: AES-256-GCM for tokens at rest, constant-time secret comparison.
+//!     logging (pretty or JSON) and the OTLP export of traces. [`signing`]: the Standard
+//!     Webhooks signatures of pushes and events. [`crypto`]: AES-256-GCM for tokens at rest, constant-time secret comparison.
 //!     [`token_ids`]: the identifiers of a refresh token that Google's security events use.
 //!     [`history`]: each user's recent refreshes and pushes, and per-minute counts, in memory
 //!     for the operator console. [`log_limit`]: at most one warning per period for what

@@ -157,7 +157,7 @@ impl Registry {
                 restarts.total(user_id),
             ))),
             Slot::Restarting => ActorEntry::Known(ActorView::Restarting {
-                user_id: user_id.into(),
+                user_id: user_id.clone(),
                 restarts: restarts.total(user_id),
             }),
         }

@@ -154,9 +154,9 @@ impl Schedule {
     }
 
     /// What `/admin/actors` shows of a user with this schedule.
-    pub fn info(&self, user_id: &str, status: ActorStatus, restarts: u32) -> ActorInfo {
+    pub fn info(&self, user_id: &UserId, status: ActorStatus, restarts: u32) -> ActorInfo {
         ActorInfo {
-            user_id: user_id.into(),
+            user_id: user_id.clone(),
             status,
             token_expiry: self.token_expiry,
             next_refresh_at: self.next_refresh_at,

@@ -25,7 +25,7 @@ use super::{
     Store, StoreError,
     entity::app_event::{self, Column as C},
 };
-use crate::{ids::Shard, ids::UserId};
+use crate::ids::{Shard, UserId};
 
 /// How long an event is kept: an undelivered one is dropped at this age (counted and logged
 /// by the deliverer), a delivered one is forgotten this long after its delivery.

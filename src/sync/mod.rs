@@ -34,8 +34,7 @@ pub use crate::signing::{Signer, message_id};
 use crate::{
     config::MicroserviceConfig,
     history::History,
-    ids::TokenVersion,
-    ids::UserId,
+    ids::{TokenVersion, UserId},
     metrics::Metrics,
     retry::Backoff,
     store::{Store, SyncSnapshot},
